@@ -1,0 +1,268 @@
+//! Server configuration: the seed's keys, the limits of RFC 6455 processing, and timeouts.
+//!
+//! Build it with typed setters (`Config::new().max_payload_size(1 << 20)`) or from key/value pairs, as the seed
+//! took an associative array ([`Config::from_pairs`]). Unknown keys and bad values are refused by name.
+//! [`Config::validate`] runs once when a server starts.
+
+use crate::error::ConfigError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Minimum TLS protocol version (used by the TLS layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// Server configuration. Every limit is checked before a buffer grows.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Incomplete-message timeout (seed key `timeout`, default 5 s): a message whose first fragment arrived and whose
+    /// last did not within this time is closed with 1008. One timer per connection.
+    pub message_timeout: Duration,
+    /// Largest frame payload accepted (seed key `max_payload_size`, default 512 KiB); larger → 1009, refused when
+    /// the header arrives.
+    pub max_payload_size: usize,
+    /// Largest message accepted (key `max_message_size`); `None` means "same as `max_payload_size`". Larger → 1009.
+    pub max_message_size: Option<usize>,
+    /// Most frames one message may have (seed key `max_messages_buffering`, default 100); more → 1009.
+    /// `usize::MAX` (key value `0`) means no limit.
+    pub max_frames_per_message: usize,
+    /// Largest HTTP request head (key `max_handshake_bytes`, default 8 KiB); larger → 431.
+    pub max_handshake_bytes: usize,
+    /// Time allowed for the opening handshake (key `handshake_timeout`, default 10 s); then the socket is dropped.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the peer to answer our close frame (key `close_timeout`, default 5 s); then TCP is dropped.
+    pub close_timeout: Duration,
+    /// Outbound bytes queued for one connection above which wskit stops reading from it until they drain
+    /// (key `write_high_water`, default 4 MiB), so a client that sends but never reads pushes back through TCP.
+    pub write_high_water: usize,
+    /// Production mode (seed key `prod`, default false). In prod, per-frame debug logs are off and invariant checks
+    /// that cost time (`debug_assert!`-style) are skipped even in debug builds.
+    pub prod: bool,
+    /// PEM file with the certificate chain and private key (seed key `ssl_cert`); used by the TLS layer.
+    pub ssl_cert: Option<PathBuf>,
+    /// Passphrase of an encrypted key in `ssl_cert` (seed key `ssl_passphrase`).
+    pub ssl_passphrase: Option<String>,
+    /// ALPN protocols offered by TLS (key `ssl_alpn`, comma-separated; default `http/1.1`).
+    pub ssl_alpn: Vec<String>,
+    /// Minimum TLS version (key `ssl_min_version`: `1.2` or `1.3`; default 1.2).
+    pub ssl_min_version: TlsVersion,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            message_timeout: Duration::from_secs(5),
+            max_payload_size: 512 * 1024,
+            max_message_size: None,
+            max_frames_per_message: 100,
+            max_handshake_bytes: 8 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            write_high_water: 4 * 1024 * 1024,
+            prod: false,
+            ssl_cert: None,
+            ssl_passphrase: None,
+            ssl_alpn: vec!["http/1.1".to_string()],
+            ssl_min_version: TlsVersion::Tls12,
+        }
+    }
+}
+
+fn parse_secs(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    let s: f64 = v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a number of seconds")))?;
+    if !(s.is_finite() && s > 0.0 && s < 1e9) {
+        return Err(ConfigError::new(key, format!("`{v}` must be a positive number of seconds")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn parse_usize(key: &str, v: &str) -> Result<usize, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number")))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::new(key, format!("`{v}` is not a boolean"))),
+    }
+}
+
+impl Config {
+    /// The defaults (the seed's: 5 s message timeout, 512 KiB payloads, 100 frames per message).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a config from key/value pairs, as the seed's associative array did; see each field for its key.
+    ///
+    /// `masked_writes` is accepted for compatibility only as `false`: RFC 6455 §5.1 forbids a server to mask its
+    /// frames, so `true` is refused with an error that says so.
+    ///
+    /// ```
+    /// let c = wskit::Config::from_pairs([("timeout", "2.5"), ("max_payload_size", "1048576")]).unwrap();
+    /// assert_eq!(c.max_payload_size, 1 << 20);
+    /// assert!(wskit::Config::from_pairs([("max_payload", "1")]).is_err()); // unknown key
+    /// ```
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError> {
+        let mut c = Config::default();
+        for (k, v) in pairs {
+            c.set(k.as_ref(), v.as_ref())?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Sets one key from its string form.
+    pub fn set(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        match key {
+            "timeout" => self.message_timeout = parse_secs(key, v)?,
+            "max_payload_size" => self.max_payload_size = parse_usize(key, v)?,
+            "max_message_size" => self.max_message_size = Some(parse_usize(key, v)?),
+            "max_messages_buffering" => {
+                self.max_frames_per_message = match parse_usize(key, v)? {
+                    0 => usize::MAX,
+                    n => n,
+                }
+            }
+            "max_handshake_bytes" => self.max_handshake_bytes = parse_usize(key, v)?,
+            "handshake_timeout" => self.handshake_timeout = parse_secs(key, v)?,
+            "close_timeout" => self.close_timeout = parse_secs(key, v)?,
+            "write_high_water" => self.write_high_water = parse_usize(key, v)?,
+            "prod" => self.prod = parse_bool(key, v)?,
+            "masked_writes" => {
+                if parse_bool(key, v)? {
+                    return Err(ConfigError::new(key, "a server must not mask its frames (RFC 6455 §5.1); only `false` is accepted"));
+                }
+            }
+            "ssl_cert" => self.ssl_cert = if v.is_empty() { None } else { Some(PathBuf::from(v)) },
+            "ssl_passphrase" => self.ssl_passphrase = if v.is_empty() { None } else { Some(v.to_string()) },
+            "ssl_alpn" => self.ssl_alpn = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            "ssl_min_version" => {
+                self.ssl_min_version = match v.trim() {
+                    "1.2" => TlsVersion::Tls12,
+                    "1.3" => TlsVersion::Tls13,
+                    _ => return Err(ConfigError::new(key, format!("`{v}` must be 1.2 or 1.3"))),
+                }
+            }
+            _ => return Err(ConfigError::new(key, "unknown key")),
+        }
+        Ok(())
+    }
+
+    /// Incomplete-message timeout (seed `timeout`).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.message_timeout = d;
+        self
+    }
+    /// Largest frame payload.
+    pub fn max_payload_size(mut self, n: usize) -> Self {
+        self.max_payload_size = n;
+        self
+    }
+    /// Largest message.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.max_message_size = Some(n);
+        self
+    }
+    /// Most frames per message (`usize::MAX` for no limit).
+    pub fn max_frames_per_message(mut self, n: usize) -> Self {
+        self.max_frames_per_message = n;
+        self
+    }
+    /// Largest request head.
+    pub fn max_handshake_bytes(mut self, n: usize) -> Self {
+        self.max_handshake_bytes = n;
+        self
+    }
+    /// Opening-handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+    /// Closing-handshake timeout.
+    pub fn close_timeout(mut self, d: Duration) -> Self {
+        self.close_timeout = d;
+        self
+    }
+    /// Outbound high-water mark.
+    pub fn write_high_water(mut self, n: usize) -> Self {
+        self.write_high_water = n;
+        self
+    }
+    /// Production mode.
+    pub fn prod(mut self, on: bool) -> Self {
+        self.prod = on;
+        self
+    }
+
+    /// The message limit in force (`max_message_size`, or `max_payload_size` when unset).
+    pub fn effective_max_message_size(&self) -> usize {
+        self.max_message_size.unwrap_or(self.max_payload_size)
+    }
+
+    /// Checks the values together; a server runs this once at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_payload_size == 0 {
+            return Err(ConfigError::new("max_payload_size", "must be at least 1"));
+        }
+        if self.effective_max_message_size() < self.max_payload_size {
+            return Err(ConfigError::new("max_message_size", "must be at least max_payload_size"));
+        }
+        if self.max_frames_per_message == 0 {
+            return Err(ConfigError::new("max_messages_buffering", "must be at least 1"));
+        }
+        if self.max_handshake_bytes < 64 {
+            return Err(ConfigError::new("max_handshake_bytes", "must be at least 64"));
+        }
+        if self.write_high_water == 0 {
+            return Err(ConfigError::new("write_high_water", "must be at least 1"));
+        }
+        if self.ssl_passphrase.is_some() && self.ssl_cert.is_none() {
+            return Err(ConfigError::new("ssl_passphrase", "given without ssl_cert"));
+        }
+        if self.ssl_cert.is_some() && !cfg!(feature = "tls") {
+            return Err(ConfigError::new("ssl_cert", "wskit was built without TLS support (cargo feature `tls`)"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = Config::new();
+        assert_eq!(c.message_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_payload_size, 524_288);
+        assert_eq!(c.max_frames_per_message, 100);
+        assert_eq!(c.effective_max_message_size(), 524_288);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn pairs_are_checked_by_name() {
+        let c = Config::from_pairs([("timeout", "1.5"), ("max_messages_buffering", "0"), ("prod", "true")]).unwrap();
+        assert_eq!(c.message_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_frames_per_message, usize::MAX);
+        assert!(c.prod);
+        let e = Config::from_pairs([("nope", "1")]).unwrap_err();
+        assert_eq!(e.key, "nope");
+        let e = Config::from_pairs([("max_payload_size", "big")]).unwrap_err();
+        assert_eq!(e.key, "max_payload_size");
+        let e = Config::from_pairs([("masked_writes", "true")]).unwrap_err();
+        assert!(e.to_string().contains("must not mask"), "{e}");
+        assert!(Config::from_pairs([("masked_writes", "false")]).is_ok());
+        let e = Config::from_pairs([("timeout", "-1")]).unwrap_err();
+        assert_eq!(e.key, "timeout");
+        let e = Config::from_pairs([("max_payload_size", "10"), ("max_message_size", "5")]).unwrap_err();
+        assert_eq!(e.key, "max_message_size");
+    }
+}

@@ -1,0 +1,15 @@
+//! wskit: a WebSocket server (RFC 6455) built as a sans-I/O protocol core inside a single-threaded mio loop.
+
+pub mod close;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
+
+pub use close::CloseCode;
+pub use config::Config;
+pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
+pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
