@@ -24,7 +24,9 @@
 use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
 use crate::error::{HandshakeError, ProtocolError, SendError};
-use crate::frame::{decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::frame::{
+    decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
@@ -162,7 +164,11 @@ impl Rx {
     fn fill_header(&mut self, input: &[u8], pos: &mut usize) -> bool {
         loop {
             let have = self.hdr_len as usize;
-            let need = if have >= 2 { header_len(self.hdr[0], self.hdr[1]) } else { 2 };
+            let need = if have >= 2 {
+                header_len(self.hdr[0], self.hdr[1])
+            } else {
+                2
+            };
             if have == need {
                 return true;
             }
@@ -198,13 +204,23 @@ enum State {
 enum Ready {
     None,
     /// A whole message inside `input[start..end]`.
-    InputMessage { text: bool, start: usize, end: usize },
+    InputMessage {
+        text: bool,
+        start: usize,
+        end: usize,
+    },
     /// The assembled message in `rx.msg`.
     BufMessage,
     /// A control frame in `input[start..end]`.
-    InputControl { op: OpCode, start: usize, end: usize },
+    InputControl {
+        op: OpCode,
+        start: usize,
+        end: usize,
+    },
     /// A control frame in `rx.ctrl`.
-    BufControl { op: OpCode },
+    BufControl {
+        op: OpCode,
+    },
     Error(ProtocolError),
 }
 
@@ -233,7 +249,15 @@ impl Connection {
     /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`.
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
         let deadline = now + config.handshake_timeout;
-        Connection { config, state: State::ReadingHead { head: HeadReader::default(), deadline }, out: Vec::new(), status: None }
+        Connection {
+            config,
+            state: State::ReadingHead {
+                head: HeadReader::default(),
+                deadline,
+            },
+            out: Vec::new(),
+            status: None,
+        }
     }
 
     // ── output ──────────────────────────────────────────────────────────────────────────────────────────────
@@ -259,8 +283,10 @@ impl Connection {
     /// Whether the shell should read from the socket: the connection expects input and its outbound queue is
     /// below the high-water mark (so a peer that never reads is not fed without bound).
     pub fn wants_read(&self) -> bool {
-        matches!(self.state, State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. })
-            && self.out.len() < self.config.write_high_water
+        matches!(
+            self.state,
+            State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. }
+        ) && self.out.len() < self.config.write_high_water
     }
 
     /// Whether bytes wait in [`Connection::out`].
@@ -281,8 +307,16 @@ impl Connection {
     /// Whether the upgrade was accepted (the connection is or was a WebSocket).
     pub fn was_upgraded(&self) -> bool {
         matches!(self.state, State::Open(_) | State::ClosingByUs { .. })
-            || matches!(self.status, Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_)))
-            || matches!(self.status, Some(CloseStatus::TimedOut(TimeoutKind::Message | TimeoutKind::Close)))
+            || matches!(
+                self.status,
+                Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_))
+            )
+            || matches!(
+                self.status,
+                Some(CloseStatus::TimedOut(
+                    TimeoutKind::Message | TimeoutKind::Close
+                ))
+            )
     }
 
     /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
@@ -298,7 +332,11 @@ impl Connection {
             | State::AwaitingDecision { deadline, .. }
             | State::AwaitingResponse { deadline }
             | State::ClosingByUs { deadline, .. } => Some(*deadline),
-            State::Open(rx) => rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline),
+            State::Open(rx) => rx
+                .msg
+                .as_ref()
+                .filter(|_| !rx.msg_delivered)
+                .map(|m| m.deadline),
             State::Closed { linger } => Some(*linger),
         }
     }
@@ -308,7 +346,9 @@ impl Connection {
     /// Accepts the upgrade reported by [`Event::Upgrade`]: queues the 101 answer (with the chosen subprotocol, which
     /// MUST be one the client offered) and opens the WebSocket.
     pub fn accept(&mut self, protocol: Option<&str>) -> Result<(), SendError> {
-        let State::AwaitingDecision { accept, .. } = &self.state else { return Err(SendError::NotOpen) };
+        let State::AwaitingDecision { accept, .. } = &self.state else {
+            return Err(SendError::NotOpen);
+        };
         handshake::write_accept(&mut self.out, accept, protocol, None);
         self.state = State::Open(Rx::default());
         Ok(())
@@ -316,34 +356,59 @@ impl Connection {
 
     /// Refuses the upgrade reported by [`Event::Upgrade`] with an HTTP status; the connection closes once the answer
     /// is written.
-    pub fn reject(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], now: Instant) -> Result<(), SendError> {
+    pub fn reject(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
         if !matches!(self.state, State::AwaitingDecision { .. }) {
             return Err(SendError::NotOpen);
         }
         handshake::write_response(&mut self.out, status, headers, body);
-        self.state = State::Closed { linger: now + self.config.close_timeout };
+        self.state = State::Closed {
+            linger: now + self.config.close_timeout,
+        };
         Ok(())
     }
 
     /// Answers the plain HTTP request reported by [`Event::Http`]; the connection closes once it is written.
-    pub fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], now: Instant) -> Result<(), SendError> {
+    pub fn respond(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
         if !matches!(self.state, State::AwaitingResponse { .. }) {
             return Err(SendError::NotOpen);
         }
         handshake::write_response(&mut self.out, status, headers, body);
-        self.state = State::Closed { linger: now + self.config.close_timeout };
+        self.state = State::Closed {
+            linger: now + self.config.close_timeout,
+        };
         Ok(())
     }
 
     /// Queues a message as one frame.
     pub fn send(&mut self, msg: Message<'_>) -> Result<(), SendError> {
-        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
+        let op = if msg.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
         self.send_frame(true, op, msg.as_bytes())
     }
 
     /// Queues one raw frame (the seed's "write raw frame"): the caller does its own fragmentation. Control frames
     /// must carry at most 125 bytes; a close frame is better sent with [`Connection::close`].
-    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);
         }
@@ -371,7 +436,9 @@ impl Connection {
         let (p, n) = close_payload(code, reason);
         write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
         let deadline = now + self.config.close_timeout;
-        if let State::Open(mut rx) = std::mem::replace(&mut self.state, State::Closed { linger: deadline }) {
+        if let State::Open(mut rx) =
+            std::mem::replace(&mut self.state, State::Closed { linger: deadline })
+        {
             // A message still arriving is dropped; the framing position is kept.
             rx.msg = None;
             rx.msg_delivered = false;
@@ -400,7 +467,12 @@ impl Connection {
                 self.out.clear();
                 self.state = State::Closed { linger: now };
             }
-            State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
+            State::Open(rx)
+                if rx
+                    .msg
+                    .as_ref()
+                    .is_some_and(|m| !rx.msg_delivered && now >= m.deadline) =>
+            {
                 self.fail(ProtocolError::MessageTimeout, now);
                 self.status = Some(CloseStatus::TimedOut(TimeoutKind::Message));
             }
@@ -458,7 +530,9 @@ impl Connection {
 
     fn refuse(&mut self, e: HandshakeError, now: Instant) -> Event<'static> {
         handshake::write_refusal(&mut self.out, &e);
-        self.state = State::Closed { linger: now + self.config.close_timeout };
+        self.state = State::Closed {
+            linger: now + self.config.close_timeout,
+        };
         Event::HandshakeFailed(e)
     }
 
@@ -467,7 +541,12 @@ impl Connection {
         if self.status.is_none() {
             self.status = Some(CloseStatus::Error(e.clone()));
         }
-        match std::mem::replace(&mut self.state, State::Closed { linger: now + self.config.close_timeout }) {
+        match std::mem::replace(
+            &mut self.state,
+            State::Closed {
+                linger: now + self.config.close_timeout,
+            },
+        ) {
             State::Open(mut rx) => {
                 let (p, n) = close_payload(e.close_code(), "");
                 write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
@@ -485,7 +564,11 @@ impl Connection {
         }
     }
 
-    fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
+    fn read_frames<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        now: Instant,
+    ) -> (usize, Option<Event<'a>>) {
         let config = &*self.config;
         let (rx, closing) = match &mut self.state {
             State::Open(rx) => (rx, false),
@@ -530,7 +613,10 @@ impl Connection {
                     }
                     continue;
                 }
-                let msg = rx.msg.as_mut().expect("a data frame always has its message");
+                let msg = rx
+                    .msg
+                    .as_mut()
+                    .expect("a data frame always has its message");
                 if msg.text && msg.utf8.feed(chunk).is_err() {
                     break Ready::Error(ProtocolError::InvalidUtf8);
                 }
@@ -575,32 +661,51 @@ impl Connection {
             pos += used;
 
             // Rules that depend on role, extensions and state.
-            let Some(mask) = h.mask else { break Ready::Error(ProtocolError::UnmaskedFrame) };
+            let Some(mask) = h.mask else {
+                break Ready::Error(ProtocolError::UnmaskedFrame);
+            };
             if h.rsv != 0 {
                 break Ready::Error(ProtocolError::ReservedBits(h.rsv));
             }
-            let frame = InFrame { opcode: h.opcode, fin: h.fin, mask, done: 0, remaining: h.len };
+            let frame = InFrame {
+                opcode: h.opcode,
+                fin: h.fin,
+                mask,
+                done: 0,
+                remaining: h.len,
+            };
             if h.opcode.is_control() {
                 let len = h.len as usize;
                 if input.len() - pos >= len {
                     let (start, end) = (pos, pos + len);
                     apply_mask(&mut input[start..end], mask, 0);
                     pos = end;
-                    break Ready::InputControl { op: h.opcode, start, end };
+                    break Ready::InputControl {
+                        op: h.opcode,
+                        start,
+                        end,
+                    };
                 }
                 rx.ctrl.clear();
                 rx.frame = Some(frame);
                 continue;
             }
             if h.len > config.max_payload_size as u64 {
-                break Ready::Error(ProtocolError::FrameTooLarge { size: h.len, max: config.max_payload_size });
+                break Ready::Error(ProtocolError::FrameTooLarge {
+                    size: h.len,
+                    max: config.max_payload_size,
+                });
             }
             let max_msg = config.effective_max_message_size();
             match (h.opcode, rx.msg.as_mut()) {
-                (OpCode::Continuation, None) if !closing => break Ready::Error(ProtocolError::UnexpectedContinuation),
+                (OpCode::Continuation, None) if !closing => {
+                    break Ready::Error(ProtocolError::UnexpectedContinuation)
+                }
                 (OpCode::Continuation, Some(m)) => {
                     if m.frames >= config.max_frames_per_message {
-                        break Ready::Error(ProtocolError::TooManyFrames { max: config.max_frames_per_message });
+                        break Ready::Error(ProtocolError::TooManyFrames {
+                            max: config.max_frames_per_message,
+                        });
                     }
                     let size = m.buf.len() as u64 + h.len;
                     if size > max_msg as u64 {
@@ -609,7 +714,9 @@ impl Connection {
                     m.frames += 1;
                 }
                 (OpCode::Continuation, None) => {}
-                (_, Some(_)) if !closing => break Ready::Error(ProtocolError::ExpectedContinuation),
+                (_, Some(_)) if !closing => {
+                    break Ready::Error(ProtocolError::ExpectedContinuation)
+                }
                 (op, _) => {
                     let len = h.len as usize;
                     let text = op == OpCode::Text;
@@ -650,7 +757,9 @@ impl Connection {
                 }
             }
             Ready::BufMessage => {
-                let State::Open(rx) = &mut self.state else { unreachable!("messages are delivered while open") };
+                let State::Open(rx) = &mut self.state else {
+                    unreachable!("messages are delivered while open")
+                };
                 rx.msg_delivered = true;
                 let m = rx.msg.as_ref().expect("a completed message");
                 let ev = if m.text {
@@ -664,7 +773,9 @@ impl Connection {
                 };
                 (pos, Some(Event::Message(ev)))
             }
-            Ready::InputControl { op, start, end } => self.control(op, Payload::Input(&input[start..end]), pos, now),
+            Ready::InputControl { op, start, end } => {
+                self.control(op, Payload::Input(&input[start..end]), pos, now)
+            }
             Ready::BufControl { op } => self.control(op, Payload::Ctrl, pos, now),
             Ready::Error(e) => {
                 self.fail(e.clone(), now);
@@ -673,11 +784,19 @@ impl Connection {
         }
     }
 
-    fn control<'a>(&'a mut self, op: OpCode, payload: Payload<'a>, pos: usize, now: Instant) -> (usize, Option<Event<'a>>) {
+    fn control<'a>(
+        &'a mut self,
+        op: OpCode,
+        payload: Payload<'a>,
+        pos: usize,
+        now: Instant,
+    ) -> (usize, Option<Event<'a>>) {
         let closing = matches!(self.state, State::ClosingByUs { .. });
         // A control payload that spanned reads was collected in `rx.ctrl`; take it out while we act on it.
         let owned: Vec<u8> = match (&payload, &mut self.state) {
-            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => std::mem::take(&mut rx.ctrl),
+            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => {
+                std::mem::take(&mut rx.ctrl)
+            }
             _ => Vec::new(),
         };
         let data: &[u8] = match &payload {
@@ -693,7 +812,14 @@ impl Connection {
                     Payload::Input(d) => d,
                     Payload::Ctrl => self.lend_ctrl(owned),
                 };
-                (pos, Some(if op == OpCode::Ping { Event::Ping(data) } else { Event::Pong(data) }))
+                (
+                    pos,
+                    Some(if op == OpCode::Ping {
+                        Event::Ping(data)
+                    } else {
+                        Event::Pong(data)
+                    }),
+                )
             }
             _ => {
                 let result = parse_close_payload(data).map(|p| match p {
@@ -708,9 +834,15 @@ impl Connection {
                             write_frame(&mut self.out, true, 0, OpCode::Close, echo);
                         }
                         if self.status.is_none() {
-                            self.status = Some(CloseStatus::Clean { code, reason, by_peer: !closing });
+                            self.status = Some(CloseStatus::Clean {
+                                code,
+                                reason,
+                                by_peer: !closing,
+                            });
                         }
-                        self.state = State::Closed { linger: now + self.config.close_timeout };
+                        self.state = State::Closed {
+                            linger: now + self.config.close_timeout,
+                        };
                         let reason = match &self.status {
                             Some(CloseStatus::Clean { reason, .. }) => reason.as_str(),
                             _ => "",
@@ -726,7 +858,9 @@ impl Connection {
                         if self.status.is_none() {
                             self.status = Some(CloseStatus::Error(e.clone()));
                         }
-                        self.state = State::Closed { linger: now + self.config.close_timeout };
+                        self.state = State::Closed {
+                            linger: now + self.config.close_timeout,
+                        };
                         (pos, Some(Event::Error(e)))
                     }
                 }

@@ -13,3 +13,8 @@ pub use close::CloseCode;
 pub use config::Config;
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
+pub mod handler;
+pub mod server;
+
+pub use handler::{ConnId, Ctx, Handler, Handlers, Response};
+pub use server::{Server, StopHandle};

@@ -1,0 +1,73 @@
+// Run: cargo run --release --example echo -- --addr 127.0.0.1:9001 [--max-payload BYTES] [--max-frames N]
+//      [--no-deflate] [--pem FILE --passphrase P]
+//
+// Echoes every message as received: text as text, binary as binary. This is the server the Autobahn|Testsuite
+// runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
+// allowed unless `--max-frames` is given.
+
+use std::process::exit;
+use wskit::{Config, Ctx, Handler, Message, Server};
+
+struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        ctx.send(msg);
+    }
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("echo: {msg}\nusage: echo [--addr HOST:PORT] [--max-payload BYTES] [--max-frames N] [--no-deflate] [--pem FILE [--passphrase P]]");
+    exit(2)
+}
+
+fn main() {
+    let mut addr = "127.0.0.1:9001".to_string();
+    let mut config = Config::new().max_frames_per_message(usize::MAX);
+    let mut pem: Option<String> = None;
+    let mut passphrase: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
+        match a.as_str() {
+            "--addr" => addr = value(),
+            "--max-payload" => {
+                let n: usize = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--max-payload takes a number of bytes"));
+                config = config.max_payload_size(n).max_message_size(n);
+            }
+            "--max-frames" => {
+                let n: usize = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--max-frames takes a number"));
+                config = config.max_frames_per_message(n);
+            }
+            // Accepted now so tooling can pass it; permessage-deflate is not negotiated by this build.
+            "--no-deflate" => {}
+            "--pem" => pem = Some(value()),
+            "--passphrase" => passphrase = Some(value()),
+            "-h" | "--help" => usage("help"),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if let Some(p) = pem {
+        config.ssl_cert = Some(p.into());
+        config.ssl_passphrase = passphrase;
+    }
+    let mut server = match Server::bind(&addr, config, Echo) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("echo: cannot serve on {addr}: {e}");
+            exit(1)
+        }
+    };
+    println!("echo: listening on ws://{}", server.local_addr());
+    if let Err(e) = server.run() {
+        eprintln!("echo: {e}");
+        exit(1);
+    }
+}

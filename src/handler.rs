@@ -1,0 +1,337 @@
+//! What the application implements ([`Handler`]) and what it is handed in each callback ([`Ctx`]).
+//!
+//! A callback never holds a borrow into the server's connection table: everything it asks for through [`Ctx`]
+//! (send, close, broadcast, refuse the upgrade, stop) is queued and carried out by the loop after the callback
+//! returns, in the order asked. A send to a connection that is gone by then is dropped silently.
+
+use crate::close::CloseCode;
+use crate::conn::{CloseStatus, Message};
+use crate::error::ProtocolError;
+use crate::frame::OpCode;
+use crate::handshake::Request;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Names one connection for as long as it lives; a later connection that reuses the slot gets another id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The raw value (slot and generation).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}.{}", self.0 & 0xffff_ffff, self.0 >> 32)
+    }
+}
+
+/// A plain HTTP response, for requests that do not ask for an upgrade (see [`Handler::on_http`]).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Extra header lines (`Content-Length` and `Connection: close` are added).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with a status, a content type and a body.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: body.into(),
+        }
+    }
+}
+
+/// The application's side of the server. Every method has a default that does nothing, so a handler implements
+/// only what it needs.
+pub trait Handler {
+    /// A client asked to upgrade. Call [`Ctx::reject`] to refuse it with an HTTP status, else it is accepted (with
+    /// the subprotocol chosen by [`Ctx::accept_protocol`], if any) when this returns.
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &Request) {
+        let _ = (ctx, req);
+    }
+    /// A complete message arrived (text already validated as UTF-8).
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        let _ = (ctx, msg);
+    }
+    /// A ping arrived (its pong is already queued).
+    fn on_ping(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) {
+        let _ = (ctx, payload);
+    }
+    /// A pong arrived.
+    fn on_pong(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) {
+        let _ = (ctx, payload);
+    }
+    /// The peer broke the protocol or a limit; the close frame answering it is already queued. `on_close` follows.
+    fn on_error(&mut self, ctx: &mut Ctx<'_>, err: &ProtocolError) {
+        let _ = (ctx, err);
+    }
+    /// The connection ended (called once for every connection that `on_open` accepted). Sends to it are dropped.
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, status: &CloseStatus) {
+        let _ = (ctx, status);
+    }
+    /// A plain HTTP request (no upgrade asked) arrived on the WebSocket port. Return a response, or `None` for
+    /// `426 Upgrade Required`. The connection closes after the response.
+    fn on_http(&mut self, ctx: &mut Ctx<'_>, req: &Request) -> Option<Response> {
+        let _ = (ctx, req);
+        None
+    }
+}
+
+/// Several small handlers used as one (the seed's handler list): each callback goes to each handler in order;
+/// `on_http` answers with the first handler that returns a response; `on_open` stops at the first refusal.
+#[derive(Default)]
+pub struct Handlers(pub Vec<Box<dyn Handler>>);
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handlers({} handlers)", self.0.len())
+    }
+}
+
+impl Handlers {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends a handler.
+    pub fn with(mut self, h: impl Handler + 'static) -> Self {
+        self.0.push(Box::new(h));
+        self
+    }
+}
+
+impl Handler for Handlers {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &Request) {
+        for h in &mut self.0 {
+            h.on_open(ctx, req);
+            if ctx.decision.is_some() {
+                return;
+            }
+        }
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        for h in &mut self.0 {
+            h.on_message(ctx, msg);
+        }
+    }
+    fn on_ping(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) {
+        for h in &mut self.0 {
+            h.on_ping(ctx, payload);
+        }
+    }
+    fn on_pong(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) {
+        for h in &mut self.0 {
+            h.on_pong(ctx, payload);
+        }
+    }
+    fn on_error(&mut self, ctx: &mut Ctx<'_>, err: &ProtocolError) {
+        for h in &mut self.0 {
+            h.on_error(ctx, err);
+        }
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, status: &CloseStatus) {
+        for h in &mut self.0 {
+            h.on_close(ctx, status);
+        }
+    }
+    fn on_http(&mut self, ctx: &mut Ctx<'_>, req: &Request) -> Option<Response> {
+        self.0.iter_mut().find_map(|h| h.on_http(ctx, req))
+    }
+}
+
+/// A queued request from a callback; byte ranges point into the queue's arena.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cmd {
+    Frame {
+        to: ConnId,
+        fin: bool,
+        op: OpCode,
+        start: usize,
+        end: usize,
+    },
+    Close {
+        to: ConnId,
+        code: CloseCode,
+        start: usize,
+        end: usize,
+    },
+    Broadcast {
+        op: OpCode,
+        except: Option<ConnId>,
+        start: usize,
+        end: usize,
+    },
+    Stop,
+}
+
+/// The command queue: commands plus one arena for their bytes, reused from turn to turn (no allocation per send
+/// in steady state).
+#[derive(Debug, Default)]
+pub(crate) struct Commands {
+    pub(crate) cmds: Vec<Cmd>,
+    pub(crate) arena: Vec<u8>,
+}
+
+impl Commands {
+    fn push_bytes(&mut self, b: &[u8]) -> (usize, usize) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(b);
+        (start, self.arena.len())
+    }
+    pub(crate) fn clear(&mut self) {
+        self.cmds.clear();
+        self.arena.clear();
+        if self.arena.capacity() > 1 << 20 {
+            self.arena = Vec::new();
+        }
+    }
+}
+
+/// The refusal asked by [`Ctx::reject`].
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The connection object handed to every callback: who the connection is, and the commands it may give.
+pub struct Ctx<'a> {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) queue: &'a mut Commands,
+    pub(crate) decision: Option<Refusal>,
+    pub(crate) protocol: Option<String>,
+}
+
+impl fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(id: ConnId, peer: SocketAddr, queue: &'a mut Commands) -> Self {
+        Ctx {
+            id,
+            peer,
+            queue,
+            decision: None,
+            protocol: None,
+        }
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+    /// The peer's IP.
+    pub fn peer_ip(&self) -> std::net::IpAddr {
+        self.peer.ip()
+    }
+
+    /// Logs through the `log` crate, target `wskit::conn`, prefixed with this connection's id and peer.
+    pub fn log(&self, level: log::Level, args: fmt::Arguments<'_>) {
+        log::log!(target: "wskit::conn", level, "{} {}: {}", self.id, self.peer, args);
+    }
+
+    /// Sends a text message to this connection.
+    pub fn send_text(&mut self, text: &str) {
+        self.send_to(self.id, Message::Text(text));
+    }
+    /// Sends a binary message to this connection.
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send_to(self.id, Message::Binary(data));
+    }
+    /// Sends a message (text or binary) to this connection.
+    pub fn send(&mut self, msg: Message<'_>) {
+        self.send_to(self.id, msg);
+    }
+    /// Sends a message to any connection.
+    pub fn send_to(&mut self, to: ConnId, msg: Message<'_>) {
+        let op = if msg.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        self.send_frame_to(to, true, op, msg.as_bytes());
+    }
+    /// Sends one raw frame to this connection (the seed's "write raw frame"; the caller fragments).
+    pub fn send_frame(&mut self, fin: bool, op: OpCode, payload: &[u8]) {
+        self.send_frame_to(self.id, fin, op, payload);
+    }
+    fn send_frame_to(&mut self, to: ConnId, fin: bool, op: OpCode, payload: &[u8]) {
+        let (start, end) = self.queue.push_bytes(payload);
+        self.queue.cmds.push(Cmd::Frame {
+            to,
+            fin,
+            op,
+            start,
+            end,
+        });
+    }
+    /// Sends a ping (at most 125 bytes; longer payloads are refused and logged).
+    pub fn ping(&mut self, payload: &[u8]) {
+        self.send_frame(true, OpCode::Ping, payload);
+    }
+    /// Starts the closing handshake on this connection with any sendable code and reason.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.close_conn(self.id, code, reason);
+    }
+    /// Starts the closing handshake on any connection.
+    pub fn close_conn(&mut self, to: ConnId, code: CloseCode, reason: &str) {
+        let (start, end) = self.queue.push_bytes(reason.as_bytes());
+        self.queue.cmds.push(Cmd::Close {
+            to,
+            code,
+            start,
+            end,
+        });
+    }
+    /// Sends a message to every open connection, except `except`.
+    pub fn broadcast(&mut self, msg: Message<'_>, except: Option<ConnId>) {
+        let op = if msg.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        let (start, end) = self.queue.push_bytes(msg.as_bytes());
+        self.queue.cmds.push(Cmd::Broadcast {
+            op,
+            except,
+            start,
+            end,
+        });
+    }
+    /// In `on_open`: refuse the upgrade with this HTTP status and body.
+    pub fn reject(&mut self, status: u16, body: &str) {
+        self.decision = Some(Refusal {
+            status,
+            body: body.as_bytes().to_vec(),
+        });
+    }
+    /// In `on_open`: answer with this subprotocol (it MUST be one the client offered; others are ignored).
+    pub fn accept_protocol(&mut self, protocol: &str) {
+        self.protocol = Some(protocol.to_string());
+    }
+    /// Stops the server after this turn of the loop.
+    pub fn stop_server(&mut self) {
+        self.queue.cmds.push(Cmd::Stop);
+    }
+}
