@@ -28,22 +28,15 @@ fn main() {
     let mut passphrase: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
-        };
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
         match a.as_str() {
             "--addr" => addr = value(),
             "--max-payload" => {
-                let n: usize = value()
-                    .parse()
-                    .unwrap_or_else(|_| usage("--max-payload takes a number of bytes"));
+                let n: usize = value().parse().unwrap_or_else(|_| usage("--max-payload takes a number of bytes"));
                 config = config.max_payload_size(n).max_message_size(n);
             }
             "--max-frames" => {
-                let n: usize = value()
-                    .parse()
-                    .unwrap_or_else(|_| usage("--max-frames takes a number"));
+                let n: usize = value().parse().unwrap_or_else(|_| usage("--max-frames takes a number"));
                 config = config.max_frames_per_message(n);
             }
             // Accepted now so tooling can pass it; permessage-deflate is not negotiated by this build.

@@ -62,8 +62,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, 
             if !code.is_sendable() {
                 return Err(ProtocolError::InvalidCloseCode(code.0));
             }
-            let reason =
-                std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
             Ok(Some((code, reason)))
         }
     }
@@ -75,15 +74,10 @@ mod tests {
 
     #[test]
     fn code_ranges() {
-        for c in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
-            4000, 4999,
-        ] {
+        for c in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
             assert!(CloseCode(c).is_sendable(), "{c}");
         }
-        for c in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
+        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(!CloseCode(c).is_sendable(), "{c}");
         }
     }
@@ -91,25 +85,10 @@ mod tests {
     #[test]
     fn payloads() {
         assert_eq!(parse_close_payload(b""), Ok(None));
-        assert_eq!(
-            parse_close_payload(b"\x03"),
-            Err(ProtocolError::CloseOneByte)
-        );
-        assert_eq!(
-            parse_close_payload(b"\x03\xe8bye"),
-            Ok(Some((CloseCode::NORMAL, "bye")))
-        );
-        assert_eq!(
-            parse_close_payload(b"\x0b\xb8"),
-            Ok(Some((CloseCode(3000), "")))
-        );
-        assert_eq!(
-            parse_close_payload(b"\x03\xed"),
-            Err(ProtocolError::InvalidCloseCode(1005))
-        );
-        assert_eq!(
-            parse_close_payload(b"\x03\xe8\xff"),
-            Err(ProtocolError::InvalidUtf8)
-        );
+        assert_eq!(parse_close_payload(b"\x03"), Err(ProtocolError::CloseOneByte));
+        assert_eq!(parse_close_payload(b"\x03\xe8bye"), Ok(Some((CloseCode::NORMAL, "bye"))));
+        assert_eq!(parse_close_payload(b"\x0b\xb8"), Ok(Some((CloseCode(3000), ""))));
+        assert_eq!(parse_close_payload(b"\x03\xed"), Err(ProtocolError::InvalidCloseCode(1005)));
+        assert_eq!(parse_close_payload(b"\x03\xe8\xff"), Err(ProtocolError::InvalidUtf8));
     }
 }

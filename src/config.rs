@@ -74,23 +74,15 @@ impl Default for Config {
 }
 
 fn parse_secs(key: &str, v: &str) -> Result<Duration, ConfigError> {
-    let s: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(key, format!("`{v}` is not a number of seconds")))?;
+    let s: f64 = v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a number of seconds")))?;
     if !(s.is_finite() && s > 0.0 && s < 1e9) {
-        return Err(ConfigError::new(
-            key,
-            format!("`{v}` must be a positive number of seconds"),
-        ));
+        return Err(ConfigError::new(key, format!("`{v}` must be a positive number of seconds")));
     }
     Ok(Duration::from_secs_f64(s))
 }
 
 fn parse_usize(key: &str, v: &str) -> Result<usize, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number")))
+    v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number")))
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
@@ -147,29 +139,16 @@ impl Config {
             "prod" => self.prod = parse_bool(key, v)?,
             "masked_writes" => {
                 if parse_bool(key, v)? {
-                    return Err(ConfigError::new(key, "a server must not mask its frames (RFC 6455 §5.1); only `false` is accepted"));
+                    return Err(ConfigError::new(
+                        key,
+                        "a server must not mask its frames (RFC 6455 §5.1); only `false` is accepted",
+                    ));
                 }
             }
-            "ssl_cert" => {
-                self.ssl_cert = if v.is_empty() {
-                    None
-                } else {
-                    Some(PathBuf::from(v))
-                }
-            }
-            "ssl_passphrase" => {
-                self.ssl_passphrase = if v.is_empty() {
-                    None
-                } else {
-                    Some(v.to_string())
-                }
-            }
+            "ssl_cert" => self.ssl_cert = if v.is_empty() { None } else { Some(PathBuf::from(v)) },
+            "ssl_passphrase" => self.ssl_passphrase = if v.is_empty() { None } else { Some(v.to_string()) },
             "ssl_alpn" => {
-                self.ssl_alpn = v
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
+                self.ssl_alpn = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
             }
             "ssl_min_version" => {
                 self.ssl_min_version = match v.trim() {
@@ -240,22 +219,13 @@ impl Config {
             return Err(ConfigError::new("max_payload_size", "must be at least 1"));
         }
         if self.effective_max_message_size() < self.max_payload_size {
-            return Err(ConfigError::new(
-                "max_message_size",
-                "must be at least max_payload_size",
-            ));
+            return Err(ConfigError::new("max_message_size", "must be at least max_payload_size"));
         }
         if self.max_frames_per_message == 0 {
-            return Err(ConfigError::new(
-                "max_messages_buffering",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("max_messages_buffering", "must be at least 1"));
         }
         if self.max_handshake_bytes < 64 {
-            return Err(ConfigError::new(
-                "max_handshake_bytes",
-                "must be at least 64",
-            ));
+            return Err(ConfigError::new("max_handshake_bytes", "must be at least 64"));
         }
         if self.write_high_water == 0 {
             return Err(ConfigError::new("write_high_water", "must be at least 1"));
@@ -264,10 +234,7 @@ impl Config {
             return Err(ConfigError::new("ssl_passphrase", "given without ssl_cert"));
         }
         if self.ssl_cert.is_some() && !cfg!(feature = "tls") {
-            return Err(ConfigError::new(
-                "ssl_cert",
-                "wskit was built without TLS support (cargo feature `tls`)",
-            ));
+            return Err(ConfigError::new("ssl_cert", "wskit was built without TLS support (cargo feature `tls`)"));
         }
         Ok(())
     }
@@ -289,12 +256,7 @@ mod tests {
 
     #[test]
     fn pairs_are_checked_by_name() {
-        let c = Config::from_pairs([
-            ("timeout", "1.5"),
-            ("max_messages_buffering", "0"),
-            ("prod", "true"),
-        ])
-        .unwrap();
+        let c = Config::from_pairs([("timeout", "1.5"), ("max_messages_buffering", "0"), ("prod", "true")]).unwrap();
         assert_eq!(c.message_timeout, Duration::from_millis(1500));
         assert_eq!(c.max_frames_per_message, usize::MAX);
         assert!(c.prod);
@@ -307,8 +269,7 @@ mod tests {
         assert!(Config::from_pairs([("masked_writes", "false")]).is_ok());
         let e = Config::from_pairs([("timeout", "-1")]).unwrap_err();
         assert_eq!(e.key, "timeout");
-        let e = Config::from_pairs([("max_payload_size", "10"), ("max_message_size", "5")])
-            .unwrap_err();
+        let e = Config::from_pairs([("max_payload_size", "10"), ("max_message_size", "5")]).unwrap_err();
         assert_eq!(e.key, "max_message_size");
     }
 }

@@ -24,9 +24,7 @@
 use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
 use crate::error::{HandshakeError, ProtocolError, SendError};
-use crate::frame::{
-    decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
-};
+use crate::frame::{decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
@@ -164,11 +162,7 @@ impl Rx {
     fn fill_header(&mut self, input: &[u8], pos: &mut usize) -> bool {
         loop {
             let have = self.hdr_len as usize;
-            let need = if have >= 2 {
-                header_len(self.hdr[0], self.hdr[1])
-            } else {
-                2
-            };
+            let need = if have >= 2 { header_len(self.hdr[0], self.hdr[1]) } else { 2 };
             if have == need {
                 return true;
             }
@@ -251,10 +245,7 @@ impl Connection {
         let deadline = now + config.handshake_timeout;
         Connection {
             config,
-            state: State::ReadingHead {
-                head: HeadReader::default(),
-                deadline,
-            },
+            state: State::ReadingHead { head: HeadReader::default(), deadline },
             out: Vec::new(),
             status: None,
         }
@@ -283,10 +274,8 @@ impl Connection {
     /// Whether the shell should read from the socket: the connection expects input and its outbound queue is
     /// below the high-water mark (so a peer that never reads is not fed without bound).
     pub fn wants_read(&self) -> bool {
-        matches!(
-            self.state,
-            State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. }
-        ) && self.out.len() < self.config.write_high_water
+        matches!(self.state, State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. })
+            && self.out.len() < self.config.write_high_water
     }
 
     /// Whether bytes wait in [`Connection::out`].
@@ -307,16 +296,8 @@ impl Connection {
     /// Whether the upgrade was accepted (the connection is or was a WebSocket).
     pub fn was_upgraded(&self) -> bool {
         matches!(self.state, State::Open(_) | State::ClosingByUs { .. })
-            || matches!(
-                self.status,
-                Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_))
-            )
-            || matches!(
-                self.status,
-                Some(CloseStatus::TimedOut(
-                    TimeoutKind::Message | TimeoutKind::Close
-                ))
-            )
+            || matches!(self.status, Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_)))
+            || matches!(self.status, Some(CloseStatus::TimedOut(TimeoutKind::Message | TimeoutKind::Close)))
     }
 
     /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
@@ -332,11 +313,7 @@ impl Connection {
             | State::AwaitingDecision { deadline, .. }
             | State::AwaitingResponse { deadline }
             | State::ClosingByUs { deadline, .. } => Some(*deadline),
-            State::Open(rx) => rx
-                .msg
-                .as_ref()
-                .filter(|_| !rx.msg_delivered)
-                .map(|m| m.deadline),
+            State::Open(rx) => rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline),
             State::Closed { linger } => Some(*linger),
         }
     }
@@ -367,9 +344,7 @@ impl Connection {
             return Err(SendError::NotOpen);
         }
         handshake::write_response(&mut self.out, status, headers, body);
-        self.state = State::Closed {
-            linger: now + self.config.close_timeout,
-        };
+        self.state = State::Closed { linger: now + self.config.close_timeout };
         Ok(())
     }
 
@@ -385,30 +360,19 @@ impl Connection {
             return Err(SendError::NotOpen);
         }
         handshake::write_response(&mut self.out, status, headers, body);
-        self.state = State::Closed {
-            linger: now + self.config.close_timeout,
-        };
+        self.state = State::Closed { linger: now + self.config.close_timeout };
         Ok(())
     }
 
     /// Queues a message as one frame.
     pub fn send(&mut self, msg: Message<'_>) -> Result<(), SendError> {
-        let op = if msg.is_text() {
-            OpCode::Text
-        } else {
-            OpCode::Binary
-        };
+        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         self.send_frame(true, op, msg.as_bytes())
     }
 
     /// Queues one raw frame (the seed's "write raw frame"): the caller does its own fragmentation. Control frames
     /// must carry at most 125 bytes; a close frame is better sent with [`Connection::close`].
-    pub fn send_frame(
-        &mut self,
-        fin: bool,
-        opcode: OpCode,
-        payload: &[u8],
-    ) -> Result<(), SendError> {
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);
         }
@@ -436,9 +400,7 @@ impl Connection {
         let (p, n) = close_payload(code, reason);
         write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
         let deadline = now + self.config.close_timeout;
-        if let State::Open(mut rx) =
-            std::mem::replace(&mut self.state, State::Closed { linger: deadline })
-        {
+        if let State::Open(mut rx) = std::mem::replace(&mut self.state, State::Closed { linger: deadline }) {
             // A message still arriving is dropped; the framing position is kept.
             rx.msg = None;
             rx.msg_delivered = false;
@@ -467,12 +429,7 @@ impl Connection {
                 self.out.clear();
                 self.state = State::Closed { linger: now };
             }
-            State::Open(rx)
-                if rx
-                    .msg
-                    .as_ref()
-                    .is_some_and(|m| !rx.msg_delivered && now >= m.deadline) =>
-            {
+            State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
                 self.fail(ProtocolError::MessageTimeout, now);
                 self.status = Some(CloseStatus::TimedOut(TimeoutKind::Message));
             }
@@ -530,9 +487,7 @@ impl Connection {
 
     fn refuse(&mut self, e: HandshakeError, now: Instant) -> Event<'static> {
         handshake::write_refusal(&mut self.out, &e);
-        self.state = State::Closed {
-            linger: now + self.config.close_timeout,
-        };
+        self.state = State::Closed { linger: now + self.config.close_timeout };
         Event::HandshakeFailed(e)
     }
 
@@ -541,12 +496,7 @@ impl Connection {
         if self.status.is_none() {
             self.status = Some(CloseStatus::Error(e.clone()));
         }
-        match std::mem::replace(
-            &mut self.state,
-            State::Closed {
-                linger: now + self.config.close_timeout,
-            },
-        ) {
+        match std::mem::replace(&mut self.state, State::Closed { linger: now + self.config.close_timeout }) {
             State::Open(mut rx) => {
                 let (p, n) = close_payload(e.close_code(), "");
                 write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
@@ -564,11 +514,7 @@ impl Connection {
         }
     }
 
-    fn read_frames<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        now: Instant,
-    ) -> (usize, Option<Event<'a>>) {
+    fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
         let config = &*self.config;
         let (rx, closing) = match &mut self.state {
             State::Open(rx) => (rx, false),
@@ -613,10 +559,7 @@ impl Connection {
                     }
                     continue;
                 }
-                let msg = rx
-                    .msg
-                    .as_mut()
-                    .expect("a data frame always has its message");
+                let msg = rx.msg.as_mut().expect("a data frame always has its message");
                 if msg.text && msg.utf8.feed(chunk).is_err() {
                     break Ready::Error(ProtocolError::InvalidUtf8);
                 }
@@ -660,63 +603,53 @@ impl Connection {
             };
             pos += used;
 
-            // Rules that depend on role, extensions and state.
+            // Rules that depend on role, extensions and state. A frame refused here has its payload skipped, so the
+            // closing handshake that follows stays in step with the peer's framing.
+            let skip = InFrame { opcode: OpCode::Binary, fin: false, mask: [0; 4], done: 0, remaining: h.len };
             let Some(mask) = h.mask else {
+                rx.frame = Some(skip);
                 break Ready::Error(ProtocolError::UnmaskedFrame);
             };
             if h.rsv != 0 {
+                rx.frame = Some(skip);
                 break Ready::Error(ProtocolError::ReservedBits(h.rsv));
             }
-            let frame = InFrame {
-                opcode: h.opcode,
-                fin: h.fin,
-                mask,
-                done: 0,
-                remaining: h.len,
-            };
+            let frame = InFrame { opcode: h.opcode, fin: h.fin, mask, done: 0, remaining: h.len };
             if h.opcode.is_control() {
                 let len = h.len as usize;
                 if input.len() - pos >= len {
                     let (start, end) = (pos, pos + len);
                     apply_mask(&mut input[start..end], mask, 0);
                     pos = end;
-                    break Ready::InputControl {
-                        op: h.opcode,
-                        start,
-                        end,
-                    };
+                    break Ready::InputControl { op: h.opcode, start, end };
                 }
                 rx.ctrl.clear();
                 rx.frame = Some(frame);
                 continue;
             }
-            if h.len > config.max_payload_size as u64 {
-                break Ready::Error(ProtocolError::FrameTooLarge {
-                    size: h.len,
-                    max: config.max_payload_size,
-                });
-            }
             let max_msg = config.effective_max_message_size();
+            let refused = if h.len > config.max_payload_size as u64 {
+                Some(ProtocolError::FrameTooLarge { size: h.len, max: config.max_payload_size })
+            } else {
+                match (h.opcode, rx.msg.as_ref()) {
+                    (OpCode::Continuation, None) if !closing => Some(ProtocolError::UnexpectedContinuation),
+                    (OpCode::Continuation, Some(m)) if m.frames >= config.max_frames_per_message => {
+                        Some(ProtocolError::TooManyFrames { max: config.max_frames_per_message })
+                    }
+                    (OpCode::Continuation, Some(m)) if m.buf.len() as u64 + h.len > max_msg as u64 => {
+                        Some(ProtocolError::MessageTooLarge { size: m.buf.len() as u64 + h.len, max: max_msg })
+                    }
+                    (OpCode::Text | OpCode::Binary, Some(_)) if !closing => Some(ProtocolError::ExpectedContinuation),
+                    _ => None,
+                }
+            };
+            if let Some(e) = refused {
+                rx.frame = Some(skip);
+                break Ready::Error(e);
+            }
             match (h.opcode, rx.msg.as_mut()) {
-                (OpCode::Continuation, None) if !closing => {
-                    break Ready::Error(ProtocolError::UnexpectedContinuation)
-                }
-                (OpCode::Continuation, Some(m)) => {
-                    if m.frames >= config.max_frames_per_message {
-                        break Ready::Error(ProtocolError::TooManyFrames {
-                            max: config.max_frames_per_message,
-                        });
-                    }
-                    let size = m.buf.len() as u64 + h.len;
-                    if size > max_msg as u64 {
-                        break Ready::Error(ProtocolError::MessageTooLarge { size, max: max_msg });
-                    }
-                    m.frames += 1;
-                }
+                (OpCode::Continuation, Some(m)) => m.frames += 1,
                 (OpCode::Continuation, None) => {}
-                (_, Some(_)) if !closing => {
-                    break Ready::Error(ProtocolError::ExpectedContinuation)
-                }
                 (op, _) => {
                     let len = h.len as usize;
                     let text = op == OpCode::Text;
@@ -757,9 +690,7 @@ impl Connection {
                 }
             }
             Ready::BufMessage => {
-                let State::Open(rx) = &mut self.state else {
-                    unreachable!("messages are delivered while open")
-                };
+                let State::Open(rx) = &mut self.state else { unreachable!("messages are delivered while open") };
                 rx.msg_delivered = true;
                 let m = rx.msg.as_ref().expect("a completed message");
                 let ev = if m.text {
@@ -773,12 +704,14 @@ impl Connection {
                 };
                 (pos, Some(Event::Message(ev)))
             }
-            Ready::InputControl { op, start, end } => {
-                self.control(op, Payload::Input(&input[start..end]), pos, now)
-            }
+            Ready::InputControl { op, start, end } => self.control(op, Payload::Input(&input[start..end]), pos, now),
             Ready::BufControl { op } => self.control(op, Payload::Ctrl, pos, now),
             Ready::Error(e) => {
                 self.fail(e.clone(), now);
+                if closing {
+                    // A fault while closing: stop reading; it is not reported a second time.
+                    return (input.len(), None);
+                }
                 (pos, Some(Event::Error(e)))
             }
         }
@@ -794,9 +727,7 @@ impl Connection {
         let closing = matches!(self.state, State::ClosingByUs { .. });
         // A control payload that spanned reads was collected in `rx.ctrl`; take it out while we act on it.
         let owned: Vec<u8> = match (&payload, &mut self.state) {
-            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => {
-                std::mem::take(&mut rx.ctrl)
-            }
+            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => std::mem::take(&mut rx.ctrl),
             _ => Vec::new(),
         };
         let data: &[u8] = match &payload {
@@ -812,14 +743,7 @@ impl Connection {
                     Payload::Input(d) => d,
                     Payload::Ctrl => self.lend_ctrl(owned),
                 };
-                (
-                    pos,
-                    Some(if op == OpCode::Ping {
-                        Event::Ping(data)
-                    } else {
-                        Event::Pong(data)
-                    }),
-                )
+                (pos, Some(if op == OpCode::Ping { Event::Ping(data) } else { Event::Pong(data) }))
             }
             _ => {
                 let result = parse_close_payload(data).map(|p| match p {
@@ -834,15 +758,9 @@ impl Connection {
                             write_frame(&mut self.out, true, 0, OpCode::Close, echo);
                         }
                         if self.status.is_none() {
-                            self.status = Some(CloseStatus::Clean {
-                                code,
-                                reason,
-                                by_peer: !closing,
-                            });
+                            self.status = Some(CloseStatus::Clean { code, reason, by_peer: !closing });
                         }
-                        self.state = State::Closed {
-                            linger: now + self.config.close_timeout,
-                        };
+                        self.state = State::Closed { linger: now + self.config.close_timeout };
                         let reason = match &self.status {
                             Some(CloseStatus::Clean { reason, .. }) => reason.as_str(),
                             _ => "",
@@ -858,9 +776,7 @@ impl Connection {
                         if self.status.is_none() {
                             self.status = Some(CloseStatus::Error(e.clone()));
                         }
-                        self.state = State::Closed {
-                            linger: now + self.config.close_timeout,
-                        };
+                        self.state = State::Closed { linger: now + self.config.close_timeout };
                         (pos, Some(Event::Error(e)))
                     }
                 }
@@ -884,4 +800,317 @@ impl Connection {
 enum Payload<'a> {
     Input(&'a [u8]),
     Ctrl,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::write_client_frame;
+    use std::time::Duration;
+
+    const HEAD: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    /// An owned copy of an event, for transcripts.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ev {
+        Upgrade(String),
+        Http(String),
+        Refused(u16),
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(u16, String),
+        Error(ProtocolError),
+    }
+
+    fn config() -> Arc<Config> {
+        Arc::new(Config::new().max_payload_size(1 << 20).max_frames_per_message(1000))
+    }
+
+    /// Feeds `data` cut at `splits` (accepting every upgrade) and returns the events and everything written.
+    fn run(cfg: Arc<Config>, data: &[u8], splits: &[usize]) -> (Vec<Ev>, Vec<u8>, Connection) {
+        let now = Instant::now();
+        let mut c = Connection::new(cfg, now);
+        let mut evs = Vec::new();
+        let mut written = Vec::new();
+        let mut bounds = splits.to_vec();
+        bounds.push(data.len());
+        let mut last = 0;
+        for b in bounds {
+            let mut chunk = data[last..b].to_vec();
+            last = b;
+            let mut off = 0;
+            let total = chunk.len();
+            loop {
+                let (n, ev) = c.read(&mut chunk[off..], now);
+                off += n;
+                let mut upgraded = false;
+                match ev {
+                    None if n == 0 || off == total => break,
+                    None => continue,
+                    Some(Event::Upgrade(r)) => {
+                        evs.push(Ev::Upgrade(r.uri().to_string()));
+                        upgraded = true;
+                    }
+                    Some(Event::Http(r)) => evs.push(Ev::Http(r.uri().to_string())),
+                    Some(Event::HandshakeFailed(e)) => evs.push(Ev::Refused(e.status())),
+                    Some(Event::Message(Message::Text(t))) => evs.push(Ev::Text(t.to_string())),
+                    Some(Event::Message(Message::Binary(b))) => evs.push(Ev::Binary(b.to_vec())),
+                    Some(Event::Ping(p)) => evs.push(Ev::Ping(p.to_vec())),
+                    Some(Event::Pong(p)) => evs.push(Ev::Pong(p.to_vec())),
+                    Some(Event::Close(code, r)) => evs.push(Ev::Close(code.0, r.to_string())),
+                    Some(Event::Error(e)) => evs.push(Ev::Error(e)),
+                }
+                if upgraded {
+                    c.accept(None).unwrap();
+                }
+                written.extend_from_slice(c.out());
+                let len = c.out().len();
+                c.consume_out(len);
+                if off == total {
+                    // One more call: an event may still be due with no bytes left (a zero-length frame).
+                    let (_, ev) = c.read(&mut [], now);
+                    assert!(ev.is_none(), "event after all input was used");
+                    break;
+                }
+            }
+        }
+        (evs, written, c)
+    }
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_client_frame(&mut v, fin, 0, op, [0x11, 0x22, 0x33, 0x44], payload);
+        v
+    }
+
+    fn session() -> Vec<u8> {
+        let mut d = HEAD.to_vec();
+        d.extend(frame(true, OpCode::Text, b"Hello"));
+        d.extend(frame(true, OpCode::Binary, &[7u8; 200])); // 16-bit length
+        d.extend(frame(true, OpCode::Text, b"")); // empty message
+                                                  // "κόσμε" split inside a code point across fragments, a ping in between.
+        let k = "κόσμε".as_bytes();
+        d.extend(frame(false, OpCode::Text, &k[..3]));
+        d.extend(frame(true, OpCode::Ping, b"p1"));
+        d.extend(frame(false, OpCode::Continuation, &k[3..7]));
+        d.extend(frame(false, OpCode::Continuation, b""));
+        d.extend(frame(true, OpCode::Continuation, &k[7..]));
+        d.extend(frame(true, OpCode::Pong, b"unsolicited"));
+        d.extend(frame(true, OpCode::Binary, &vec![3u8; 70_000])); // 64-bit length
+        d.extend(frame(true, OpCode::Close, b"\x03\xe8bye"));
+        d
+    }
+
+    fn expected_session() -> Vec<Ev> {
+        vec![
+            Ev::Upgrade("/echo".into()),
+            Ev::Text("Hello".into()),
+            Ev::Binary(vec![7; 200]),
+            Ev::Text(String::new()),
+            Ev::Ping(b"p1".to_vec()),
+            Ev::Text("κόσμε".into()),
+            Ev::Pong(b"unsolicited".to_vec()),
+            Ev::Binary(vec![3; 70_000]),
+            Ev::Close(1000, "bye".into()),
+        ]
+    }
+
+    #[test]
+    fn one_shot_session_transcript() {
+        let (evs, out, c) = run(config(), &session(), &[]);
+        assert_eq!(evs, expected_session());
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        // The pong and the close echo follow the 101, unmasked.
+        let tail = &out[out.len() - 8..];
+        assert_eq!(tail, b"\x8a\x02p1\x88\x02\x03\xe8");
+        assert!(c.is_finished());
+        assert_eq!(
+            c.close_status(),
+            CloseStatus::Clean { code: CloseCode::NORMAL, reason: "bye".into(), by_peer: true }
+        );
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_transcript() {
+        let data = session();
+        let (_, one_out, _) = run(config(), &data, &[]);
+        // Every single split point near the structure (the 70 KB payload's interior is sampled).
+        let points: Vec<usize> =
+            (0..data.len()).filter(|i| *i < HEAD.len() + 400 || i % 997 == 0 || *i > data.len() - 40).collect();
+        for &a in &points {
+            let (evs, out, _) = run(config(), &data, &[a]);
+            assert_eq!(evs, expected_session(), "split at {a}");
+            assert_eq!(out, one_out, "split at {a}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_gives_the_same_transcript() {
+        let data = session();
+        let splits: Vec<usize> = (1..data.len()).collect();
+        let (evs, _, _) = run(config(), &data, &splits);
+        assert_eq!(evs, expected_session());
+    }
+
+    fn fails_with(frames: Vec<u8>, err: ProtocolError, code: u16) {
+        let mut data = HEAD.to_vec();
+        data.extend(frames);
+        for splits in [vec![], (HEAD.len() + 1..data.len()).collect::<Vec<_>>()] {
+            let (evs, out, c) = run(config(), &data, &splits);
+            assert_eq!(evs.last(), Some(&Ev::Error(err.clone())), "{evs:?}");
+            let close = [0x88, 0x02, (code >> 8) as u8, code as u8];
+            assert!(out.ends_with(&close), "expected close {code}, wrote {:x?}", &out[out.len().saturating_sub(8)..]);
+            assert!(!c.is_open());
+        }
+    }
+
+    #[test]
+    fn protocol_faults_get_their_close_codes() {
+        let mut unmasked = Vec::new();
+        write_frame(&mut unmasked, true, 0, OpCode::Text, b"hi");
+        fails_with(unmasked, ProtocolError::UnmaskedFrame, 1002);
+        let mut rsv = Vec::new();
+        write_client_frame(&mut rsv, true, 4, OpCode::Text, [1, 2, 3, 4], b"hi");
+        fails_with(rsv, ProtocolError::ReservedBits(4), 1002);
+        fails_with(vec![0x83, 0x80, 0, 0, 0, 0], ProtocolError::ReservedOpcode(3), 1002);
+        fails_with(frame(true, OpCode::Continuation, b"x"), ProtocolError::UnexpectedContinuation, 1002);
+        let mut twice = frame(false, OpCode::Text, b"a");
+        twice.extend(frame(true, OpCode::Text, b"b"));
+        fails_with(twice, ProtocolError::ExpectedContinuation, 1002);
+        fails_with(frame(true, OpCode::Close, b"\x03"), ProtocolError::CloseOneByte, 1002);
+        fails_with(frame(true, OpCode::Close, b"\x03\xed"), ProtocolError::InvalidCloseCode(1005), 1002);
+        fails_with(frame(true, OpCode::Close, b"\x03\xe8\xff"), ProtocolError::InvalidUtf8, 1007);
+        fails_with(frame(true, OpCode::Text, b"\xce\xba\xff"), ProtocolError::InvalidUtf8, 1007);
+        let mut frag = frame(false, OpCode::Text, b"ok \xed");
+        frag.extend(frame(true, OpCode::Continuation, b"\xa0\x80"));
+        fails_with(frag, ProtocolError::InvalidUtf8, 1007);
+        let mut trunc = frame(false, OpCode::Text, b"ok");
+        trunc.extend(frame(true, OpCode::Continuation, b"\xe2\x82"));
+        fails_with(trunc, ProtocolError::InvalidUtf8, 1007);
+    }
+
+    #[test]
+    fn utf8_fails_fast_inside_one_frame() {
+        // Only the first 5 bytes of a 1000-byte text frame arrive; the 5th cannot continue UTF-8.
+        let mut data = HEAD.to_vec();
+        let mut payload = b"abc\xf4\x90".to_vec();
+        payload.resize(1000, b'a');
+        let f = frame(true, OpCode::Text, &payload);
+        data.extend_from_slice(&f[..8 + 5]);
+        let (evs, _, _) = run(config(), &data, &[]);
+        assert_eq!(evs.last(), Some(&Ev::Error(ProtocolError::InvalidUtf8)));
+    }
+
+    #[test]
+    fn limits_are_checked_at_the_header() {
+        // A header announcing 16 MiB is refused with 1009 before any payload arrives.
+        let mut h = [0u8; 14];
+        let n = crate::frame::encode_header(true, 0, OpCode::Binary, Some([1, 2, 3, 4]), 16 << 20, &mut h);
+        fails_with(h[..n].to_vec(), ProtocolError::FrameTooLarge { size: 16 << 20, max: 1 << 20 }, 1009);
+        // Message limit across fragments.
+        let cfg = Arc::new(Config::new().max_payload_size(100).max_message_size(150));
+        let mut data = HEAD.to_vec();
+        data.extend(frame(false, OpCode::Binary, &[0; 100]));
+        data.extend(frame(true, OpCode::Continuation, &[0; 51]));
+        let (evs, _, _) = run(cfg, &data, &[]);
+        assert_eq!(evs.last(), Some(&Ev::Error(ProtocolError::MessageTooLarge { size: 151, max: 150 })));
+        // Frames per message.
+        let cfg = Arc::new(Config::new().max_frames_per_message(3));
+        let mut data = HEAD.to_vec();
+        data.extend(frame(false, OpCode::Binary, b"x"));
+        for _ in 0..2 {
+            data.extend(frame(false, OpCode::Continuation, b"x"));
+        }
+        data.extend(frame(true, OpCode::Continuation, b"x"));
+        let (evs, _, _) = run(cfg, &data, &[]);
+        assert_eq!(evs.last(), Some(&Ev::Error(ProtocolError::TooManyFrames { max: 3 })));
+    }
+
+    #[test]
+    fn timeouts() {
+        let cfg = Arc::new(Config::new().timeout(Duration::from_secs(5)).close_timeout(Duration::from_secs(2)));
+        let t0 = Instant::now();
+        // Handshake timeout: nothing sent.
+        let mut c = Connection::new(cfg.clone(), t0);
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        c.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(!c.is_finished());
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(c.is_finished());
+        assert_eq!(c.close_status(), CloseStatus::TimedOut(TimeoutKind::Handshake));
+
+        // Incomplete message: 1008 at the deadline, then the close timeout.
+        let mut data = HEAD.to_vec();
+        data.extend(frame(false, OpCode::Text, b"part"));
+        let (_, _, mut c) = run(cfg.clone(), &data, &[]);
+        let d = c.next_deadline().expect("message deadline");
+        c.handle_timeout(d);
+        assert!(c.out().ends_with(&[0x88, 0x02, 0x03, 0xf0]), "1008");
+        let n = c.out().len();
+        c.consume_out(n);
+        let d2 = c.next_deadline().expect("close deadline");
+        assert!(d2 > d);
+        c.handle_timeout(d2);
+        assert!(c.is_finished());
+        assert_eq!(c.close_status(), CloseStatus::TimedOut(TimeoutKind::Message));
+    }
+
+    #[test]
+    fn server_close_waits_for_the_peer_and_ignores_data() {
+        let (_, _, mut c) = run(config(), HEAD, &[]);
+        let now = Instant::now();
+        assert_eq!(c.close(CloseCode(1001), "bye", now), Ok(()));
+        assert_eq!(c.close(CloseCode(1005), "", now), Err(SendError::InvalidCloseCode(1005)));
+        assert!(c.out().starts_with(&[0x88, 0x05, 0x03, 0xe9, b'b', b'y', b'e']));
+        let n = c.out().len();
+        c.consume_out(n);
+        assert_eq!(c.send(Message::Text("late")), Err(SendError::NotOpen));
+        let mut more = frame(true, OpCode::Text, b"ignored");
+        more.extend(frame(true, OpCode::Ping, b"ignored too"));
+        more.extend(frame(true, OpCode::Close, b"\x03\xe9"));
+        let mut evs = Vec::new();
+        let mut off = 0;
+        while off < more.len() {
+            let (n, ev) = c.read(&mut more[off..], now);
+            off += n;
+            if let Some(ev) = ev {
+                evs.push(format!("{ev:?}"));
+            }
+        }
+        assert_eq!(
+            evs,
+            vec!["Ping([105, 103, 110, 111, 114, 101, 100, 32, 116, 111, 111])", "Close(CloseCode(1001), \"\")"]
+        );
+        assert!(c.out().is_empty(), "no pong and no second close while closing");
+        assert!(c.is_finished());
+        assert!(matches!(c.close_status(), CloseStatus::Clean { by_peer: false, .. }));
+    }
+
+    #[test]
+    fn empty_close_is_answered_empty_and_reported_1005() {
+        let mut data = HEAD.to_vec();
+        data.extend(frame(true, OpCode::Close, b""));
+        let (evs, out, _) = run(config(), &data, &[]);
+        assert_eq!(evs.last(), Some(&Ev::Close(1005, String::new())));
+        assert!(out.ends_with(&[0x88, 0x00]));
+    }
+
+    #[test]
+    fn plain_http_and_bad_handshakes() {
+        let (evs, _, _) = run(config(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &[]);
+        assert_eq!(evs, vec![Ev::Http("/".into())]);
+        let (evs, out, c) =
+            run(config(), &HEAD.to_vec().iter().map(|&b| if b == b'3' { b'8' } else { b }).collect::<Vec<_>>(), &[]);
+        assert_eq!(evs, vec![Ev::Refused(426)]);
+        assert!(String::from_utf8_lossy(&out).contains("Sec-WebSocket-Version: 13"));
+        assert!(c.is_finished());
+        let big = vec![b'a'; 10_000];
+        let (evs, out, _) = run(config(), &big, &[4000, 8000]);
+        assert_eq!(evs, vec![Ev::Refused(431)]);
+        assert!(out.starts_with(b"HTTP/1.1 431 "));
+    }
 }

@@ -139,24 +139,16 @@ impl fmt::Display for ProtocolError {
             ProtocolError::ControlTooLong(n) => {
                 write!(f, "control frame payload of {n} bytes (at most 125)")
             }
-            ProtocolError::LengthTopBitSet => {
-                f.write_str("64-bit payload length with the top bit set")
-            }
+            ProtocolError::LengthTopBitSet => f.write_str("64-bit payload length with the top bit set"),
             ProtocolError::UnmaskedFrame => f.write_str("unmasked frame from a client"),
             ProtocolError::ReservedBits(r) => {
                 write!(f, "reserved bits {r:#05b} set without an extension")
             }
-            ProtocolError::UnexpectedContinuation => {
-                f.write_str("continuation frame with no message open")
-            }
-            ProtocolError::ExpectedContinuation => {
-                f.write_str("new data frame while a fragmented message is open")
-            }
+            ProtocolError::UnexpectedContinuation => f.write_str("continuation frame with no message open"),
+            ProtocolError::ExpectedContinuation => f.write_str("new data frame while a fragmented message is open"),
             ProtocolError::CloseOneByte => f.write_str("close frame with a 1-byte payload"),
             ProtocolError::InvalidCloseCode(c) => write!(f, "close code {c} may not be sent"),
-            ProtocolError::InvalidUtf8 => {
-                f.write_str("invalid UTF-8 in a text message or close reason")
-            }
+            ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message or close reason"),
             ProtocolError::FrameTooLarge { size, max } => {
                 write!(f, "frame of {size} bytes exceeds the limit of {max}")
             }
@@ -164,9 +156,7 @@ impl fmt::Display for ProtocolError {
                 write!(f, "message of {size} bytes exceeds the limit of {max}")
             }
             ProtocolError::TooManyFrames { max } => write!(f, "message has more than {max} frames"),
-            ProtocolError::MessageTimeout => {
-                f.write_str("message not completed within the timeout")
-            }
+            ProtocolError::MessageTimeout => f.write_str("message not completed within the timeout"),
         }
     }
 }
@@ -208,10 +198,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(key: &str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.to_string(),
-            reason: reason.into(),
-        }
+        ConfigError { key: key.to_string(), reason: reason.into() }
     }
 }
 

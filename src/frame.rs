@@ -140,11 +140,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Status<(FrameHeader, usize)>, Protoco
         }
         n => (n as u64, 2),
     };
-    let mask = if b1 & 0x80 != 0 {
-        Some([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-    } else {
-        None
-    };
+    let mask = if b1 & 0x80 != 0 { Some([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) } else { None };
     if opcode.is_control() {
         if !fin {
             return Err(ProtocolError::FragmentedControl);
@@ -153,28 +149,12 @@ pub fn decode_header(buf: &[u8]) -> Result<Status<(FrameHeader, usize)>, Protoco
             return Err(ProtocolError::ControlTooLong(len));
         }
     }
-    Ok(Status::Complete((
-        FrameHeader {
-            fin,
-            rsv,
-            opcode,
-            mask,
-            len,
-        },
-        need,
-    )))
+    Ok(Status::Complete((FrameHeader { fin, rsv, opcode, mask, len }, need)))
 }
 
 /// Encodes a header into `out` (at most [`MAX_HEADER_LEN`] bytes), choosing the shortest length form (§5.2: "the
 /// minimal number of bytes MUST be used"). Returns the number of bytes written.
-pub fn encode_header(
-    fin: bool,
-    rsv: u8,
-    opcode: OpCode,
-    mask: Option<[u8; 4]>,
-    len: u64,
-    out: &mut [u8; 14],
-) -> usize {
+pub fn encode_header(fin: bool, rsv: u8, opcode: OpCode, mask: Option<[u8; 4]>, len: u64, out: &mut [u8; 14]) -> usize {
     out[0] = (if fin { 0x80 } else { 0 }) | ((rsv & 0x7) << 4) | opcode.as_u8();
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut n = if len < 126 {
@@ -205,6 +185,16 @@ pub fn write_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, payloa
     out.extend_from_slice(payload);
 }
 
+/// Appends a whole masked frame, as a client sends it (for tests, fuzzing and the examples' raw clients).
+pub fn write_client_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, mask: [u8; 4], payload: &[u8]) {
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(fin, rsv, opcode, Some(mask), payload.len() as u64, &mut h);
+    out.extend_from_slice(&h[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    crate::mask::apply_mask(&mut out[start..], mask, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,18 +210,10 @@ mod tests {
             (65536, Some([0xff; 4])),
             (1 << 40, None),
         ] {
-            for (fin, rsv, opcode) in [
-                (true, 0, OpCode::Text),
-                (false, 4, OpCode::Binary),
-                (true, 0, OpCode::Continuation),
-            ] {
-                let h = FrameHeader {
-                    fin,
-                    rsv,
-                    opcode,
-                    mask,
-                    len,
-                };
+            for (fin, rsv, opcode) in
+                [(true, 0, OpCode::Text), (false, 4, OpCode::Binary), (true, 0, OpCode::Continuation)]
+            {
+                let h = FrameHeader { fin, rsv, opcode, mask, len };
                 let mut b = [0u8; 14];
                 let n = encode_header(fin, rsv, opcode, mask, len, &mut b);
                 v.push((h, b[..n].to_vec()));
@@ -244,18 +226,11 @@ mod tests {
     fn every_prefix_is_partial_and_the_whole_round_trips() {
         for (h, bytes) in vectors() {
             for k in 0..bytes.len() {
-                assert_eq!(
-                    decode_header(&bytes[..k]),
-                    Ok(Status::Partial),
-                    "{h:?} prefix {k}"
-                );
+                assert_eq!(decode_header(&bytes[..k]), Ok(Status::Partial), "{h:?} prefix {k}");
             }
             let mut with_tail = bytes.clone();
             with_tail.extend_from_slice(b"tail");
-            assert_eq!(
-                decode_header(&with_tail),
-                Ok(Status::Complete((h, bytes.len())))
-            );
+            assert_eq!(decode_header(&with_tail), Ok(Status::Complete((h, bytes.len()))));
         }
     }
 
@@ -265,35 +240,17 @@ mod tests {
         assert_eq!(encode_header(true, 0, OpCode::Binary, None, 125, &mut b), 2);
         assert_eq!(encode_header(true, 0, OpCode::Binary, None, 126, &mut b), 4);
         assert_eq!(&b[..4], &[0x82, 126, 0, 126]);
-        assert_eq!(
-            encode_header(true, 0, OpCode::Binary, None, 65535, &mut b),
-            4
-        );
-        assert_eq!(
-            encode_header(true, 0, OpCode::Binary, None, 65536, &mut b),
-            10
-        );
+        assert_eq!(encode_header(true, 0, OpCode::Binary, None, 65535, &mut b), 4);
+        assert_eq!(encode_header(true, 0, OpCode::Binary, None, 65536, &mut b), 10);
         assert_eq!(&b[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
     #[test]
     fn header_faults_are_protocol_errors() {
-        assert_eq!(
-            decode_header(&[0x83, 0x80, 0, 0, 0, 0]),
-            Err(ProtocolError::ReservedOpcode(3))
-        );
-        assert_eq!(
-            decode_header(&[0x8b, 0x80, 0, 0, 0, 0]),
-            Err(ProtocolError::ReservedOpcode(0xb))
-        );
-        assert_eq!(
-            decode_header(&[0x09, 0x80, 0, 0, 0, 0]),
-            Err(ProtocolError::FragmentedControl)
-        );
-        assert_eq!(
-            decode_header(&[0x89, 0xfe, 0, 126, 0, 0, 0, 0]),
-            Err(ProtocolError::ControlTooLong(126))
-        );
+        assert_eq!(decode_header(&[0x83, 0x80, 0, 0, 0, 0]), Err(ProtocolError::ReservedOpcode(3)));
+        assert_eq!(decode_header(&[0x8b, 0x80, 0, 0, 0, 0]), Err(ProtocolError::ReservedOpcode(0xb)));
+        assert_eq!(decode_header(&[0x09, 0x80, 0, 0, 0, 0]), Err(ProtocolError::FragmentedControl));
+        assert_eq!(decode_header(&[0x89, 0xfe, 0, 126, 0, 0, 0, 0]), Err(ProtocolError::ControlTooLong(126)));
         let top = [0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
         assert_eq!(decode_header(&top), Err(ProtocolError::LengthTopBitSet));
     }

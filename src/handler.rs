@@ -43,11 +43,7 @@ pub struct Response {
 impl Response {
     /// A response with a status, a content type and a body.
     pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Response {
-            status,
-            headers: vec![("Content-Type".into(), content_type.into())],
-            body: body.into(),
-        }
+        Response { status, headers: vec![("Content-Type".into(), content_type.into())], body: body.into() }
     }
 }
 
@@ -152,25 +148,9 @@ impl Handler for Handlers {
 /// A queued request from a callback; byte ranges point into the queue's arena.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cmd {
-    Frame {
-        to: ConnId,
-        fin: bool,
-        op: OpCode,
-        start: usize,
-        end: usize,
-    },
-    Close {
-        to: ConnId,
-        code: CloseCode,
-        start: usize,
-        end: usize,
-    },
-    Broadcast {
-        op: OpCode,
-        except: Option<ConnId>,
-        start: usize,
-        end: usize,
-    },
+    Frame { to: ConnId, fin: bool, op: OpCode, start: usize, end: usize },
+    Close { to: ConnId, code: CloseCode, start: usize, end: usize },
+    Broadcast { op: OpCode, except: Option<ConnId>, start: usize, end: usize },
     Stop,
 }
 
@@ -215,22 +195,13 @@ pub struct Ctx<'a> {
 
 impl fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ctx")
-            .field("id", &self.id)
-            .field("peer", &self.peer)
-            .finish()
+        f.debug_struct("Ctx").field("id", &self.id).field("peer", &self.peer).finish()
     }
 }
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(id: ConnId, peer: SocketAddr, queue: &'a mut Commands) -> Self {
-        Ctx {
-            id,
-            peer,
-            queue,
-            decision: None,
-            protocol: None,
-        }
+        Ctx { id, peer, queue, decision: None, protocol: None }
     }
 
     /// This connection's id.
@@ -265,11 +236,7 @@ impl<'a> Ctx<'a> {
     }
     /// Sends a message to any connection.
     pub fn send_to(&mut self, to: ConnId, msg: Message<'_>) {
-        let op = if msg.is_text() {
-            OpCode::Text
-        } else {
-            OpCode::Binary
-        };
+        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         self.send_frame_to(to, true, op, msg.as_bytes());
     }
     /// Sends one raw frame to this connection (the seed's "write raw frame"; the caller fragments).
@@ -278,13 +245,7 @@ impl<'a> Ctx<'a> {
     }
     fn send_frame_to(&mut self, to: ConnId, fin: bool, op: OpCode, payload: &[u8]) {
         let (start, end) = self.queue.push_bytes(payload);
-        self.queue.cmds.push(Cmd::Frame {
-            to,
-            fin,
-            op,
-            start,
-            end,
-        });
+        self.queue.cmds.push(Cmd::Frame { to, fin, op, start, end });
     }
     /// Sends a ping (at most 125 bytes; longer payloads are refused and logged).
     pub fn ping(&mut self, payload: &[u8]) {
@@ -297,34 +258,17 @@ impl<'a> Ctx<'a> {
     /// Starts the closing handshake on any connection.
     pub fn close_conn(&mut self, to: ConnId, code: CloseCode, reason: &str) {
         let (start, end) = self.queue.push_bytes(reason.as_bytes());
-        self.queue.cmds.push(Cmd::Close {
-            to,
-            code,
-            start,
-            end,
-        });
+        self.queue.cmds.push(Cmd::Close { to, code, start, end });
     }
     /// Sends a message to every open connection, except `except`.
     pub fn broadcast(&mut self, msg: Message<'_>, except: Option<ConnId>) {
-        let op = if msg.is_text() {
-            OpCode::Text
-        } else {
-            OpCode::Binary
-        };
+        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         let (start, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Broadcast {
-            op,
-            except,
-            start,
-            end,
-        });
+        self.queue.cmds.push(Cmd::Broadcast { op, except, start, end });
     }
     /// In `on_open`: refuse the upgrade with this HTTP status and body.
     pub fn reject(&mut self, status: u16, body: &str) {
-        self.decision = Some(Refusal {
-            status,
-            body: body.as_bytes().to_vec(),
-        });
+        self.decision = Some(Refusal { status, body: body.as_bytes().to_vec() });
     }
     /// In `on_open`: answer with this subprotocol (it MUST be one the client offered; others are ignored).
     pub fn accept_protocol(&mut self, protocol: &str) {

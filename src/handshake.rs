@@ -63,10 +63,7 @@ impl Request {
     }
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     /// All headers, in order. Values that are not UTF-8 are kept lossily.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -107,10 +104,7 @@ pub struct HeadReader {
 /// Where the blank line ends in `data`, scanning from `from` (which may start inside a split terminator).
 fn find_end(data: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    data[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| start + p + 4)
+    data[start..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p + 4)
 }
 
 impl HeadReader {
@@ -122,11 +116,7 @@ impl HeadReader {
         if before == 0 {
             // The usual case: the whole head in one read, parsed in place without a copy.
             if let Some(end) = find_end(input, 0) {
-                return if end > max {
-                    Err(HandshakeError::HeadTooLarge)
-                } else {
-                    Ok(Status::Complete(end))
-                };
+                return if end > max { Err(HandshakeError::HeadTooLarge) } else { Ok(Status::Complete(end)) };
             }
         } else {
             // Look for a terminator that straddles the old bytes and the new ones, then in the new ones.
@@ -135,9 +125,7 @@ impl HeadReader {
             let old = before.min(3);
             seam[..old].copy_from_slice(&self.buf[before - old..]);
             seam[old..old + take].copy_from_slice(&input[..take]);
-            let found = find_end(&seam[..old + take], 0)
-                .map(|e| e - old)
-                .or_else(|| find_end(input, 0));
+            let found = find_end(&seam[..old + take], 0).map(|e| e - old).or_else(|| find_end(input, 0));
             if let Some(end) = found {
                 if before + end > max {
                     return Err(HandshakeError::HeadTooLarge);
@@ -156,11 +144,7 @@ impl HeadReader {
     /// Parses the completed head: the stashed bytes if the head spanned reads, else `input[..n]`.
     pub fn parse(&mut self, input: &[u8], n: usize) -> Result<Request, HandshakeError> {
         let head = std::mem::take(&mut self.buf);
-        let bytes = if head.is_empty() {
-            &input[..n]
-        } else {
-            &head[..]
-        };
+        let bytes = if head.is_empty() { &input[..n] } else { &head[..] };
         parse_request(bytes)
     }
 }
@@ -182,12 +166,7 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HandshakeError> {
         headers: req
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
             .collect(),
     })
 }
@@ -212,10 +191,7 @@ pub fn validate_upgrade(req: &Request) -> Result<String, HandshakeError> {
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(HandshakeError::Version);
     }
-    let key = req
-        .header("sec-websocket-key")
-        .map(str::trim)
-        .ok_or(HandshakeError::Key)?;
+    let key = req.header("sec-websocket-key").map(str::trim).ok_or(HandshakeError::Key)?;
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(k) if k.len() == 16 => Ok(accept_key(key)),
         _ => Err(HandshakeError::Key),
@@ -223,13 +199,10 @@ pub fn validate_upgrade(req: &Request) -> Result<String, HandshakeError> {
 }
 
 /// Appends the 101 answer.
-pub fn write_accept(
-    out: &mut Vec<u8>,
-    accept: &str,
-    protocol: Option<&str>,
-    extensions: Option<&str>,
-) {
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+pub fn write_accept(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, extensions: Option<&str>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
     out.extend_from_slice(accept.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(p) = protocol {
@@ -275,11 +248,7 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], 
     for (k, v) in headers {
         let _ = write!(out, "{k}: {v}\r\n");
     }
-    let _ = write!(
-        out,
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let _ = write!(out, "Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     out.extend_from_slice(body);
 }
 
@@ -325,11 +294,7 @@ mod tests {
     fn every_prefix_is_partial() {
         for k in 0..CHROME.len() {
             let mut r = HeadReader::default();
-            assert_eq!(
-                r.feed(&CHROME[..k], 8192),
-                Ok(Status::Partial),
-                "prefix {k}"
-            );
+            assert_eq!(r.feed(&CHROME[..k], 8192), Ok(Status::Partial), "prefix {k}");
         }
     }
 
@@ -347,14 +312,8 @@ mod tests {
         }
         let all: Vec<usize> = (1..data.len()).collect();
         let (r, n) = feed_split(&data, &all);
-        assert_eq!(
-            (r.path(), r.query(), n),
-            ("/chat", Some("room=1"), CHROME.len())
-        );
-        assert_eq!(
-            validate_upgrade(&r).unwrap(),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!((r.path(), r.query(), n), ("/chat", Some("room=1"), CHROME.len()));
+        assert_eq!(validate_upgrade(&r).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -366,10 +325,7 @@ mod tests {
         for _ in 0..8 {
             assert_eq!(r.feed(&[b'a'; 1000], 8192), Ok(Status::Partial));
         }
-        assert_eq!(
-            r.feed(&[b'a'; 1000], 8192),
-            Err(HandshakeError::HeadTooLarge)
-        );
+        assert_eq!(r.feed(&[b'a'; 1000], 8192), Err(HandshakeError::HeadTooLarge));
     }
 
     fn check(req: &str) -> Result<String, HandshakeError> {
@@ -381,40 +337,20 @@ mod tests {
         let ok = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         assert!(check(ok).is_ok());
         assert_eq!(check(&ok.replace("GET", "POST")).unwrap_err().status(), 405);
-        assert_eq!(
-            check(&ok.replace("HTTP/1.1", "HTTP/1.0")).unwrap_err(),
-            HandshakeError::HttpVersion
-        );
-        assert_eq!(
-            check(&ok.replace("Host: x\r\n", "")).unwrap_err(),
-            HandshakeError::MissingHost
-        );
-        assert_eq!(
-            check(&ok.replace("WebSocket", "h2c")).unwrap_err(),
-            HandshakeError::UpgradeHeader
-        );
+        assert_eq!(check(&ok.replace("HTTP/1.1", "HTTP/1.0")).unwrap_err(), HandshakeError::HttpVersion);
+        assert_eq!(check(&ok.replace("Host: x\r\n", "")).unwrap_err(), HandshakeError::MissingHost);
+        assert_eq!(check(&ok.replace("WebSocket", "h2c")).unwrap_err(), HandshakeError::UpgradeHeader);
         assert_eq!(
             check(&ok.replace("keep-alive, Upgrade", "keep-alive")).unwrap_err(),
             HandshakeError::ConnectionHeader
         );
         let v8 = check(&ok.replace("Version: 13", "Version: 8")).unwrap_err();
         assert_eq!((v8.clone(), v8.status()), (HandshakeError::Version, 426));
-        assert_eq!(
-            check(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).unwrap_err(),
-            HandshakeError::Key
-        );
-        assert_eq!(
-            check(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!")).unwrap_err(),
-            HandshakeError::Key
-        );
+        assert_eq!(check(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).unwrap_err(), HandshakeError::Key);
+        assert_eq!(check(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!")).unwrap_err(), HandshakeError::Key);
         assert_eq!(parse_request(b"GARBAGE\r\n\r\n").unwrap_err().status(), 400);
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(
-            parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes())
-                .unwrap_err()
-                .status(),
-            431
-        );
+        assert_eq!(parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).unwrap_err().status(), 431);
     }
 
     #[test]
@@ -422,10 +358,7 @@ mod tests {
         let mut out = Vec::new();
         write_refusal(&mut out, &HandshakeError::Version);
         let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{text}");
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         let body = text.split("\r\n\r\n").nth(1).unwrap();

@@ -19,12 +19,7 @@ pub fn apply_mask_bytewise(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 #[inline]
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     // Rotate the key so that byte 0 of `buf` uses key byte 0 of `m`.
-    let m = [
-        mask[offset & 3],
-        mask[(offset + 1) & 3],
-        mask[(offset + 2) & 3],
-        mask[(offset + 3) & 3],
-    ];
+    let m = [mask[offset & 3], mask[(offset + 1) & 3], mask[(offset + 2) & 3], mask[(offset + 3) & 3]];
     let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {

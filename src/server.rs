@@ -94,10 +94,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("local", &self.local)
-            .field("connections", &self.slots.len())
-            .finish()
+        f.debug_struct("Server").field("local", &self.local).field("connections", &self.slots.len()).finish()
     }
 }
 
@@ -112,20 +109,12 @@ fn conn_id(key: usize, gen: u32) -> ConnId {
 impl Server {
     /// Binds a listener and prepares the loop. The config is validated here; a bad one is an
     /// `InvalidInput` error whose message names the key.
-    pub fn bind(
-        addr: impl ToSocketAddrs,
-        config: Config,
-        handler: impl Handler + 'static,
-    ) -> io::Result<Server> {
+    pub fn bind(addr: impl ToSocketAddrs, config: Config, handler: impl Handler + 'static) -> io::Result<Server> {
         Self::bind_boxed(addr, config, Box::new(handler))
     }
 
     /// [`Server::bind`] with a boxed handler.
-    pub fn bind_boxed(
-        addr: impl ToSocketAddrs,
-        config: Config,
-        handler: Box<dyn Handler>,
-    ) -> io::Result<Server> {
+    pub fn bind_boxed(addr: impl ToSocketAddrs, config: Config, handler: Box<dyn Handler>) -> io::Result<Server> {
         config.validate().map_err(config_error)?;
         let addr = addr
             .to_socket_addrs()?
@@ -134,8 +123,7 @@ impl Server {
         let mut listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Server {
             poll,
@@ -164,10 +152,7 @@ impl Server {
 
     /// A handle that stops [`Server::run`] from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            flag: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        StopHandle { flag: self.stop.clone(), waker: self.waker.clone() }
     }
 
     /// Sockets currently held (handshaking, open, closing or draining).
@@ -209,11 +194,7 @@ impl Server {
         self.ready.clear();
         for ev in self.events.iter() {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            self.ready.push((
-                ev.token().0,
-                readable,
-                ev.is_writable() || ev.is_write_closed(),
-            ));
+            self.ready.push((ev.token().0, readable, ev.is_writable() || ev.is_write_closed()));
         }
         for i in 0..self.ready.len() {
             let (token, readable, writable) = self.ready[i];
@@ -255,11 +236,7 @@ impl Server {
                     self.next_gen = self.next_gen.wrapping_add(1);
                     let gen = self.next_gen;
                     let token = Token(((gen as u64) << 32 | key as u64) as usize);
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut sock, token, Interest::READABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE) {
                         log::warn!(target: "wskit::server", "register {peer}: {e}");
                         continue;
                     }
@@ -348,14 +325,7 @@ impl Server {
     fn feed(&mut self, key: usize, n: usize, now: Instant) {
         let mut off = 0;
         loop {
-            let Server {
-                slots,
-                handler,
-                queue,
-                rbuf,
-                config,
-                ..
-            } = self;
+            let Server { slots, handler, queue, rbuf, config, .. } = self;
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
             let (used, ev) = slot.conn.read(&mut rbuf[off..n], now);
@@ -390,19 +360,13 @@ impl Server {
                     let resp = handler.on_http(&mut ctx, &req);
                     let _ = match resp {
                         Some(r) => {
-                            let headers: Vec<(&str, &str)> = r
-                                .headers
-                                .iter()
-                                .map(|(k, v)| (k.as_str(), v.as_str()))
-                                .collect();
+                            let headers: Vec<(&str, &str)> =
+                                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                             slot.conn.respond(r.status, &headers, &r.body, now)
                         }
                         None => slot.conn.respond(
                             426,
-                            &[
-                                ("Upgrade", "websocket"),
-                                ("Content-Type", "text/plain; charset=utf-8"),
-                            ],
+                            &[("Upgrade", "websocket"), ("Content-Type", "text/plain; charset=utf-8")],
                             b"This is a WebSocket endpoint.\n",
                             now,
                         ),
@@ -436,13 +400,7 @@ impl Server {
         if self.queue.cmds.is_empty() {
             return;
         }
-        let Server {
-            slots,
-            queue,
-            dirty,
-            stop,
-            ..
-        } = self;
+        let Server { slots, queue, dirty, stop, .. } = self;
         let mut touch = |key: usize, slot: &mut Slot| {
             if !slot.dirty {
                 slot.dirty = true;
@@ -451,31 +409,18 @@ impl Server {
         };
         for cmd in &queue.cmds {
             match *cmd {
-                Cmd::Frame {
-                    to,
-                    fin,
-                    op,
-                    start,
-                    end,
-                } => {
+                Cmd::Frame { to, fin, op, start, end } => {
                     let key = (to.0 & 0xffff_ffff) as usize;
-                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32)
-                    {
+                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
                         if let Err(e) = slot.conn.send_frame(fin, op, &queue.arena[start..end]) {
                             log::debug!(target: "wskit::server", "send to {to}: {e}");
                         }
                         touch(key, slot);
                     }
                 }
-                Cmd::Close {
-                    to,
-                    code,
-                    start,
-                    end,
-                } => {
+                Cmd::Close { to, code, start, end } => {
                     let key = (to.0 & 0xffff_ffff) as usize;
-                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32)
-                    {
+                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
                         let reason = std::str::from_utf8(&queue.arena[start..end]).unwrap_or("");
                         if let Err(e) = slot.conn.close(code, reason, now) {
                             log::debug!(target: "wskit::server", "close {to}: {e}");
@@ -483,17 +428,9 @@ impl Server {
                         touch(key, slot);
                     }
                 }
-                Cmd::Broadcast {
-                    op,
-                    except,
-                    start,
-                    end,
-                } => {
+                Cmd::Broadcast { op, except, start, end } => {
                     for (key, slot) in slots.iter_mut() {
-                        if slot.opened
-                            && slot.conn.is_open()
-                            && Some(conn_id(key, slot.gen)) != except
-                        {
+                        if slot.opened && slot.conn.is_open() && Some(conn_id(key, slot.gen)) != except {
                             let _ = slot.conn.send_frame(true, op, &queue.arena[start..end]);
                             touch(key, slot);
                         }
@@ -543,19 +480,11 @@ impl Server {
                 self.finish(key, now);
                 continue;
             }
-            let want = if slot.conn.wants_write() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
+            let want =
+                if slot.conn.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             if want != slot.interest {
                 let token = Token(((slot.gen as u64) << 32 | key as u64) as usize);
-                if self
-                    .poll
-                    .registry()
-                    .reregister(&mut slot.sock, token, want)
-                    .is_err()
-                {
+                if self.poll.registry().reregister(&mut slot.sock, token, want).is_err() {
                     self.peer_gone(key, now);
                     continue;
                 }
@@ -572,10 +501,7 @@ impl Server {
     /// The connection is over and its output written: tell the handler, send FIN, and drain.
     fn finish(&mut self, key: usize, now: Instant) {
         let slot = &mut self.slots[key];
-        let timed_out = matches!(
-            slot.conn.close_status(),
-            CloseStatus::TimedOut(TimeoutKind::Handshake)
-        );
+        let timed_out = matches!(slot.conn.close_status(), CloseStatus::TimedOut(TimeoutKind::Handshake));
         self.notify_close(key);
         let Some(slot) = self.slots.get_mut(key) else {
             return;
@@ -597,12 +523,7 @@ impl Server {
     }
 
     fn notify_close(&mut self, key: usize) {
-        let Server {
-            slots,
-            handler,
-            queue,
-            ..
-        } = self;
+        let Server { slots, handler, queue, .. } = self;
         let Some(slot) = slots.get_mut(key) else {
             return;
         };

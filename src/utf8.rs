@@ -92,10 +92,7 @@ mod tests {
             b"".to_vec(),
             b"Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1-UTF-8!!".to_vec(),
             "κόσμε".as_bytes().to_vec(),
-            vec![
-                0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
-                0x65, 0x64,
-            ],
+            vec![0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80, 0x65, 0x64],
             vec![0xf4, 0x90, 0x80, 0x80],
             vec![0xf0, 0x9f, 0x98, 0x80, 0xf0, 0x9f],
             vec![0xed, 0x9f, 0xbf],
@@ -135,11 +132,7 @@ mod tests {
             assert_eq!(check(&data, &[]).is_ok(), expect, "{data:x?}");
             for a in 0..=data.len() {
                 for b in a..=data.len() {
-                    assert_eq!(
-                        check(&data, &[a, b]).is_ok(),
-                        expect,
-                        "{data:x?} split {a},{b}"
-                    );
+                    assert_eq!(check(&data, &[a, b]).is_ok(), expect, "{data:x?} split {a},{b}");
                 }
             }
             let all: Vec<usize> = (1..data.len()).collect();
