@@ -323,6 +323,8 @@ impl Server {
 
     /// Feeds `rbuf[..n]` to the connection, dispatching each event to the handler and applying its commands.
     fn feed(&mut self, key: usize, n: usize, now: Instant) {
+        // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
+        self.mark_dirty(key);
         let mut off = 0;
         loop {
             let Server { slots, handler, queue, rbuf, config, .. } = self;

@@ -1,0 +1,129 @@
+// Run: cargo run --example chat [-- --addr 127.0.0.1:1337]
+// Then open http://127.0.0.1:1337/ in two browser tabs, pick a name in each, and talk.
+//
+// The page and the WebSocket share one port and one loop: plain HTTP requests go to `on_http`, upgrades to
+// `on_open`. Every text message is sent to every other user inside a small JSON object with the sender's name;
+// joins and leaves are announced.
+
+use std::collections::HashMap;
+use std::process::exit;
+use wskit::{CloseStatus, Config, ConnId, Ctx, Handler, Message, Response, Server};
+
+const PAGE: &str = include_str!("index.html");
+
+/// A JSON string literal (quotes included).
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Decodes `%XX` and `+` in a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .flatten();
+        match (b[i], hex) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 2;
+            }
+            (b'+', None) => out.push(b' '),
+            (c, None) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Default)]
+struct Chat {
+    names: HashMap<ConnId, String>,
+    anon: u64,
+}
+
+impl Handler for Chat {
+    fn on_http(&mut self, _ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) -> Option<Response> {
+        Some(match req.path() {
+            "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", PAGE),
+            "/favicon.ico" => Response::new(204, "text/plain", ""),
+            _ => Response::new(404, "text/plain; charset=utf-8", "not found\n"),
+        })
+    }
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) {
+        if req.path() != "/ws" {
+            ctx.reject(404, "the chat socket is at /ws\n");
+            return;
+        }
+        let wanted = req
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("name="))
+            .map(percent_decode)
+            .unwrap_or_default();
+        let mut name: String = wanted.trim().chars().filter(|c| !c.is_control()).take(32).collect();
+        if name.is_empty() {
+            self.anon += 1;
+            name = format!("guest-{}", self.anon);
+        }
+        let users: Vec<String> = self.names.values().chain(std::iter::once(&name)).map(|n| json_str(n)).collect();
+        ctx.send_text(&format!(r#"{{"type":"welcome","name":{},"users":[{}]}}"#, json_str(&name), users.join(",")));
+        ctx.broadcast(Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))), Some(ctx.id()));
+        ctx.log(log::Level::Info, format_args!("{name} joined"));
+        self.names.insert(ctx.id(), name);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        let Message::Text(text) = msg else { return };
+        let from = self.names.get(&ctx.id()).map(String::as_str).unwrap_or("?");
+        let json = format!(r#"{{"type":"message","from":{},"text":{}}}"#, json_str(from), json_str(text));
+        ctx.broadcast(Message::Text(&json), Some(ctx.id()));
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, _status: &CloseStatus) {
+        if let Some(name) = self.names.remove(&ctx.id()) {
+            ctx.broadcast(Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&name))), None);
+        }
+    }
+}
+
+fn main() {
+    let mut addr = "127.0.0.1:1337".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--addr" => addr = args.next().unwrap_or_else(|| die("--addr needs HOST:PORT")),
+            "-h" | "--help" => die("usage: chat [--addr HOST:PORT]"),
+            other => die(&format!("unknown argument {other}; usage: chat [--addr HOST:PORT]")),
+        }
+    }
+    let mut server = Server::bind(&addr, Config::new(), Chat::default())
+        .unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
+    println!("chat: open http://{}/ in a browser", server.local_addr());
+    if let Err(e) = server.run() {
+        die(&e.to_string());
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("chat: {msg}");
+    exit(2)
+}

@@ -1,0 +1,218 @@
+//! Helpers shared by the integration tests: a server on a thread, raw-socket clients, and the paths of outside
+//! peers (Python `websockets`, Chromium, the Autobahn runner) installed by `.ci/run`.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wskit::frame::{write_client_frame, OpCode};
+use wskit::{Config, Ctx, Handler, Message, Server, StopHandle};
+
+/// Echoes every message.
+pub struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        ctx.send(msg);
+    }
+}
+
+/// A server running on its own thread, stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: StopHandle,
+    count: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1 with a free port; `make` builds the handler on the server's thread.
+    pub fn start<H: Handler + 'static>(config: Config, make: impl FnOnce() -> H + Send + 'static) -> TestServer {
+        let (tx, rx) = mpsc::channel();
+        let count = Arc::new(AtomicUsize::new(0));
+        let published = count.clone();
+        let thread = std::thread::spawn(move || {
+            let mut server = Server::bind("127.0.0.1:0", config, make()).expect("bind");
+            tx.send((server.local_addr(), server.stop_handle())).unwrap();
+            while !server.is_stopped() {
+                server.poll_once(Some(Duration::from_millis(20))).expect("poll");
+                published.store(server.connection_count(), Ordering::SeqCst);
+            }
+        });
+        let (addr, stop) = rx.recv().expect("server started");
+        TestServer { addr, stop, count, thread: Some(thread) }
+    }
+
+    /// An echo server.
+    pub fn echo(config: Config) -> TestServer {
+        Self::start(config, || Echo)
+    }
+
+    /// Sockets the server holds, as of its last loop turn.
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+    )
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte, so nothing after it is consumed.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A raw client after a successful handshake.
+pub fn raw_client(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+pub fn client_frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_client_frame(&mut v, fin, 0, op, [0xa1, 0xb2, 0xc3, 0xd4], payload);
+    v
+}
+
+/// Reads one server frame: (fin, opcode byte, payload). Panics if the server sent a masked frame.
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    assert_eq!(h[1] & 0x80, 0, "a server must not mask");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l)?;
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l)?;
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p)?;
+    Ok((h[0] & 0x80 != 0, h[0] & 0x0f, p))
+}
+
+/// Reads frames until a close frame and returns its code (None for an empty close).
+pub fn read_close(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (_, op, p) = read_frame(s).expect("a close frame");
+        if op == 0x8 {
+            return (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+        }
+    }
+}
+
+/// True if the server closed the TCP connection (EOF) within the read timeout.
+pub fn reads_eof(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether tests that need outside peers may be skipped (only when `WSKIT_SKIP_EXTERNAL=1` is set on purpose).
+pub fn skip_external(what: &str) -> bool {
+    if std::env::var("WSKIT_SKIP_EXTERNAL").as_deref() == Ok("1") {
+        eprintln!("skipping {what}: WSKIT_SKIP_EXTERNAL=1");
+        return true;
+    }
+    false
+}
+
+/// The Python with `websockets` installed by `.ci/run` (`WSKIT_PYTHON`, else `.venv/bin/python`).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("WSKIT_PYTHON").map(PathBuf::from).unwrap_or_else(|| project_root().join(".venv/bin/python"));
+    assert!(p.exists(), "{} not found: run `bash .ci/run` once (it creates .venv with websockets), or set WSKIT_PYTHON", p.display());
+    p
+}
+
+/// Headless Chromium (`WSKIT_CHROMIUM`, else /usr/bin/chromium).
+pub fn chromium() -> PathBuf {
+    let p = std::env::var_os("WSKIT_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(p.exists(), "{} not found: `apt-get install chromium` (done by .ci/run), or set WSKIT_CHROMIUM", p.display());
+    p
+}
+
+/// The Autobahn runner script (`WSKIT_AUTOBAHN`, else ../shared/autobahn/run.sh).
+pub fn autobahn() -> PathBuf {
+    let p = std::env::var_os("WSKIT_AUTOBAHN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("../shared/autobahn/run.sh"));
+    assert!(p.exists(), "{} not found: the Autobahn runner lives in ../shared/autobahn", p.display());
+    p
+}
+
+/// Runs a Python script (with `websockets`) with arguments; panics with its output if it fails.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(python()).arg("-c").arg(script).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "python failed:\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
