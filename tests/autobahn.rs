@@ -1,0 +1,83 @@
+//! Autobahn|Testsuite (the fuzzingclient cases, run by `../shared/autobahn/run.sh`) against an in-process echo
+//! server, compared with the committed verdicts in `tests/autobahn/expected-results.json` (tungstenite's habit):
+//! any changed verdict fails, whether a regression or an improvement that needs the golden file updated.
+//!
+//! To update the golden file after a reviewed change: `WSKIT_AUTOBAHN_BLESS=1 cargo test --test autobahn`.
+
+mod common;
+use common::*;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use wskit::Config;
+
+fn verdicts(index: &Value) -> BTreeMap<String, String> {
+    let agents = index.as_object().expect("index.json is an object");
+    assert_eq!(agents.len(), 1, "one agent");
+    let cases = agents.values().next().unwrap().as_object().unwrap();
+    cases
+        .iter()
+        .map(|(id, c)| (id.clone(), format!("{} / {}", c["behavior"].as_str().unwrap(), c["behaviorClose"].as_str().unwrap())))
+        .collect()
+}
+
+fn case_key(id: &str) -> Vec<u32> {
+    id.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+#[test]
+fn autobahn_fuzzingclient_matches_the_golden_file() {
+    if skip_external("Autobahn") {
+        return;
+    }
+    let runner = autobahn();
+    let server = TestServer::echo(
+        Config::new().max_payload_size(64 << 20).max_message_size(64 << 20).max_frames_per_message(usize::MAX),
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("autobahn");
+    let status = std::process::Command::new("bash")
+        .arg(&runner)
+        .arg(server.addr.to_string())
+        .arg(&out)
+        .status()
+        .expect("run the Autobahn runner");
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).expect("index.json")).unwrap();
+    let got = verdicts(&index);
+    let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/autobahn/expected-results.json");
+    if std::env::var("WSKIT_AUTOBAHN_BLESS").as_deref() == Ok("1") {
+        let mut ids: Vec<&String> = got.keys().collect();
+        ids.sort_by_key(|id| case_key(id));
+        let mut m = Map::new();
+        for id in ids {
+            m.insert(id.clone(), Value::String(got[id].clone()));
+        }
+        std::fs::write(&golden_path, serde_json::to_string_pretty(&Value::Object(m)).unwrap() + "\n").unwrap();
+    }
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(&golden_path).expect("golden file")).unwrap();
+    let expected: BTreeMap<String, String> =
+        golden.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+    let mut diffs = Vec::new();
+    for (id, want) in &expected {
+        match got.get(id) {
+            Some(have) if have == want => {}
+            Some(have) => diffs.push(format!("{id}: expected {want}, got {have}")),
+            None => diffs.push(format!("{id}: expected {want}, case not run")),
+        }
+    }
+    for id in got.keys().filter(|id| !expected.contains_key(*id)) {
+        diffs.push(format!("{id}: not in the golden file (got {})", got[id]));
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in got.values() {
+        *counts.entry(v.split(' ').next().unwrap()).or_default() += 1;
+    }
+    eprintln!("Autobahn: {} cases: {counts:?}", got.len());
+    assert!(
+        diffs.is_empty(),
+        "Autobahn verdicts differ from tests/autobahn/expected-results.json (a regression, or a reviewed change to \
+         bless with WSKIT_AUTOBAHN_BLESS=1):\n{}",
+        diffs.join("\n")
+    );
+    assert!(!got.values().any(|v| v.contains("FAILED")), "FAILED cases");
+    assert!(status.success() || !got.values().any(|v| v.contains("FAILED")), "runner failed");
+}
