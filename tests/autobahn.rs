@@ -17,7 +17,9 @@ fn verdicts(index: &Value) -> BTreeMap<String, String> {
     let cases = agents.values().next().unwrap().as_object().unwrap();
     cases
         .iter()
-        .map(|(id, c)| (id.clone(), format!("{} / {}", c["behavior"].as_str().unwrap(), c["behaviorClose"].as_str().unwrap())))
+        .map(|(id, c)| {
+            (id.clone(), format!("{} / {}", c["behavior"].as_str().unwrap(), c["behaviorClose"].as_str().unwrap()))
+        })
         .collect()
 }
 
@@ -41,7 +43,8 @@ fn autobahn_fuzzingclient_matches_the_golden_file() {
         .arg(&out)
         .status()
         .expect("run the Autobahn runner");
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).expect("index.json")).unwrap();
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).expect("index.json")).unwrap();
     let got = verdicts(&index);
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/autobahn/expected-results.json");
     if std::env::var("WSKIT_AUTOBAHN_BLESS").as_deref() == Ok("1") {

@@ -1,7 +1,18 @@
 //! The protocol core must not name sockets, mio, the clock or the handler: only `server.rs` does I/O.
 
-const CORE: &[&str] = &["close.rs", "config.rs", "conn.rs", "error.rs", "frame.rs", "handshake.rs", "mask.rs", "utf8.rs"];
-const FORBIDDEN: &[&str] = &["mio", "std::net", "TcpStream", "TcpListener", "UdpSocket", "Instant::now", "SystemTime::now", "Handler", "std::thread"];
+const CORE: &[&str] =
+    &["close.rs", "config.rs", "conn.rs", "error.rs", "frame.rs", "handshake.rs", "mask.rs", "utf8.rs"];
+const FORBIDDEN: &[&str] = &[
+    "mio",
+    "std::net",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "Instant::now",
+    "SystemTime::now",
+    "Handler",
+    "std::thread",
+];
 
 #[test]
 fn core_modules_do_no_io() {
@@ -25,7 +36,8 @@ fn core_modules_do_no_io() {
 #[test]
 fn the_check_itself_catches_a_violation() {
     // Guard against a check that cannot fail: the shell names all of these.
-    let shell = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server.rs")).unwrap();
+    let shell =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server.rs")).unwrap();
     for word in ["mio", "std::net", "Instant::now", "Handler"] {
         assert!(shell.contains(word), "server.rs should name {word}");
     }

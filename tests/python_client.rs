@@ -23,5 +23,9 @@ fn five_hundred_concurrent_clients_times_twenty_messages() {
     let server = TestServer::echo(Config::new());
     let out = run_python(include_str!("py/many_clients.py"), &[&server.url("/"), "500", "20"]);
     assert_eq!(out.trim(), "ok 10000");
-    assert!(wait_until(std::time::Duration::from_secs(10), || server.connections() == 0), "{} left", server.connections());
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || server.connections() == 0),
+        "{} left",
+        server.connections()
+    );
 }

@@ -183,15 +183,24 @@ pub fn skip_external(what: &str) -> bool {
 
 /// The Python with `websockets` installed by `.ci/run` (`WSKIT_PYTHON`, else `.venv/bin/python`).
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("WSKIT_PYTHON").map(PathBuf::from).unwrap_or_else(|| project_root().join(".venv/bin/python"));
-    assert!(p.exists(), "{} not found: run `bash .ci/run` once (it creates .venv with websockets), or set WSKIT_PYTHON", p.display());
+    let p =
+        std::env::var_os("WSKIT_PYTHON").map(PathBuf::from).unwrap_or_else(|| project_root().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run `bash .ci/run` once (it creates .venv with websockets), or set WSKIT_PYTHON",
+        p.display()
+    );
     p
 }
 
 /// Headless Chromium (`WSKIT_CHROMIUM`, else /usr/bin/chromium).
 pub fn chromium() -> PathBuf {
     let p = std::env::var_os("WSKIT_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(p.exists(), "{} not found: `apt-get install chromium` (done by .ci/run), or set WSKIT_CHROMIUM", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: `apt-get install chromium` (done by .ci/run), or set WSKIT_CHROMIUM",
+        p.display()
+    );
     p
 }
 
@@ -208,7 +217,11 @@ pub fn autobahn() -> PathBuf {
 pub fn run_python(script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(python()).arg("-c").arg(script).args(args).output().expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "python failed:\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed:\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
