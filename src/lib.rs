@@ -1,4 +1,5 @@
-//! wskit: a WebSocket server (RFC 6455) built as a sans-I/O protocol core inside a single-threaded mio loop.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
 pub mod close;
 pub mod config;
