@@ -415,6 +415,22 @@ impl Connection {
         self.state = State::Closed { linger: now };
     }
 
+    /// Checks the state machine's invariants (`debug_assert!`, so only in debug builds). The shell calls it after
+    /// every read unless `Config::prod` is set.
+    pub fn debug_check_invariants(&self) {
+        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &self.state {
+            debug_assert!((rx.hdr_len as usize) < MAX_HEADER_LEN, "a whole header is never left stashed");
+            debug_assert!(rx.ctrl.len() <= MAX_CONTROL_PAYLOAD, "control payloads are at most 125 bytes");
+            if let Some(m) = &rx.msg {
+                debug_assert!(m.buf.len() <= self.config.effective_max_message_size(), "message limit held");
+                debug_assert!(m.frames <= self.config.max_frames_per_message, "frame limit held");
+            }
+            if let (State::Open(_), Some(f)) = (&self.state, rx.frame) {
+                debug_assert!(f.opcode.is_control() || rx.msg.is_some(), "a data frame belongs to a message");
+            }
+        }
+    }
+
     // ── input ───────────────────────────────────────────────────────────────────────────────────────────────
 
     /// Acts on the deadlines that passed at `now`.

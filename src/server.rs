@@ -332,6 +332,7 @@ impl Server {
             let id = conn_id(key, slot.gen);
             let (used, ev) = slot.conn.read(&mut rbuf[off..n], now);
             off += used;
+
             let Some(ev) = ev else {
                 if used == 0 || off >= n {
                     break;
@@ -388,6 +389,11 @@ impl Server {
                         log::debug!(target: "wskit::server", "{id} {} protocol error: {e}", slot.peer);
                     }
                     handler.on_error(&mut ctx, &e);
+                }
+            }
+            if !self.config.prod {
+                if let Some(slot) = self.slots.get(key) {
+                    slot.conn.debug_check_invariants();
                 }
             }
             self.mark_dirty(key);

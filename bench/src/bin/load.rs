@@ -1,0 +1,130 @@
+//! One-thread load generator (the uWebSockets `load_test` method): N connections, each with one masked binary
+//! message in flight; as soon as a connection has its echo back it sends the next one.
+//!
+//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency]`
+//! prints `msgs/s` (and p50/p99/p99.9 round-trip latency with `--latency`) as one `key=value` line.
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+struct Client {
+    sock: TcpStream,
+    handshaken: bool,
+    head: Vec<u8>,
+    pending: usize,
+    sent_at: Instant,
+}
+
+fn frame(size: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    wskit::frame::write_client_frame(&mut v, true, 0, wskit::frame::OpCode::Binary, [0x12, 0x34, 0x56, 0x78], &payload);
+    v
+}
+
+fn response_len(size: usize) -> usize {
+    size + if size < 126 {
+        2
+    } else if size < 65536 {
+        4
+    } else {
+        10
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let addr: SocketAddr = arg(&args, "--addr", "127.0.0.1:9001".parse().unwrap());
+    let conns: usize = arg(&args, "--conns", 100);
+    let size: usize = arg(&args, "--size", 20);
+    let secs: f64 = arg(&args, "--secs", 5.0);
+    let warmup: f64 = arg(&args, "--warmup", 1.0);
+    let latency = args.iter().any(|a| a == "--latency");
+    let msg = frame(size);
+    let expect = response_len(size);
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+
+    let mut poll = Poll::new().unwrap();
+    let mut clients = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let std_sock = std::net::TcpStream::connect(addr).expect("connect");
+        std_sock.set_nodelay(true).unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let mut sock = TcpStream::from_std(std_sock);
+        poll.registry().register(&mut sock, Token(i), Interest::READABLE).unwrap();
+        let mut c = Client { sock, handshaken: false, head: Vec::new(), pending: 0, sent_at: Instant::now() };
+        c.sock.write_all(request.as_bytes()).expect("send request");
+        clients.push(c);
+    }
+    let mut events = Events::with_capacity(4096);
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(secs);
+    let mut count: u64 = 0;
+    let mut samples: Vec<u32> = Vec::new();
+    let mut open = 0usize;
+    while Instant::now() < end {
+        poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        let now = Instant::now();
+        let measuring = now >= measure_from;
+        for ev in events.iter() {
+            let c = &mut clients[ev.token().0];
+            loop {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => panic!("server closed a connection"),
+                    Ok(n) => {
+                        let mut data = &buf[..n];
+                        if !c.handshaken {
+                            c.head.extend_from_slice(data);
+                            let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                            assert!(c.head.starts_with(b"HTTP/1.1 101"), "handshake refused");
+                            c.handshaken = true;
+                            open += 1;
+                            let extra = c.head.len() - (p + 4);
+                            c.pending = extra;
+                            data = &[];
+                            c.sent_at = now;
+                            c.sock.write_all(&msg).unwrap();
+                        }
+                        c.pending += data.len();
+                        while c.pending >= expect {
+                            c.pending -= expect;
+                            if measuring {
+                                count += 1;
+                                if latency {
+                                    samples
+                                        .push(now.duration_since(c.sent_at).as_micros().min(u32::MAX as u128) as u32);
+                                }
+                            }
+                            c.sent_at = now;
+                            c.sock.write_all(&msg).unwrap();
+                        }
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        }
+    }
+    let rate = count as f64 / secs;
+    let mut line = format!("conns={conns} open={open} size={size} msgs={count} msgs_per_s={rate:.0}");
+    if latency && !samples.is_empty() {
+        samples.sort_unstable();
+        let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+        line += &format!(" p50_us={} p99_us={} p999_us={}", q(0.50), q(0.99), q(0.999));
+    }
+    println!("{line}");
+}
