@@ -3,7 +3,7 @@
 //
 // Echoes every message as received: text as text, binary as binary. This is the server the Autobahn|Testsuite
 // runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
-// allowed unless `--max-frames` is given.
+// allowed unless `--max-frames` is given. permessage-deflate is negotiated unless `--no-deflate` is given.
 
 use std::process::exit;
 use wskit::{Config, Ctx, Handler, Message, Server};
@@ -39,8 +39,7 @@ fn main() {
                 let n: usize = value().parse().unwrap_or_else(|_| usage("--max-frames takes a number"));
                 config = config.max_frames_per_message(n);
             }
-            // Accepted now so tooling can pass it; permessage-deflate is not negotiated by this build.
-            "--no-deflate" => {}
+            "--no-deflate" => config = config.deflate(false),
             "--pem" => pem = Some(value()),
             "--passphrase" => passphrase = Some(value()),
             "-h" | "--help" => usage("help"),

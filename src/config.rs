@@ -4,6 +4,7 @@
 //! took an associative array ([`Config::from_pairs`]). Unknown keys and bad values are refused by name.
 //! [`Config::validate`] runs once when a server starts.
 
+use crate::deflate::DeflateConfig;
 use crate::error::ConfigError;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,10 @@ pub struct Config {
     pub ssl_alpn: Vec<String>,
     /// Minimum TLS version (key `ssl_min_version`: `1.2` or `1.3`; default 1.2).
     pub ssl_min_version: TlsVersion,
+    /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
+    /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
+    /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
+    pub deflate: DeflateConfig,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             ssl_passphrase: None,
             ssl_alpn: vec!["http/1.1".to_string()],
             ssl_min_version: TlsVersion::Tls12,
+            deflate: DeflateConfig::default(),
         }
     }
 }
@@ -157,6 +163,18 @@ impl Config {
                     _ => return Err(ConfigError::new(key, format!("`{v}` must be 1.2 or 1.3"))),
                 }
             }
+            "deflate" => self.deflate.enabled = parse_bool(key, v)?,
+            "deflate_server_max_window_bits" => {
+                self.deflate.server_max_window_bits = parse_usize(key, v)?.min(255) as u8
+            }
+            "deflate_client_max_window_bits" => {
+                self.deflate.client_max_window_bits = parse_usize(key, v)?.min(255) as u8
+            }
+            "deflate_server_no_context_takeover" => self.deflate.server_no_context_takeover = parse_bool(key, v)?,
+            "deflate_client_no_context_takeover" => self.deflate.client_no_context_takeover = parse_bool(key, v)?,
+            "deflate_level" => self.deflate.level = parse_usize(key, v)?.min(u32::MAX as usize) as u32,
+            "deflate_min_size" => self.deflate.min_size = parse_usize(key, v)?,
+            "deflate_max_contexts" => self.deflate.max_contexts = parse_usize(key, v)?,
             _ => return Err(ConfigError::new(key, "unknown key")),
         }
         Ok(())
@@ -208,6 +226,12 @@ impl Config {
         self
     }
 
+    /// Turns permessage-deflate negotiation on or off.
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.deflate.enabled = on;
+        self
+    }
+
     /// The message limit in force (`max_message_size`, or `max_payload_size` when unset).
     pub fn effective_max_message_size(&self) -> usize {
         self.max_message_size.unwrap_or(self.max_payload_size)
@@ -232,6 +256,22 @@ impl Config {
         }
         if self.ssl_passphrase.is_some() && self.ssl_cert.is_none() {
             return Err(ConfigError::new("ssl_passphrase", "given without ssl_cert"));
+        }
+        let d = &self.deflate;
+        if d.enabled && !cfg!(feature = "deflate") {
+            return Err(ConfigError::new(
+                "deflate",
+                "wskit was built without permessage-deflate (cargo feature `deflate`)",
+            ));
+        }
+        if !(9..=15).contains(&d.server_max_window_bits) {
+            return Err(ConfigError::new("deflate_server_max_window_bits", "must be 9 to 15"));
+        }
+        if !(8..=15).contains(&d.client_max_window_bits) {
+            return Err(ConfigError::new("deflate_client_max_window_bits", "must be 8 to 15"));
+        }
+        if d.level > 9 {
+            return Err(ConfigError::new("deflate_level", "must be 0 to 9"));
         }
         if self.ssl_cert.is_some() && !cfg!(feature = "tls") {
             return Err(ConfigError::new("ssl_cert", "wskit was built without TLS support (cargo feature `tls`)"));

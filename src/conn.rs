@@ -23,6 +23,7 @@
 
 use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
+use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params, PreparedMessage};
 use crate::error::{HandshakeError, ProtocolError, SendError};
 use crate::frame::{decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::handshake::{self, HeadReader, Request};
@@ -136,6 +137,8 @@ struct InFrame {
 #[derive(Debug)]
 struct InMessage {
     text: bool,
+    /// RSV1 was set on the first frame: the payload is inflated as it arrives.
+    compressed: bool,
     buf: Vec<u8>,
     frames: usize,
     utf8: Utf8Validator,
@@ -183,7 +186,7 @@ enum State {
     /// Waiting for the whole HTTP request head.
     ReadingHead { head: HeadReader, deadline: Instant },
     /// An upgrade request was reported; waiting for `accept` or `reject`.
-    AwaitingDecision { accept: String, deadline: Instant },
+    AwaitingDecision { accept: String, deflate: Option<Params>, deadline: Instant },
     /// A plain HTTP request was reported; waiting for `respond`.
     AwaitingResponse { deadline: Instant },
     /// The WebSocket is open.
@@ -225,6 +228,17 @@ pub struct Connection {
     state: State,
     out: Vec<u8>,
     status: Option<CloseStatus>,
+    /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
+    deflate: Option<Box<DeflateState>>,
+}
+
+/// permessage-deflate state of one connection; the codec contexts are created on first use.
+#[derive(Debug)]
+struct DeflateState {
+    params: Params,
+    inflater: Option<Inflater>,
+    /// Only under server context takeover; otherwise the loop's pool compresses.
+    compressor: Option<deflate::Compressor>,
 }
 
 fn close_payload(code: CloseCode, reason: &str) -> ([u8; 2 + MAX_REASON_LEN], usize) {
@@ -248,6 +262,7 @@ impl Connection {
             state: State::ReadingHead { head: HeadReader::default(), deadline },
             out: Vec::new(),
             status: None,
+            deflate: None,
         }
     }
 
@@ -322,13 +337,22 @@ impl Connection {
 
     /// Accepts the upgrade reported by [`Event::Upgrade`]: queues the 101 answer (with the chosen subprotocol, which
     /// MUST be one the client offered) and opens the WebSocket.
-    pub fn accept(&mut self, protocol: Option<&str>) -> Result<(), SendError> {
-        let State::AwaitingDecision { accept, .. } = &self.state else {
-            return Err(SendError::NotOpen);
-        };
-        handshake::write_accept(&mut self.out, accept, protocol, None);
+    ///
+    /// With `allow_deflate` false, permessage-deflate is not answered even if it was offered (the shell uses this
+    /// to cap live compression contexts).
+    pub fn accept(&mut self, protocol: Option<&str>, allow_deflate: bool) -> Result<(), SendError> {
+        let State::AwaitingDecision { accept, deflate, .. } = &self.state else { return Err(SendError::NotOpen) };
+        let params = deflate.filter(|_| allow_deflate);
+        let ext = params.map(|p| p.response());
+        handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
+        self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
         self.state = State::Open(Rx::default());
         Ok(())
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    pub fn deflate_params(&self) -> Option<&Params> {
+        self.deflate.as_ref().map(|d| &d.params)
     }
 
     /// Refuses the upgrade reported by [`Event::Upgrade`] with an HTTP status; the connection closes once the answer
@@ -368,6 +392,68 @@ impl Connection {
     pub fn send(&mut self, msg: Message<'_>) -> Result<(), SendError> {
         let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         self.send_frame(true, op, msg.as_bytes())
+    }
+
+    /// Queues a message as one frame, compressed when permessage-deflate is in force, the message has at least
+    /// `min_size` bytes, and compressing shrinks it (RSV1 set); otherwise as [`Connection::send`]. `pool` holds the
+    /// loop's shared compressors (used when the server resets its context after every message).
+    pub fn send_with(&mut self, msg: Message<'_>, pool: &mut DeflatePool) -> Result<(), SendError> {
+        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
+        self.send_payload(op, msg.as_bytes(), pool)
+    }
+
+    /// Queues a message prepared once for many connections: its compressed form is shared by every connection
+    /// that negotiated the same window and level with `server_no_context_takeover`.
+    pub fn send_prepared(&mut self, m: &mut PreparedMessage, pool: &mut DeflatePool) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        let op = if m.text { OpCode::Text } else { OpCode::Binary };
+        match self.deflate.as_ref().map(|d| d.params) {
+            Some(p) if p.server_no_context_takeover && m.payload.len() >= p.min_size => {
+                let len = m.payload.len();
+                let z = m.compressed(pool, p.compress_window(), p.level);
+                if z.len() < len {
+                    write_frame(&mut self.out, true, 0b100, op, z);
+                    return Ok(());
+                }
+                write_frame(&mut self.out, true, 0, op, &m.payload);
+                Ok(())
+            }
+            _ => self.send_payload(op, &m.payload, pool),
+        }
+    }
+
+    fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        let Some(d) = self.deflate.as_mut().filter(|d| payload.len() >= d.params.min_size) else {
+            write_frame(&mut self.out, true, 0, op, payload);
+            return Ok(());
+        };
+        let mut z = std::mem::take(&mut pool.scratch);
+        z.clear();
+        let p = d.params;
+        if p.server_no_context_takeover {
+            pool.compress(p.compress_window(), p.level, payload, &mut z);
+            if z.len() < payload.len() {
+                write_frame(&mut self.out, true, 0b100, op, &z);
+            } else {
+                write_frame(&mut self.out, true, 0, op, payload);
+            }
+        } else {
+            // With context takeover the compressor's window now holds this message, so it must go out compressed
+            // (the peer's inflater has to see it too).
+            let c = d.compressor.get_or_insert_with(|| deflate::Compressor::new(p.level, p.compress_window()));
+            c.compress(payload, &mut z);
+            write_frame(&mut self.out, true, 0b100, op, &z);
+        }
+        if z.capacity() > 1 << 20 {
+            z = Vec::new();
+        }
+        pool.scratch = z;
+        Ok(())
     }
 
     /// Queues one raw frame (the seed's "write raw frame"): the caller does its own fragmentation. Control frames
@@ -481,7 +567,13 @@ impl Connection {
                         let deadline = now + self.config.handshake_timeout;
                         match parsed {
                             Ok((req, Some(accept))) => {
-                                self.state = State::AwaitingDecision { accept, deadline };
+                                let offers = deflate::parse_offers(
+                                    req.headers()
+                                        .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+                                        .map(|(_, v)| v),
+                                );
+                                let deflate = deflate::negotiate(&offers, &self.config.deflate);
+                                self.state = State::AwaitingDecision { accept, deflate, deadline };
                                 (n, Some(Event::Upgrade(req)))
                             }
                             Ok((req, None)) => {
@@ -531,8 +623,10 @@ impl Connection {
     }
 
     fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        let config = &*self.config;
-        let (rx, closing) = match &mut self.state {
+        let Connection { config, state, deflate, .. } = self;
+        let config = &**config;
+        let max_msg = config.effective_max_message_size();
+        let (rx, closing) = match state {
             State::Open(rx) => (rx, false),
             State::ClosingByUs { rx, .. } => (rx, true),
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
@@ -576,10 +670,36 @@ impl Connection {
                     continue;
                 }
                 let msg = rx.msg.as_mut().expect("a data frame always has its message");
-                if msg.text && msg.utf8.feed(chunk).is_err() {
-                    break Ready::Error(ProtocolError::InvalidUtf8);
+                if msg.compressed {
+                    // Inflate as it arrives, checking the inflated size after every step; validate what came out.
+                    let d = deflate.as_mut().expect("RSV1 is accepted only when deflate was negotiated");
+                    let (window, reset) = (d.params.inflate_window(), d.params.client_no_context_takeover);
+                    let inf = d.inflater.get_or_insert_with(|| Inflater::new(window));
+                    let start = msg.buf.len();
+                    let mut result = inf.inflate(chunk, &mut msg.buf, max_msg);
+                    if result.is_ok() && f.remaining == 0 && f.fin {
+                        result = inf.finish(&mut msg.buf, max_msg);
+                        if reset || inf.ended() {
+                            inf.reset();
+                        }
+                    }
+                    match result {
+                        Err(InflateError::TooBig) => {
+                            let size = msg.buf.len() as u64;
+                            break Ready::Error(ProtocolError::MessageTooLarge { size, max: max_msg });
+                        }
+                        Err(InflateError::Corrupt) => break Ready::Error(ProtocolError::InvalidCompressedData),
+                        Ok(()) => {}
+                    }
+                    if msg.text && msg.utf8.feed(&msg.buf[start..]).is_err() {
+                        break Ready::Error(ProtocolError::InvalidUtf8);
+                    }
+                } else {
+                    if msg.text && msg.utf8.feed(chunk).is_err() {
+                        break Ready::Error(ProtocolError::InvalidUtf8);
+                    }
+                    msg.buf.extend_from_slice(chunk);
                 }
-                msg.buf.extend_from_slice(chunk);
                 if f.remaining == 0 {
                     rx.frame = None;
                     if f.fin {
@@ -626,10 +746,15 @@ impl Connection {
                 rx.frame = Some(skip);
                 break Ready::Error(ProtocolError::UnmaskedFrame);
             };
-            if h.rsv != 0 {
+            // RSV1 means "compressed", and only on the first frame of a data message after deflate was negotiated
+            // (RFC 7692 §6.1); every other reserved bit is refused.
+            let rsv_allowed =
+                if deflate.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary) { 0b100 } else { 0 };
+            if h.rsv & !rsv_allowed != 0 {
                 rx.frame = Some(skip);
                 break Ready::Error(ProtocolError::ReservedBits(h.rsv));
             }
+            let compressed = h.rsv & 0b100 != 0;
             let frame = InFrame { opcode: h.opcode, fin: h.fin, mask, done: 0, remaining: h.len };
             if h.opcode.is_control() {
                 let len = h.len as usize;
@@ -643,7 +768,6 @@ impl Connection {
                 rx.frame = Some(frame);
                 continue;
             }
-            let max_msg = config.effective_max_message_size();
             let refused = if h.len > config.max_payload_size as u64 {
                 Some(ProtocolError::FrameTooLarge { size: h.len, max: config.max_payload_size })
             } else {
@@ -652,7 +776,8 @@ impl Connection {
                     (OpCode::Continuation, Some(m)) if m.frames >= config.max_frames_per_message => {
                         Some(ProtocolError::TooManyFrames { max: config.max_frames_per_message })
                     }
-                    (OpCode::Continuation, Some(m)) if m.buf.len() as u64 + h.len > max_msg as u64 => {
+                    // (For a compressed message the inflated size is checked as it is inflated.)
+                    (OpCode::Continuation, Some(m)) if !m.compressed && m.buf.len() as u64 + h.len > max_msg as u64 => {
                         Some(ProtocolError::MessageTooLarge { size: m.buf.len() as u64 + h.len, max: max_msg })
                     }
                     (OpCode::Text | OpCode::Binary, Some(_)) if !closing => Some(ProtocolError::ExpectedContinuation),
@@ -669,7 +794,7 @@ impl Connection {
                 (op, _) => {
                     let len = h.len as usize;
                     let text = op == OpCode::Text;
-                    if !closing && h.fin && input.len() - pos >= len {
+                    if !closing && !compressed && h.fin && input.len() - pos >= len {
                         // The fast path: a whole message in this read, unmasked in place and never copied.
                         let (start, end) = (pos, pos + len);
                         apply_mask(&mut input[start..end], mask, 0);
@@ -678,6 +803,7 @@ impl Connection {
                     }
                     rx.msg = Some(Box::new(InMessage {
                         text,
+                        compressed,
                         buf: Vec::new(),
                         frames: 1,
                         utf8: Utf8Validator::new(),
@@ -879,7 +1005,7 @@ mod tests {
                     Some(Event::Error(e)) => evs.push(Ev::Error(e)),
                 }
                 if upgraded {
-                    c.accept(None).unwrap();
+                    c.accept(None, true).unwrap();
                 }
                 written.extend_from_slice(c.out());
                 let len = c.out().len();
@@ -1128,5 +1254,151 @@ mod tests {
         let (evs, out, _) = run(config(), &big, &[4000, 8000]);
         assert_eq!(evs, vec![Ev::Refused(431)]);
         assert!(out.starts_with(b"HTTP/1.1 431 "));
+    }
+}
+
+#[cfg(all(test, feature = "deflate"))]
+mod deflate_tests {
+    use super::*;
+    use crate::deflate::Compressor;
+    use crate::frame::write_client_frame;
+
+    const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+    fn config() -> Arc<Config> {
+        Arc::new(Config::new().max_payload_size(1 << 20))
+    }
+
+    /// Feeds `data` cut at `splits`; returns text/binary messages (as bytes), the last error, and the connection.
+    fn run(data: &[u8], splits: &[usize]) -> (Vec<Vec<u8>>, Option<ProtocolError>, Connection) {
+        let now = Instant::now();
+        let mut c = Connection::new(config(), now);
+        let (mut msgs, mut err) = (Vec::new(), None);
+        let mut bounds = splits.to_vec();
+        bounds.push(data.len());
+        let mut last = 0;
+        for b in bounds {
+            let mut chunk = data[last..b].to_vec();
+            last = b;
+            let (mut off, total) = (0, chunk.len());
+            loop {
+                let (n, ev) = c.read(&mut chunk[off..], now);
+                off += n;
+                let mut upgrade = false;
+                match ev {
+                    None if n == 0 || off == total => break,
+                    None => {}
+                    Some(Event::Upgrade(_)) => upgrade = true,
+                    Some(Event::Message(m)) => msgs.push(m.as_bytes().to_vec()),
+                    Some(Event::Error(e)) => err = Some(e),
+                    Some(_) => {}
+                }
+                if upgrade {
+                    c.accept(None, true).unwrap();
+                }
+                if off == total {
+                    break;
+                }
+            }
+        }
+        (msgs, err, c)
+    }
+
+    /// A compressed message in frames of `frag` bytes (RSV1 on the first only).
+    fn compressed(comp: &mut Compressor, op: OpCode, msg: &[u8], frag: usize) -> Vec<u8> {
+        let mut z = Vec::new();
+        comp.compress(msg, &mut z);
+        let chunks: Vec<&[u8]> = if z.is_empty() { vec![&z[..]] } else { z.chunks(frag).collect() };
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let fin = i + 1 == chunks.len();
+            let (rsv, opcode) = if i == 0 { (0b100, op) } else { (0, OpCode::Continuation) };
+            write_client_frame(&mut out, fin, rsv, opcode, [9, 8, 7, 6], c);
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_fragmented_messages_at_every_split_point_with_context_takeover() {
+        let m1 = "κόσμε, hello hello hello hello! ".repeat(40).into_bytes();
+        let m2 = "hello hello, κόσμε again and again ".repeat(30).into_bytes();
+        // The client keeps its context: the second message refers back into the first.
+        let mut comp = Compressor::new(6, 12);
+        let mut data = HEAD.to_vec();
+        data.extend(compressed(&mut comp, OpCode::Text, &m1, 17));
+        data.extend(compressed(&mut comp, OpCode::Binary, &m2, 1000));
+        let (msgs, err, c) = run(&data, &[]);
+        assert_eq!(err, None);
+        assert_eq!(msgs, vec![m1.clone(), m2.clone()]);
+        assert_eq!(c.deflate_params().unwrap().client_max_window_bits, Some(12));
+        for a in (HEAD.len()..data.len()).step_by(3) {
+            let (msgs, err, _) = run(&data, &[a]);
+            assert_eq!((msgs.len(), err), (2, None), "split at {a}");
+            assert_eq!(msgs, vec![m1.clone(), m2.clone()], "split at {a}");
+        }
+        let all: Vec<usize> = (1..data.len()).collect();
+        assert_eq!(run(&data, &all).0, vec![m1, m2]);
+    }
+
+    #[test]
+    fn rsv1_rules_and_bad_payloads() {
+        let mut comp = Compressor::new(6, 15);
+        // RSV1 on a continuation frame.
+        let mut d = HEAD.to_vec();
+        write_client_frame(&mut d, false, 0, OpCode::Text, [1; 4], b"a");
+        write_client_frame(&mut d, true, 0b100, OpCode::Continuation, [1; 4], b"b");
+        assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(4)));
+        // RSV1 on a control frame.
+        let mut d = HEAD.to_vec();
+        write_client_frame(&mut d, true, 0b100, OpCode::Ping, [1; 4], b"a");
+        assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(4)));
+        // RSV2 is never granted.
+        let mut d = HEAD.to_vec();
+        write_client_frame(&mut d, true, 0b010, OpCode::Text, [1; 4], b"a");
+        assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(2)));
+        // Not deflate data → 1007.
+        let mut d = HEAD.to_vec();
+        write_client_frame(&mut d, true, 0b100, OpCode::Binary, [1; 4], b"\xff\xff\xff\xff not deflate");
+        let (_, err, c) = run(&d, &[]);
+        assert_eq!(err, Some(ProtocolError::InvalidCompressedData));
+        assert!(c.out().ends_with(&[0x88, 0x02, 0x03, 0xef]));
+        // Invalid UTF-8 found after inflating → 1007.
+        let mut d = HEAD.to_vec();
+        d.extend(compressed(&mut comp, OpCode::Text, b"valid, then \xed\xa0\x80", 1000));
+        assert_eq!(run(&d, &[]).1, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn bomb_is_refused_with_1009_holding_about_one_limit() {
+        let zeros = vec![0u8; 256 << 20];
+        let mut comp = Compressor::new(9, 15);
+        let mut d = HEAD.to_vec();
+        d.extend(compressed(&mut comp, OpCode::Binary, &zeros, 1 << 20));
+        assert!(d.len() < 1 << 20);
+        let start = std::time::Instant::now();
+        let (_, err, c) = run(&d, &[]);
+        assert!(matches!(err, Some(ProtocolError::MessageTooLarge { max: 1_048_576, .. })), "{err:?}");
+        assert!(c.out().ends_with(&[0x88, 0x02, 0x03, 0xf1]), "1009");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn outbound_compresses_and_sets_rsv1_only_when_it_pays() {
+        let (_, _, mut c) = run(HEAD, &[]);
+        let n = c.out().len();
+        c.consume_out(n);
+        let mut pool = DeflatePool::new();
+        let big = "compress me please, compress me please ".repeat(10);
+        c.send_with(Message::Text(&big), &mut pool).unwrap();
+        let out = c.out().to_vec();
+        assert_eq!(out[0], 0xc1, "FIN + RSV1 + text");
+        let mut inflated = Vec::new();
+        let mut inf = Inflater::new(15);
+        inf.inflate(&out[2..], &mut inflated, 1 << 20).unwrap();
+        inf.finish(&mut inflated, 1 << 20).unwrap();
+        assert_eq!(inflated, big.as_bytes());
+        c.consume_out(out.len());
+        c.send_with(Message::Text("tiny"), &mut pool).unwrap();
+        assert_eq!(c.out(), b"\x81\x04tiny", "below min_size: uncompressed, RSV1 clear");
     }
 }

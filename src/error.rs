@@ -94,6 +94,9 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// A text message or close reason that is not UTF-8. → 1007
     InvalidUtf8,
+    /// A compressed message that does not inflate (RFC 7692 §8.2.3.1 leaves the code open; wskit sends 1007,
+    /// data inconsistent with the message). → 1007
+    InvalidCompressedData,
     /// A frame longer than `max_payload_size`. → 1009
     FrameTooLarge {
         /// The announced length.
@@ -121,7 +124,7 @@ impl ProtocolError {
     /// The close code sent to the peer for this fault.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_DATA,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => CloseCode::INVALID_DATA,
             ProtocolError::FrameTooLarge { .. }
             | ProtocolError::MessageTooLarge { .. }
             | ProtocolError::TooManyFrames { .. } => CloseCode::TOO_BIG,
@@ -149,6 +152,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::CloseOneByte => f.write_str("close frame with a 1-byte payload"),
             ProtocolError::InvalidCloseCode(c) => write!(f, "close code {c} may not be sent"),
             ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message or close reason"),
+            ProtocolError::InvalidCompressedData => f.write_str("compressed message does not inflate"),
             ProtocolError::FrameTooLarge { size, max } => {
                 write!(f, "frame of {size} bytes exceeds the limit of {max}")
             }

@@ -148,9 +148,33 @@ impl Handler for Handlers {
 /// A queued request from a callback; byte ranges point into the queue's arena.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cmd {
-    Frame { to: ConnId, fin: bool, op: OpCode, start: usize, end: usize },
-    Close { to: ConnId, code: CloseCode, start: usize, end: usize },
-    Broadcast { op: OpCode, except: Option<ConnId>, start: usize, end: usize },
+    /// A whole message (compressed when deflate is in force).
+    Message {
+        to: ConnId,
+        text: bool,
+        start: usize,
+        end: usize,
+    },
+    /// A raw frame, sent as given.
+    Frame {
+        to: ConnId,
+        fin: bool,
+        op: OpCode,
+        start: usize,
+        end: usize,
+    },
+    Close {
+        to: ConnId,
+        code: CloseCode,
+        start: usize,
+        end: usize,
+    },
+    Broadcast {
+        text: bool,
+        except: Option<ConnId>,
+        start: usize,
+        end: usize,
+    },
     Stop,
 }
 
@@ -236,16 +260,13 @@ impl<'a> Ctx<'a> {
     }
     /// Sends a message to any connection.
     pub fn send_to(&mut self, to: ConnId, msg: Message<'_>) {
-        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
-        self.send_frame_to(to, true, op, msg.as_bytes());
+        let (start, end) = self.queue.push_bytes(msg.as_bytes());
+        self.queue.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
     }
     /// Sends one raw frame to this connection (the seed's "write raw frame"; the caller fragments).
     pub fn send_frame(&mut self, fin: bool, op: OpCode, payload: &[u8]) {
-        self.send_frame_to(self.id, fin, op, payload);
-    }
-    fn send_frame_to(&mut self, to: ConnId, fin: bool, op: OpCode, payload: &[u8]) {
         let (start, end) = self.queue.push_bytes(payload);
-        self.queue.cmds.push(Cmd::Frame { to, fin, op, start, end });
+        self.queue.cmds.push(Cmd::Frame { to: self.id, fin, op, start, end });
     }
     /// Sends a ping (at most 125 bytes; longer payloads are refused and logged).
     pub fn ping(&mut self, payload: &[u8]) {
@@ -260,11 +281,11 @@ impl<'a> Ctx<'a> {
         let (start, end) = self.queue.push_bytes(reason.as_bytes());
         self.queue.cmds.push(Cmd::Close { to, code, start, end });
     }
-    /// Sends a message to every open connection, except `except`.
+    /// Sends a message to every open connection, except `except`; it is compressed at most once per distinct
+    /// deflate window among the receivers.
     pub fn broadcast(&mut self, msg: Message<'_>, except: Option<ConnId>) {
-        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
         let (start, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Broadcast { op, except, start, end });
+        self.queue.cmds.push(Cmd::Broadcast { text: msg.is_text(), except, start, end });
     }
     /// In `on_open`: refuse the upgrade with this HTTP status and body.
     pub fn reject(&mut self, status: u16, body: &str) {

@@ -4,6 +4,7 @@
 pub mod close;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -18,7 +18,8 @@
 //!   frame is never destroyed by a reset.
 
 use crate::config::Config;
-use crate::conn::{CloseStatus, Connection, Event, TimeoutKind};
+use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
+use crate::deflate::{DeflatePool, PreparedMessage};
 use crate::error::ConfigError;
 use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler};
 use mio::net::{TcpListener, TcpStream};
@@ -55,6 +56,8 @@ struct Slot {
     scheduled: Option<Instant>,
     /// Our FIN is sent; input is discarded until the peer's FIN or this deadline.
     draining: Option<Instant>,
+    /// Negotiated permessage-deflate (counts against `deflate.max_contexts`).
+    deflate: bool,
 }
 
 /// Stops a running server from any thread.
@@ -84,6 +87,9 @@ pub struct Server {
     slots: Slab<Slot>,
     next_gen: u32,
     queue: Commands,
+    pool: DeflatePool,
+    /// Connections holding a permessage-deflate context.
+    contexts: usize,
     rbuf: Vec<u8>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     dirty: Vec<usize>,
@@ -136,6 +142,8 @@ impl Server {
             slots: Slab::new(),
             next_gen: 0,
             queue: Commands::default(),
+            pool: DeflatePool::new(),
+            contexts: 0,
             rbuf: vec![0; READ_BUF],
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -251,6 +259,7 @@ impl Server {
                         dirty: false,
                         scheduled: None,
                         draining: None,
+                        deflate: false,
                     });
                     self.schedule(key);
                 }
@@ -327,7 +336,7 @@ impl Server {
         self.mark_dirty(key);
         let mut off = 0;
         loop {
-            let Server { slots, handler, queue, rbuf, config, .. } = self;
+            let Server { slots, handler, queue, rbuf, config, contexts, .. } = self;
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
             let (used, ev) = slot.conn.read(&mut rbuf[off..n], now);
@@ -351,8 +360,12 @@ impl Server {
                         }
                         None => {
                             let protocol = protocol.filter(|p| req.protocols().any(|o| o == p));
-                            let _ = slot.conn.accept(protocol.as_deref());
+                            let _ = slot.conn.accept(protocol.as_deref(), *contexts < config.deflate.max_contexts);
                             slot.opened = true;
+                            if slot.conn.deflate_params().is_some() {
+                                slot.deflate = true;
+                                *contexts += 1;
+                            }
                             if !config.prod {
                                 log::debug!(target: "wskit::server", "{id} {} open {}", slot.peer, req.uri());
                             }
@@ -408,7 +421,7 @@ impl Server {
         if self.queue.cmds.is_empty() {
             return;
         }
-        let Server { slots, queue, dirty, stop, .. } = self;
+        let Server { slots, queue, dirty, stop, pool, .. } = self;
         let mut touch = |key: usize, slot: &mut Slot| {
             if !slot.dirty {
                 slot.dirty = true;
@@ -417,6 +430,22 @@ impl Server {
         };
         for cmd in &queue.cmds {
             match *cmd {
+                Cmd::Message { to, text, start, end } => {
+                    let key = (to.0 & 0xffff_ffff) as usize;
+                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
+                        let bytes = &queue.arena[start..end];
+                        // Text came in as &str, so it is UTF-8.
+                        let msg = if text {
+                            Message::Text(std::str::from_utf8(bytes).unwrap_or_default())
+                        } else {
+                            Message::Binary(bytes)
+                        };
+                        if let Err(e) = slot.conn.send_with(msg, pool) {
+                            log::debug!(target: "wskit::server", "send to {to}: {e}");
+                        }
+                        touch(key, slot);
+                    }
+                }
                 Cmd::Frame { to, fin, op, start, end } => {
                     let key = (to.0 & 0xffff_ffff) as usize;
                     if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
@@ -436,10 +465,11 @@ impl Server {
                         touch(key, slot);
                     }
                 }
-                Cmd::Broadcast { op, except, start, end } => {
+                Cmd::Broadcast { text, except, start, end } => {
+                    let mut prepared = PreparedMessage::new(text, &queue.arena[start..end]);
                     for (key, slot) in slots.iter_mut() {
                         if slot.opened && slot.conn.is_open() && Some(conn_id(key, slot.gen)) != except {
-                            let _ = slot.conn.send_frame(true, op, &queue.arena[start..end]);
+                            let _ = slot.conn.send_prepared(&mut prepared, pool);
                             touch(key, slot);
                         }
                     }
@@ -551,6 +581,9 @@ impl Server {
     fn remove(&mut self, key: usize) {
         if self.slots.contains(key) {
             let mut slot = self.slots.remove(key);
+            if slot.deflate {
+                self.contexts -= 1;
+            }
             let _ = self.poll.registry().deregister(&mut slot.sock);
         }
     }
