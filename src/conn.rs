@@ -158,6 +158,8 @@ struct Rx {
     msg_delivered: bool,
     /// The previous event lent out `ctrl`: clear it on the next call.
     ctrl_lent: bool,
+    /// `out` holds the 101 answer: free its buffer once written (an idle connection keeps none).
+    release_out: bool,
 }
 
 impl Rx {
@@ -227,7 +229,8 @@ pub struct Connection {
     config: Arc<Config>,
     state: State,
     out: Vec<u8>,
-    status: Option<CloseStatus>,
+    /// How it ended, once known (boxed: it exists only at the end).
+    status: Option<Box<CloseStatus>>,
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
     deflate: Option<Box<DeflateState>>,
 }
@@ -277,8 +280,12 @@ impl Connection {
     pub fn consume_out(&mut self, n: usize) {
         if n >= self.out.len() {
             self.out.clear();
-            // An idle connection keeps no large buffer.
-            if self.out.capacity() > 64 * 1024 {
+            // No large buffer is kept, nor the one that carried the handshake answer.
+            let after_handshake = match &mut self.state {
+                State::Open(rx) => std::mem::take(&mut rx.release_out),
+                _ => false,
+            };
+            if after_handshake || self.out.capacity() > 64 * 1024 {
                 self.out = Vec::new();
             }
         } else {
@@ -311,14 +318,14 @@ impl Connection {
     /// Whether the upgrade was accepted (the connection is or was a WebSocket).
     pub fn was_upgraded(&self) -> bool {
         matches!(self.state, State::Open(_) | State::ClosingByUs { .. })
-            || matches!(self.status, Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_)))
-            || matches!(self.status, Some(CloseStatus::TimedOut(TimeoutKind::Message | TimeoutKind::Close)))
+            || matches!(self.status.as_deref(), Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_)))
+            || matches!(self.status.as_deref(), Some(CloseStatus::TimedOut(TimeoutKind::Message | TimeoutKind::Close)))
     }
 
     /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
     /// [`Connection::close_status`] after the socket is gone to get [`CloseStatus::Lost`] in that case).
     pub fn close_status(&self) -> CloseStatus {
-        self.status.clone().unwrap_or(CloseStatus::Lost)
+        self.status.as_deref().cloned().unwrap_or(CloseStatus::Lost)
     }
 
     /// The earliest time at which [`Connection::handle_timeout`] must be called.
@@ -346,7 +353,7 @@ impl Connection {
         let ext = params.map(|p| p.response());
         handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
         self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
-        self.state = State::Open(Rx::default());
+        self.state = State::Open(Rx { release_out: true, ..Rx::default() });
         Ok(())
     }
 
@@ -501,6 +508,22 @@ impl Connection {
         self.state = State::Closed { linger: now };
     }
 
+    /// Frees what the last event lent out (a completed message's buffer, a control payload). [`Connection::read`]
+    /// does this itself on its next call; a shell calls it when a read burst is over, so an idle connection holds
+    /// no message buffer.
+    pub fn reclaim(&mut self) {
+        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
+            if rx.msg_delivered {
+                rx.msg_delivered = false;
+                rx.msg = None;
+            }
+            if rx.ctrl_lent {
+                rx.ctrl_lent = false;
+                rx.ctrl = Vec::new();
+            }
+        }
+    }
+
     /// Checks the state machine's invariants (`debug_assert!`, so only in debug builds). The shell calls it after
     /// every read unless `Config::prod` is set.
     pub fn debug_check_invariants(&self) {
@@ -527,17 +550,17 @@ impl Connection {
             | State::AwaitingResponse { deadline }
                 if now >= *deadline =>
             {
-                self.status = Some(CloseStatus::TimedOut(TimeoutKind::Handshake));
+                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Handshake)));
                 self.out.clear();
                 self.state = State::Closed { linger: now };
             }
             State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
                 self.fail(ProtocolError::MessageTimeout, now);
-                self.status = Some(CloseStatus::TimedOut(TimeoutKind::Message));
+                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Message)));
             }
             State::ClosingByUs { deadline, .. } if now >= *deadline => {
                 if self.status.is_none() {
-                    self.status = Some(CloseStatus::TimedOut(TimeoutKind::Close));
+                    self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
                 }
                 self.out.clear();
                 self.state = State::Closed { linger: now };
@@ -602,7 +625,7 @@ impl Connection {
     /// Sends the close frame for `e` (if the close was not already sent) and waits for the peer's close.
     fn fail(&mut self, e: ProtocolError, now: Instant) {
         if self.status.is_none() {
-            self.status = Some(CloseStatus::Error(e.clone()));
+            self.status = Some(Box::new(CloseStatus::Error(e.clone())));
         }
         match std::mem::replace(&mut self.state, State::Closed { linger: now + self.config.close_timeout }) {
             State::Open(mut rx) => {
@@ -900,10 +923,10 @@ impl Connection {
                             write_frame(&mut self.out, true, 0, OpCode::Close, echo);
                         }
                         if self.status.is_none() {
-                            self.status = Some(CloseStatus::Clean { code, reason, by_peer: !closing });
+                            self.status = Some(Box::new(CloseStatus::Clean { code, reason, by_peer: !closing }));
                         }
                         self.state = State::Closed { linger: now + self.config.close_timeout };
-                        let reason = match &self.status {
+                        let reason = match self.status.as_deref() {
                             Some(CloseStatus::Clean { reason, .. }) => reason.as_str(),
                             _ => "",
                         };
@@ -916,7 +939,7 @@ impl Connection {
                             write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
                         }
                         if self.status.is_none() {
-                            self.status = Some(CloseStatus::Error(e.clone()));
+                            self.status = Some(Box::new(CloseStatus::Error(e.clone())));
                         }
                         self.state = State::Closed { linger: now + self.config.close_timeout };
                         (pos, Some(Event::Error(e)))

@@ -415,6 +415,9 @@ impl Server {
                 break;
             }
         }
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.conn.reclaim();
+        }
     }
 
     fn apply_commands(&mut self, now: Instant) {

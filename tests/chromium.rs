@@ -155,26 +155,11 @@ impl Page {
     }
 }
 
-#[test]
-fn two_browser_pages_chat() {
-    if skip_external("Chromium") {
-        return;
-    }
-    let browser = chromium();
-    let chat_port = free_port();
-    let _chat = Killed(
-        Command::new(chat_binary())
-            .args(["--addr", &format!("127.0.0.1:{chat_port}")])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the chat example"),
-        None,
-    );
-    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", chat_port)).is_ok()));
-
+/// Starts headless Chromium with a DevTools port; killed (and its profile removed) when the guard drops.
+fn start_chromium(browser: &std::path::Path) -> (Killed, u16) {
     let debug_port = free_port();
-    let profile = std::env::temp_dir().join(format!("wskit-chromium-{}", std::process::id()));
-    let _chromium = Killed(
+    let profile = std::env::temp_dir().join(format!("wskit-chromium-{}-{debug_port}", std::process::id()));
+    let guard = Killed(
         Command::new(browser)
             .args([
                 "--headless",
@@ -205,6 +190,28 @@ fn two_browser_pages_chat() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    (guard, debug_port)
+}
+
+#[test]
+fn two_browser_pages_chat() {
+    if skip_external("Chromium") {
+        return;
+    }
+    let browser = chromium();
+    let chat_port = free_port();
+    let _chat = Killed(
+        Command::new(chat_binary())
+            .args(["--addr", &format!("127.0.0.1:{chat_port}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the chat example"),
+        None,
+    );
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", chat_port)).is_ok()));
+
+    let (_chromium, debug_port) = start_chromium(&browser);
+
     let url = format!("http://127.0.0.1:{chat_port}/");
     let mut alice = Page::open(debug_port, &url);
     let mut bob = Page::open(debug_port, &url);
@@ -230,4 +237,46 @@ fn two_browser_pages_chat() {
     // Bob closes his tab; Alice sees him leave.
     http(debug_port, "GET", &format!("/json/close/{}", bob.id)).expect("close bob's tab");
     alice.wait_for("document.getElementById('log').innerText.includes('bob left')");
+}
+
+#[test]
+fn chromium_negotiates_deflate_with_the_echo_server() {
+    if skip_external("Chromium") {
+        return;
+    }
+    let server = TestServer::echo(wskit::Config::new());
+    let (_chromium, debug_port) = start_chromium(&chromium());
+    let mut page = Page::open(debug_port, "about:blank");
+    let start = Instant::now();
+    while page.try_call("Runtime.evaluate", json!({"expression": "1", "returnByValue": true})).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let js = format!(
+        r#"(async () => {{
+            const ws = new WebSocket("ws://{addr}/");
+            ws.binaryType = "arraybuffer";
+            await new Promise((ok, fail) => {{ ws.onopen = ok; ws.onerror = () => fail("error"); }});
+            const got = [];
+            ws.onmessage = (e) => got.push(e.data);
+            const text = "compress me, compress me, κόσμε! ".repeat(2000);
+            const bin = new Uint8Array(100000).map((_, i) => (i * 7) % 13);
+            ws.send(text);
+            ws.send(bin);
+            ws.send("tiny");
+            for (let i = 0; i < 200 && got.length < 3; i++) await new Promise((r) => setTimeout(r, 25));
+            const back = new Uint8Array(got[1]);
+            const binOk = back.length === bin.length && back.every((v, i) => v === bin[i]);
+            ws.close(1000);
+            return {{ ext: ws.extensions, text: got[0] === text, bin: binOk, tiny: got[2] === "tiny" }};
+        }})()"#,
+        addr = server.addr
+    );
+    let r = page.eval(&js);
+    assert!(r["ext"].as_str().unwrap_or("").starts_with("permessage-deflate"), "{r}");
+    assert_eq!(
+        (r["text"].clone(), r["bin"].clone(), r["tiny"].clone()),
+        (json!(true), json!(true), json!(true)),
+        "{r}"
+    );
 }

@@ -1,0 +1,147 @@
+//! permessage-deflate with real peers: Python `websockets` with every parameter combination, the decompression
+//! bomb against the echo example (time and peak memory), and the cap on live compression contexts.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use wskit::deflate::Compressor;
+use wskit::frame::{write_client_frame, OpCode};
+use wskit::Config;
+
+#[test]
+fn python_websockets_every_parameter_combination() {
+    if skip_external("python websockets") {
+        return;
+    }
+    let server = TestServer::echo(Config::new().max_payload_size(2 << 20));
+    let out = run_python(include_str!("py/deflate_client.py"), &[&server.url("/")]);
+    assert_eq!(out.trim(), "ok 32");
+}
+
+fn deflate_client(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = upgrade_request("/").replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"));
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
+    // The real echo example in its own process, so its peak RSS is its own (default 512 KiB message limit).
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/echo");
+    assert!(exe.exists(), "{} not built: run the whole `cargo test`", exe.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(exe)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--max-payload", "2097152"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
+    let before = peak_rss_kib(child.id());
+
+    // 1 GiB of zeros deflates to about 1 MB: one frame.
+    let mut z = Vec::new();
+    let mut comp = Compressor::new(9, 15);
+    let zeros = vec![0u8; 64 << 20];
+    let mut one = Vec::new();
+    comp.compress(&zeros, &mut one);
+    for _ in 0..16 {
+        z.extend_from_slice(&one);
+    }
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, 0b100, OpCode::Binary, [1, 2, 3, 4], &z);
+    assert!(frame.len() < 2 << 20, "{}", frame.len());
+
+    let (mut s, head) = deflate_client(addr, "permessage-deflate");
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let start = Instant::now();
+    let _ = s.write_all(&frame);
+    assert_eq!(read_close(&mut s), Some(1009));
+    let took = start.elapsed();
+    let peak = peak_rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "bomb: {} KiB on the wire for 1 GiB inflated; 1009 after {took:?}; peak RSS {before} -> {peak} KiB",
+        frame.len() / 1024
+    );
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // One 2 MiB limit plus one inflate step and the read buffer, with room to spare: far from 1 GiB.
+    assert!(peak - before < 16 * 1024, "peak RSS grew by {} KiB", peak - before);
+}
+
+#[test]
+fn live_context_cap_serves_the_rest_uncompressed() {
+    let mut config = Config::new();
+    config.deflate.max_contexts = 1;
+    let server = TestServer::echo(config);
+    let (_a, head_a) = deflate_client(server.addr, "permessage-deflate");
+    assert!(head_a.contains("Sec-WebSocket-Extensions: permessage-deflate"), "{head_a}");
+    let (mut b, head_b) = deflate_client(server.addr, "permessage-deflate");
+    assert!(!head_b.contains("Sec-WebSocket-Extensions"), "{head_b}");
+    b.write_all(&client_frame(true, OpCode::Text, &b"plain ".repeat(100))).unwrap();
+    let (_, op, p) = read_frame(&mut b).unwrap();
+    assert_eq!((op, p.len()), (1, 600));
+    drop(_a);
+    // Once the first leaves, its context is released.
+    assert!(wait_until(Duration::from_secs(5), || server.connections() == 1));
+    let (_c, head_c) = deflate_client(server.addr, "permessage-deflate");
+    assert!(head_c.contains("permessage-deflate"), "{head_c}");
+}
+
+#[test]
+fn broadcast_to_deflate_and_plain_clients() {
+    struct Fanout;
+    impl wskit::Handler for Fanout {
+        fn on_message(&mut self, ctx: &mut wskit::Ctx<'_>, msg: wskit::Message<'_>) {
+            ctx.broadcast(msg, None);
+        }
+    }
+    let server = TestServer::start(Config::new(), || Fanout);
+    let (mut z1, _) = deflate_client(server.addr, "permessage-deflate");
+    let (mut z2, _) = deflate_client(server.addr, "permessage-deflate; server_max_window_bits=10");
+    let mut plain = raw_client(server.addr);
+    let text = "the same news for everyone, the same news for everyone ".repeat(20);
+    plain.write_all(&client_frame(true, OpCode::Text, text.as_bytes())).unwrap();
+    assert_eq!(read_frame(&mut plain).unwrap(), (true, 1, text.clone().into_bytes()));
+    for s in [&mut z1, &mut z2] {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(h[0], 0xc1, "compressed text frame");
+        let len = match h[1] {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        let mut inf = wskit::deflate::Inflater::new(15);
+        let mut out = Vec::new();
+        inf.inflate(&p, &mut out, 1 << 20).unwrap();
+        inf.finish(&mut out, 1 << 20).unwrap();
+        assert_eq!(out, text.as_bytes());
+    }
+}
