@@ -702,7 +702,10 @@ impl Connection {
                     let mut result = inf.inflate(chunk, &mut msg.buf, max_msg);
                     if result.is_ok() && f.remaining == 0 && f.fin {
                         result = inf.finish(&mut msg.buf, max_msg);
-                        if reset || inf.ended() {
+                        if reset {
+                            // Nothing carries over to the next message: hold no inflate state while idle.
+                            d.inflater = None;
+                        } else if inf.ended() {
                             inf.reset();
                         }
                     }

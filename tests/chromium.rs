@@ -240,6 +240,7 @@ fn two_browser_pages_chat() {
 }
 
 #[test]
+#[cfg(feature = "deflate")]
 fn chromium_negotiates_deflate_with_the_echo_server() {
     if skip_external("Chromium") {
         return;

@@ -1,5 +1,6 @@
 //! permessage-deflate with real peers: Python `websockets` with every parameter combination, the decompression
 //! bomb against the echo example (time and peak memory), and the cap on live compression contexts.
+#![cfg(feature = "deflate")]
 
 mod common;
 use common::*;

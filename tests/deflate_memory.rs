@@ -1,6 +1,7 @@
 //! Memory per connection with permessage-deflate, as ΔRSS of the echo example over 5,000 connections that
 //! negotiated it (offering what Chromium offers): at most 1 KiB each while idle before any message, at most
 //! 64 KiB each after one 1 KiB compressed message. Alone in its file (it opens 5,000 sockets).
+#![cfg(feature = "deflate")]
 
 mod common;
 use common::*;

@@ -1,0 +1,76 @@
+//! Heap bytes one wskit connection holds with permessage-deflate, per inflate window size: after the handshake
+//! (idle) and after one 1 KiB compressed message — counted by a global allocator, so the figure is exact for the
+//! Rust heap (it excludes the socket's kernel buffers and the slab slot, ~240 bytes).
+//!
+//! `cargo run -p wskit-bench --release --bin deflate_mem`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use wskit::deflate::Compressor;
+use wskit::frame::{write_client_frame, OpCode};
+use wskit::{Config, Connection, Event};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts the bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn main() {
+    println!(
+        "| inflate window bits | client_no_context_takeover | heap bytes idle | heap bytes after one 1 KiB message |"
+    );
+    println!("|---:|---|---:|---:|");
+    let msg: Vec<u8> = (0..)
+        .flat_map(|i: u32| format!(r#"{{"id":{i},"text":"message number {i}"}},"#).into_bytes())
+        .take(1024)
+        .collect();
+    for (bits, nct) in (9..=15u8).map(|b| (b, false)).chain([(12, true), (15, true)]) {
+        let mut config = Config::new();
+        config.deflate.client_max_window_bits = bits;
+        config.deflate.client_no_context_takeover = nct;
+        let config = Arc::new(config);
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits={bits}\r\n\r\n");
+        let mut z = Vec::new();
+        Compressor::new(6, bits).compress(&msg, &mut z);
+        let mut frame = Vec::new();
+        write_client_frame(&mut frame, true, 0b100, OpCode::Text, [1, 2, 3, 4], &z);
+
+        let before = LIVE.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut conn = Connection::new(config.clone(), now);
+        let mut h = head.into_bytes();
+        let (_, ev) = conn.read(&mut h, now);
+        assert!(matches!(ev, Some(Event::Upgrade(_))));
+        drop(ev);
+        conn.accept(None, true).unwrap();
+        let n = conn.out().len();
+        conn.consume_out(n);
+        let idle = LIVE.load(Ordering::Relaxed) - before;
+        let (_, ev) = conn.read(&mut frame, now);
+        assert!(matches!(ev, Some(Event::Message(_))));
+        drop(ev);
+        conn.reclaim();
+        let after = LIVE.load(Ordering::Relaxed) - before;
+        println!("| {bits} | {nct} | {idle} | {after} |");
+        drop(conn);
+    }
+}
