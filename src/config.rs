@@ -41,6 +41,9 @@ pub struct Config {
     /// Outbound bytes queued for one connection above which wskit stops reading from it until they drain
     /// (key `write_high_water`, default 4 MiB), so a client that sends but never reads pushes back through TCP.
     pub write_high_water: usize,
+    /// Largest frame payload wskit sends (key `max_frame_out`, default 1 MiB; 0 = never split): longer messages go
+    /// out as several frames (a compressed one is one deflate stream across them).
+    pub max_frame_out: usize,
     /// Production mode (seed key `prod`, default false). In prod, per-frame debug logs are off and invariant checks
     /// that cost time (`debug_assert!`-style) are skipped even in debug builds.
     pub prod: bool,
@@ -69,6 +72,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             write_high_water: 4 * 1024 * 1024,
+            max_frame_out: 1 << 20,
             prod: false,
             ssl_cert: None,
             ssl_passphrase: None,
@@ -142,6 +146,7 @@ impl Config {
             "handshake_timeout" => self.handshake_timeout = parse_secs(key, v)?,
             "close_timeout" => self.close_timeout = parse_secs(key, v)?,
             "write_high_water" => self.write_high_water = parse_usize(key, v)?,
+            "max_frame_out" => self.max_frame_out = parse_usize(key, v)?,
             "prod" => self.prod = parse_bool(key, v)?,
             "masked_writes" => {
                 if parse_bool(key, v)? {
@@ -218,6 +223,11 @@ impl Config {
     /// Outbound high-water mark.
     pub fn write_high_water(mut self, n: usize) -> Self {
         self.write_high_water = n;
+        self
+    }
+    /// Largest frame payload sent (0: never split a message).
+    pub fn max_frame_out(mut self, n: usize) -> Self {
+        self.max_frame_out = n;
         self
     }
     /// Production mode.

@@ -256,6 +256,22 @@ fn close_payload(code: CloseCode, reason: &str) -> ([u8; 2 + MAX_REASON_LEN], us
     (p, 2 + n)
 }
 
+/// Appends a message as frames of at most `max_frame` payload bytes (0: one frame). A compressed message is one
+/// deflate stream cut into frames, with RSV1 on the first only (RFC 7692 §6.1).
+fn write_message(out: &mut Vec<u8>, compressed: bool, op: OpCode, payload: &[u8], max_frame: usize) {
+    if max_frame == 0 || payload.len() <= max_frame {
+        write_frame(out, true, if compressed { 0b100 } else { 0 }, op, payload);
+        return;
+    }
+    let mut chunks = payload.chunks(max_frame).peekable();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let (rsv, opcode) = if first { (if compressed { 0b100 } else { 0 }, op) } else { (0, OpCode::Continuation) };
+        write_frame(out, chunks.peek().is_none(), rsv, opcode, chunk);
+        first = false;
+    }
+}
+
 impl Connection {
     /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`.
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
@@ -421,10 +437,10 @@ impl Connection {
                 let len = m.payload.len();
                 let z = m.compressed(pool, p.compress_window(), p.level);
                 if z.len() < len {
-                    write_frame(&mut self.out, true, 0b100, op, z);
+                    write_message(&mut self.out, true, op, z, self.config.max_frame_out);
                     return Ok(());
                 }
-                write_frame(&mut self.out, true, 0, op, &m.payload);
+                write_message(&mut self.out, false, op, &m.payload, self.config.max_frame_out);
                 Ok(())
             }
             _ => self.send_payload(op, &m.payload, pool),
@@ -436,7 +452,7 @@ impl Connection {
             return Err(SendError::NotOpen);
         }
         let Some(d) = self.deflate.as_mut().filter(|d| payload.len() >= d.params.min_size) else {
-            write_frame(&mut self.out, true, 0, op, payload);
+            write_message(&mut self.out, false, op, payload, self.config.max_frame_out);
             return Ok(());
         };
         let mut z = std::mem::take(&mut pool.scratch);
@@ -445,16 +461,16 @@ impl Connection {
         if p.server_no_context_takeover {
             pool.compress(p.compress_window(), p.level, payload, &mut z);
             if z.len() < payload.len() {
-                write_frame(&mut self.out, true, 0b100, op, &z);
+                write_message(&mut self.out, true, op, &z, self.config.max_frame_out);
             } else {
-                write_frame(&mut self.out, true, 0, op, payload);
+                write_message(&mut self.out, false, op, payload, self.config.max_frame_out);
             }
         } else {
             // With context takeover the compressor's window now holds this message, so it must go out compressed
             // (the peer's inflater has to see it too).
             let c = d.compressor.get_or_insert_with(|| deflate::Compressor::new(p.level, p.compress_window()));
             c.compress(payload, &mut z);
-            write_frame(&mut self.out, true, 0b100, op, &z);
+            write_message(&mut self.out, true, op, &z, self.config.max_frame_out);
         }
         if z.capacity() > 1 << 20 {
             z = Vec::new();
@@ -1426,5 +1442,44 @@ mod deflate_tests {
         c.consume_out(out.len());
         c.send_with(Message::Text("tiny"), &mut pool).unwrap();
         assert_eq!(c.out(), b"\x81\x04tiny", "below min_size: uncompressed, RSV1 clear");
+    }
+}
+
+#[cfg(all(test, feature = "deflate"))]
+mod fragment_out_tests {
+    use super::*;
+
+    #[test]
+    fn long_compressed_message_is_one_stream_across_frames() {
+        let cfg = Arc::new(Config::new().max_frame_out(100));
+        let mut c = Connection::new(cfg, Instant::now());
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
+        let (_, ev) = c.read(&mut head, Instant::now());
+        drop(ev);
+        c.accept(None, true).unwrap();
+        let n = c.out().len();
+        c.consume_out(n);
+        let msg: Vec<u8> = (0..20_000u32).map(|i| (i % 7 + i / 1000) as u8).collect();
+        c.send_with(Message::Binary(&msg), &mut DeflatePool::new()).unwrap();
+        // Parse the frames back: RSV1 on the first only, continuations after, FIN on the last.
+        let out = c.out().to_vec();
+        let (mut pos, mut stream, mut frames) = (0, Vec::new(), 0);
+        while pos < out.len() {
+            let Ok(Status::Complete((h, n))) = decode_header(&out[pos..]) else { panic!("bad frame") };
+            assert!(h.len <= 100);
+            assert_eq!(h.rsv, if frames == 0 { 0b100 } else { 0 });
+            assert_eq!(h.opcode, if frames == 0 { OpCode::Binary } else { OpCode::Continuation });
+            pos += n;
+            stream.extend_from_slice(&out[pos..pos + h.len as usize]);
+            pos += h.len as usize;
+            frames += 1;
+            assert_eq!(h.fin, pos == out.len());
+        }
+        assert!(frames > 1);
+        let mut inf = Inflater::new(15);
+        let mut back = Vec::new();
+        inf.inflate(&stream, &mut back, 1 << 20).unwrap();
+        inf.finish(&mut back, 1 << 20).unwrap();
+        assert_eq!(back, msg);
     }
 }

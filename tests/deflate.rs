@@ -11,6 +11,8 @@ use wskit::deflate::Compressor;
 use wskit::frame::{write_client_frame, OpCode};
 use wskit::Config;
 
+child_server_entry!();
+
 #[test]
 fn python_websockets_every_parameter_combination() {
     if skip_external("python websockets") {
@@ -47,18 +49,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
-    // The real echo example in its own process, so its peak RSS is its own (default 512 KiB message limit).
-    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/echo");
-    assert!(exe.exists(), "{} not built: run the whole `cargo test`", exe.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(exe)
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--max-payload", "2097152"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
-    let before = peak_rss_kib(child.id());
+    // An echo server in its own process, so its peak RSS is its own (2 MiB message limit).
+    let child = ChildServer::start(2 << 20);
+    let addr = child.addr;
+    let before = peak_rss_kib(child.pid());
 
     // 1 GiB of zeros deflates to about 1 MB: one frame.
     let mut z = Vec::new();
@@ -79,9 +73,8 @@ fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
     let _ = s.write_all(&frame);
     assert_eq!(read_close(&mut s), Some(1009));
     let took = start.elapsed();
-    let peak = peak_rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let peak = peak_rss_kib(child.pid());
+    drop(child);
     eprintln!(
         "bomb: {} KiB on the wire for 1 GiB inflated; 1009 after {took:?}; peak RSS {before} -> {peak} KiB",
         frame.len() / 1024

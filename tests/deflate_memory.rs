@@ -13,6 +13,8 @@ use wskit::frame::{write_client_frame, OpCode};
 
 const N: usize = 5000;
 
+child_server_entry!();
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -28,18 +30,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn bytes_per_deflate_connection_idle_and_after_one_message() {
-    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/echo");
-    assert!(exe.exists(), "{} not built: run the whole `cargo test`", exe.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = std::process::Command::new(exe)
-        .args(["--addr", &addr.to_string()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
+    let child = ChildServer::start(512 * 1024);
+    let addr = child.addr;
     std::thread::sleep(Duration::from_millis(200));
-    let base = rss_kib(child.id());
+    let base = rss_kib(child.pid());
 
     let req = upgrade_request("/")
         .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
@@ -53,7 +47,7 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
         socks.push(s);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let idle = rss_kib(child.id());
+    let idle = rss_kib(child.pid());
 
     // One 1 KiB JSON-like message each, compressed by a fresh client context (the same bytes serve every socket).
     let msg: Vec<u8> = (0..)
@@ -72,9 +66,8 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
         assert_eq!(op, 1);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let after = rss_kib(child.pid());
+    drop(child);
     let per_idle = (idle.saturating_sub(base)) * 1024 / N as u64;
     let per_after = (after.saturating_sub(base)) * 1024 / N as u64;
     eprintln!(

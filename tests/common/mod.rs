@@ -229,3 +229,59 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+
+/// A server in a child process (for measurements of its own memory): the test binary runs itself with
+/// `child_echo_server` (see [`child_server_entry!`]), so the child has exactly the test's features.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn start(max_payload: usize) -> ChildServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_echo_server", "--nocapture", "--test-threads", "1"])
+            .env("WSKIT_CHILD_ECHO", format!("{addr} {max_payload}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()), "child server did not start");
+        ChildServer { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of the `child_echo_server` test: serves forever when started by [`ChildServer`], returns at once
+/// otherwise.
+pub fn child_echo_server() {
+    let Ok(spec) = std::env::var("WSKIT_CHILD_ECHO") else { return };
+    let (addr, max) = spec.split_once(' ').unwrap();
+    let max: usize = max.parse().unwrap();
+    let config = Config::new().max_payload_size(max).max_message_size(max).max_frames_per_message(usize::MAX);
+    let mut server = Server::bind(addr, config, Echo).unwrap();
+    server.run().unwrap();
+}
+
+/// Declares the `child_echo_server` test that [`ChildServer`] runs.
+#[macro_export]
+macro_rules! child_server_entry {
+    () => {
+        #[test]
+        fn child_echo_server() {
+            common::child_echo_server();
+        }
+    };
+}
