@@ -46,6 +46,7 @@ fn main() {
             other => usage(&format!("unknown argument {other}")),
         }
     }
+    let scheme = if pem.is_some() { "wss" } else { "ws" };
     if let Some(p) = pem {
         config.ssl_cert = Some(p.into());
         config.ssl_passphrase = passphrase;
@@ -57,7 +58,7 @@ fn main() {
             exit(1)
         }
     };
-    println!("echo: listening on ws://{}", server.local_addr());
+    println!("echo: listening on {scheme}://{}", server.local_addr());
     if let Err(e) = server.run() {
         eprintln!("echo: {e}");
         exit(1);

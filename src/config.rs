@@ -18,6 +18,17 @@ pub enum TlsVersion {
     Tls13,
 }
 
+/// A certificate served for one server name (SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// The server name (case-insensitive).
+    pub name: String,
+    /// PEM file with its chain and key.
+    pub pem: PathBuf,
+    /// Passphrase of its key, if encrypted (else `ssl_passphrase` is tried).
+    pub passphrase: Option<String>,
+}
+
 /// Server configuration. Every limit is checked before a buffer grows.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +66,9 @@ pub struct Config {
     pub ssl_alpn: Vec<String>,
     /// Minimum TLS version (key `ssl_min_version`: `1.2` or `1.3`; default 1.2).
     pub ssl_min_version: TlsVersion,
+    /// More certificates chosen by server name (key `ssl_sni`: `name=path.pem,name2=other.pem`, keys opened with
+    /// `ssl_passphrase`); `ssl_cert` serves clients that name no host or another one.
+    pub ssl_sni: Vec<SniCert>,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
     /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
@@ -78,6 +92,7 @@ impl Default for Config {
             ssl_passphrase: None,
             ssl_alpn: vec!["http/1.1".to_string()],
             ssl_min_version: TlsVersion::Tls12,
+            ssl_sni: Vec::new(),
             deflate: DeflateConfig::default(),
         }
     }
@@ -168,6 +183,19 @@ impl Config {
                     _ => return Err(ConfigError::new(key, format!("`{v}` must be 1.2 or 1.3"))),
                 }
             }
+            "ssl_sni" => {
+                self.ssl_sni.clear();
+                for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (name, pem) = entry
+                        .split_once('=')
+                        .ok_or_else(|| ConfigError::new(key, format!("`{entry}` is not name=path.pem")))?;
+                    self.ssl_sni.push(SniCert {
+                        name: name.trim().into(),
+                        pem: PathBuf::from(pem.trim()),
+                        passphrase: None,
+                    });
+                }
+            }
             "deflate" => self.deflate.enabled = parse_bool(key, v)?,
             "deflate_server_max_window_bits" => {
                 self.deflate.server_max_window_bits = parse_usize(key, v)?.min(255) as u8
@@ -236,6 +264,20 @@ impl Config {
         self
     }
 
+    /// Serves wss with the certificate chain and key in one PEM file (the seed's `ssl_cert`), opening an encrypted
+    /// key with `passphrase` (the seed's `ssl_passphrase`).
+    pub fn tls_pem(mut self, pem: impl Into<PathBuf>, passphrase: Option<&str>) -> Self {
+        self.ssl_cert = Some(pem.into());
+        self.ssl_passphrase = passphrase.map(str::to_string);
+        self
+    }
+
+    /// Adds a certificate served to clients that ask for `name` (SNI).
+    pub fn sni_cert(mut self, name: &str, pem: impl Into<PathBuf>, passphrase: Option<&str>) -> Self {
+        self.ssl_sni.push(SniCert { name: name.into(), pem: pem.into(), passphrase: passphrase.map(str::to_string) });
+        self
+    }
+
     /// Turns permessage-deflate negotiation on or off.
     pub fn deflate(mut self, on: bool) -> Self {
         self.deflate.enabled = on;
@@ -283,7 +325,7 @@ impl Config {
         if d.level > 9 {
             return Err(ConfigError::new("deflate_level", "must be 0 to 9"));
         }
-        if self.ssl_cert.is_some() && !cfg!(feature = "tls") {
+        if (self.ssl_cert.is_some() || !self.ssl_sni.is_empty()) && !cfg!(feature = "tls") {
             return Err(ConfigError::new("ssl_cert", "wskit was built without TLS support (cargo feature `tls`)"));
         }
         Ok(())

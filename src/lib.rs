@@ -17,6 +17,10 @@ pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
 pub mod handler;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "tls")]
+pub mod tls_config;
 
 pub use handler::{ConnId, Ctx, Handler, Handlers, Response};
 pub use server::{Server, StopHandle};

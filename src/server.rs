@@ -58,6 +58,38 @@ struct Slot {
     draining: Option<Instant>,
     /// Negotiated permessage-deflate (counts against `deflate.max_contexts`).
     deflate: bool,
+    /// TLS under the WebSocket (wss).
+    #[cfg(feature = "tls")]
+    tls: Option<Box<crate::tls::TlsLayer>>,
+}
+
+impl Slot {
+    /// Ciphertext waiting for the socket.
+    fn tls_pending(&self) -> usize {
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return t.out().len();
+        }
+        0
+    }
+    /// Anything to write: WebSocket output not yet handed to TLS, or ciphertext.
+    fn wants_write(&self) -> bool {
+        self.conn.wants_write() || self.tls_pending() > 0
+    }
+    /// Read on: the connection expects input and neither layer has too much queued for the peer.
+    fn wants_read(&self, high_water: usize) -> bool {
+        self.conn.wants_read() && self.tls_pending() < high_water
+    }
+    /// Over, with everything written (the TLS `close_notify` included).
+    fn finished(&self) -> bool {
+        self.conn.is_finished() && self.tls_pending() == 0
+    }
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
 }
 
 /// Stops a running server from any thread.
@@ -91,6 +123,10 @@ pub struct Server {
     /// Connections holding a permessage-deflate context.
     contexts: usize,
     rbuf: Vec<u8>,
+    /// Plaintext decrypted from `rbuf` (wss), fed to the connection from here.
+    pbuf: Vec<u8>,
+    #[cfg(feature = "tls")]
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     dirty: Vec<usize>,
     stop: Arc<AtomicBool>,
@@ -122,6 +158,33 @@ impl Server {
     /// [`Server::bind`] with a boxed handler.
     pub fn bind_boxed(addr: impl ToSocketAddrs, config: Config, handler: Box<dyn Handler>) -> io::Result<Server> {
         config.validate().map_err(config_error)?;
+        #[cfg(feature = "tls")]
+        let tls =
+            crate::tls_config::server_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        #[cfg(not(feature = "tls"))]
+        let tls = ();
+        Self::bind_inner(addr, config, tls, handler)
+    }
+
+    /// Serves wss with a rustls configuration the caller built (instead of `ssl_cert` and friends).
+    #[cfg(feature = "tls")]
+    pub fn bind_tls(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Handler + 'static,
+    ) -> io::Result<Server> {
+        config.validate().map_err(config_error)?;
+        Self::bind_inner(addr, config, Some(tls), Box::new(handler))
+    }
+
+    fn bind_inner(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
+        #[cfg(not(feature = "tls"))] _tls: (),
+        handler: Box<dyn Handler>,
+    ) -> io::Result<Server> {
         let addr = addr
             .to_socket_addrs()?
             .next()
@@ -145,6 +208,9 @@ impl Server {
             pool: DeflatePool::new(),
             contexts: 0,
             rbuf: vec![0; READ_BUF],
+            pbuf: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls_config: tls,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -248,6 +314,17 @@ impl Server {
                         log::warn!(target: "wskit::server", "register {peer}: {e}");
                         continue;
                     }
+                    #[cfg(feature = "tls")]
+                    let tls = match &self.tls_config {
+                        Some(c) => match crate::tls::TlsLayer::new(c.clone()) {
+                            Ok(t) => Some(Box::new(t)),
+                            Err(e) => {
+                                log::warn!(target: "wskit::server", "TLS for {peer}: {e}");
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     entry.insert(Slot {
                         sock,
                         conn: Connection::new(self.config.clone(), now),
@@ -260,6 +337,8 @@ impl Server {
                         scheduled: None,
                         draining: None,
                         deflate: false,
+                        #[cfg(feature = "tls")]
+                        tls,
                     });
                     self.schedule(key);
                 }
@@ -302,7 +381,7 @@ impl Server {
                     Err(_) => return self.remove(key),
                 }
             }
-            if !slot.conn.wants_read() {
+            if !slot.wants_read(self.config.write_high_water) {
                 return; // paused; `read_ready` stays set and reading resumes after a flush
             }
             match slot.sock.read(&mut self.rbuf) {
@@ -312,7 +391,11 @@ impl Server {
                 }
                 Ok(n) => {
                     let short = n < self.rbuf.len();
-                    self.feed(key, n, now);
+                    if slot.is_tls() {
+                        self.feed_tls(key, n, now);
+                    } else {
+                        self.feed(key, false, n, now);
+                    }
                     if short {
                         if let Some(s) = self.slots.get_mut(key) {
                             s.read_ready = false;
@@ -330,16 +413,54 @@ impl Server {
         }
     }
 
-    /// Feeds `rbuf[..n]` to the connection, dispatching each event to the handler and applying its commands.
-    fn feed(&mut self, key: usize, n: usize, now: Instant) {
+    /// Decrypts `rbuf[..n]` and feeds the plaintext on; a TLS fault ends the connection after its alert is sent.
+    #[cfg(feature = "tls")]
+    fn feed_tls(&mut self, key: usize, n: usize, now: Instant) {
+        let Some(tls) = self.slots.get_mut(key).and_then(|s| s.tls.as_mut()) else { return };
+        let mut plain = std::mem::take(&mut self.pbuf);
+        plain.clear();
+        let result = tls.receive(&self.rbuf[..n], &mut plain);
+        let len = plain.len();
+        self.pbuf = plain;
+        self.mark_dirty(key);
+        match result {
+            Err(e) => {
+                if !self.config.prod {
+                    log::debug!(target: "wskit::server", "{} TLS: {e}", self.slots[key].peer);
+                }
+                self.slots[key].conn.abort(now);
+            }
+            Ok(r) => {
+                if len > 0 {
+                    self.feed(key, true, len, now);
+                }
+                if r.peer_closed && self.slots.contains(key) {
+                    self.peer_gone(key, now);
+                }
+            }
+        }
+        if self.pbuf.capacity() > READ_BUF * 2 {
+            self.pbuf = Vec::new();
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn feed_tls(&mut self, key: usize, n: usize, now: Instant) {
+        self.feed(key, false, n, now);
+    }
+
+    /// Feeds `rbuf[..n]` (or the decrypted `pbuf[..n]`) to the connection, dispatching each event to the handler
+    /// and applying its commands.
+    fn feed(&mut self, key: usize, plain: bool, n: usize, now: Instant) {
         // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
         self.mark_dirty(key);
         let mut off = 0;
         loop {
-            let Server { slots, handler, queue, rbuf, config, contexts, .. } = self;
+            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, .. } = self;
+            let input = if plain { pbuf } else { rbuf };
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
-            let (used, ev) = slot.conn.read(&mut rbuf[off..n], now);
+            let (used, ev) = slot.conn.read(&mut input[off..n], now);
             off += used;
 
             let Some(ev) = ev else {
@@ -485,6 +606,34 @@ impl Server {
 
     /// Writes what the connection has queued; false if the socket failed.
     fn flush(slot: &mut Slot) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = slot.tls.as_mut() {
+            // Plaintext goes through TLS; after the WebSocket close, close_notify goes before TCP closes.
+            if slot.conn.wants_write() {
+                tls.send(slot.conn.out());
+                let n = slot.conn.out().len();
+                slot.conn.consume_out(n);
+            }
+            if slot.conn.is_finished() {
+                tls.close_notify();
+            }
+            while !tls.out().is_empty() {
+                let len = tls.out().len();
+                match slot.sock.write(tls.out()) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        tls.consume_out(n);
+                        if n < len {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return false,
+                }
+            }
+            return true;
+        }
         while slot.conn.wants_write() {
             let len = slot.conn.out().len();
             match slot.sock.write(slot.conn.out()) {
@@ -517,12 +666,11 @@ impl Server {
                 self.peer_gone(key, now);
                 continue;
             }
-            if slot.conn.is_finished() {
+            if slot.finished() {
                 self.finish(key, now);
                 continue;
             }
-            let want =
-                if slot.conn.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let want = if slot.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             if want != slot.interest {
                 let token = Token(((slot.gen as u64) << 32 | key as u64) as usize);
                 if self.poll.registry().reregister(&mut slot.sock, token, want).is_err() {
@@ -531,7 +679,7 @@ impl Server {
                 }
                 slot.interest = want;
             }
-            let resume = slot.read_ready && slot.conn.wants_read();
+            let resume = slot.read_ready && slot.wants_read(self.config.write_high_water);
             self.schedule(key);
             if resume {
                 self.do_read(key, now);
