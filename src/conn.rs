@@ -524,6 +524,19 @@ impl Connection {
         self.state = State::Closed { linger: now };
     }
 
+    /// Whether the peer is in the middle of sending something: a partial frame header, a frame's payload, or a
+    /// message's later fragments. (A shell acknowledges at once then, so that a sender waiting on Nagle's
+    /// algorithm is not held up by a delayed ACK.)
+    pub fn is_mid_message(&self) -> bool {
+        match &self.state {
+            State::ReadingHead { head, .. } => !head.is_empty(),
+            State::Open(rx) | State::ClosingByUs { rx, .. } => {
+                rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered)
+            }
+            _ => false,
+        }
+    }
+
     /// Frees what the last event lent out (a completed message's buffer, a control payload). [`Connection::read`]
     /// does this itself on its next call; a shell calls it when a read burst is over, so an idle connection holds
     /// no message buffer.

@@ -141,6 +141,11 @@ impl HeadReader {
         Ok(Status::Partial)
     }
 
+    /// Whether part of a head is held.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Parses the completed head: the stashed bytes if the head spanned reads, else `input[..n]`.
     pub fn parse(&mut self, input: &[u8], n: usize) -> Result<Request, HandshakeError> {
         let head = std::mem::take(&mut self.buf);

@@ -144,6 +144,18 @@ fn config_error(e: ConfigError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
+/// Acknowledges received data at once instead of after the delayed-ACK timer (Linux `TCP_QUICKACK`; it lasts
+/// until the kernel's heuristics turn delayed ACKs back on, so it is set after each read that leaves the peer
+/// mid-message). A peer that sends with Nagle's algorithm waits for this ACK before its next segment.
+fn quickack(sock: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(sock).set_tcp_quickack(true);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = sock;
+}
+
 fn conn_id(key: usize, gen: u32) -> ConnId {
     ConnId((gen as u64) << 32 | key as u64)
 }
@@ -395,6 +407,9 @@ impl Server {
                         self.feed_tls(key, n, now);
                     } else {
                         self.feed(key, false, n, now);
+                        if let Some(slot) = self.slots.get(key).filter(|s| s.conn.is_mid_message()) {
+                            quickack(&slot.sock);
+                        }
                     }
                     if short {
                         if let Some(s) = self.slots.get_mut(key) {
@@ -433,6 +448,12 @@ impl Server {
             Ok(r) => {
                 if len > 0 {
                     self.feed(key, true, len, now);
+                }
+                if let Some(slot) = self.slots.get(key) {
+                    // A TLS record is still incomplete, or the message is: acknowledge now.
+                    if len == 0 || slot.conn.is_mid_message() {
+                        quickack(&slot.sock);
+                    }
                 }
                 if r.peer_closed && self.slots.contains(key) {
                     self.peer_gone(key, now);

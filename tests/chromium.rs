@@ -174,6 +174,7 @@ fn start_chromium(browser: &std::path::Path) -> (Killed, u16) {
                 "--disable-background-timer-throttling",
                 "--disable-renderer-backgrounding",
                 "--disable-backgrounding-occluded-windows",
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(format!("--remote-debugging-port={debug_port}"))
@@ -195,24 +196,57 @@ fn start_chromium(browser: &std::path::Path) -> (Killed, u16) {
 
 #[test]
 fn two_browser_pages_chat() {
+    chat_session(false);
+}
+
+/// The same chat over wss: the page is served over https and connects with wss (a test certificate, trusted
+/// with --ignore-certificate-errors).
+#[test]
+#[cfg(feature = "tls")]
+fn two_browser_pages_chat_over_tls() {
+    chat_session(true);
+}
+
+fn chat_session(tls: bool) {
     if skip_external("Chromium") {
         return;
     }
     let browser = chromium();
     let chat_port = free_port();
+    let mut args = vec!["--addr".to_string(), format!("127.0.0.1:{chat_port}")];
+    if tls {
+        let dir = std::env::temp_dir().join(format!("wskit-chat-tls-{}-{chat_port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("openssl")
+            .current_dir(&dir)
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-days", "2", "-subj", "/CN=localhost"])
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-passout",
+                "pass:chat",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut both = std::fs::read(dir.join("key.pem")).unwrap();
+        both.extend(std::fs::read(dir.join("cert.pem")).unwrap());
+        std::fs::write(dir.join("both.pem"), both).unwrap();
+        args.extend(["--pem".into(), dir.join("both.pem").display().to_string(), "--passphrase".into(), "chat".into()]);
+    }
     let _chat = Killed(
-        Command::new(chat_binary())
-            .args(["--addr", &format!("127.0.0.1:{chat_port}")])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the chat example"),
+        Command::new(chat_binary()).args(&args).stdout(Stdio::null()).spawn().expect("start the chat example"),
         None,
     );
     assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", chat_port)).is_ok()));
 
     let (_chromium, debug_port) = start_chromium(&browser);
 
-    let url = format!("http://127.0.0.1:{chat_port}/");
+    let url = format!("{}://127.0.0.1:{chat_port}/", if tls { "https" } else { "http" });
     let mut alice = Page::open(debug_port, &url);
     let mut bob = Page::open(debug_port, &url);
     alice.join("alice");
@@ -227,11 +261,17 @@ fn two_browser_pages_chat() {
     assert!(alice_log.contains("alice: hello bob"), "the sender sees its own line: {alice_log}");
 
     // A screenshot of the page, kept for people to look at.
+    if tls {
+        assert_eq!(alice.eval("location.protocol"), json!("https:"));
+    }
     let shot = alice.call("Page.captureScreenshot", json!({"format": "png"}));
     if let Some(b64) = shot["data"].as_str() {
         use base64::Engine;
         let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-        let _ = std::fs::write(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-alice.png"), png);
+        let _ = std::fs::write(
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(if tls { "chat-alice-tls.png" } else { "chat-alice.png" }),
+            png,
+        );
     }
 
     // Bob closes his tab; Alice sees him leave.

@@ -1,4 +1,4 @@
-// Run: cargo run --example chat [-- --addr 127.0.0.1:1337]
+// Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]]
 // Then open http://127.0.0.1:1337/ in two browser tabs, pick a name in each, and talk.
 //
 // The page and the WebSocket share one port and one loop: plain HTTP requests go to `on_http`, upgrades to
@@ -106,18 +106,28 @@ impl Handler for Chat {
 }
 
 fn main() {
+    const USAGE: &str = "usage: chat [--addr HOST:PORT] [--pem FILE [--passphrase P]]";
     let mut addr = "127.0.0.1:1337".to_string();
+    let (mut pem, mut passphrase) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value; {USAGE}")));
         match a.as_str() {
-            "--addr" => addr = args.next().unwrap_or_else(|| die("--addr needs HOST:PORT")),
-            "-h" | "--help" => die("usage: chat [--addr HOST:PORT]"),
-            other => die(&format!("unknown argument {other}; usage: chat [--addr HOST:PORT]")),
+            "--addr" => addr = value(),
+            "--pem" => pem = Some(value()),
+            "--passphrase" => passphrase = Some(value()),
+            "-h" | "--help" => die(USAGE),
+            other => die(&format!("unknown argument {other}; {USAGE}")),
         }
     }
-    let mut server = Server::bind(&addr, Config::new(), Chat::default())
-        .unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
-    println!("chat: open http://{}/ in a browser", server.local_addr());
+    let scheme = if pem.is_some() { "https" } else { "http" };
+    let mut config = Config::new();
+    if let Some(pem) = pem {
+        config = config.tls_pem(pem, passphrase.as_deref());
+    }
+    let mut server =
+        Server::bind(&addr, config, Chat::default()).unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
+    println!("chat: open {scheme}://{}/ in a browser", server.local_addr());
     if let Err(e) = server.run() {
         die(&e.to_string());
     }
