@@ -137,3 +137,92 @@ impl TlsLayer {
         self.conn.server_name()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::frame::{write_client_frame, OpCode};
+    use crate::{Connection, Event, Message};
+    use std::time::Instant;
+
+    /// A rustls client and a wskit `TlsLayer` + `Connection` joined by plain buffers: no sockets.
+    #[test]
+    fn websocket_over_tls_in_memory() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let config = Config::new().tls_pem(root.join("localhost.pem"), None);
+        let server_cfg = crate::tls_config::server_config(&config).unwrap().unwrap();
+        let mut server = TlsLayer::new(server_cfg).unwrap();
+        let mut conn = Connection::new(Arc::new(config), Instant::now());
+
+        let pem = std::fs::read_to_string(root.join("localhost-cert.pem")).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+        let client_cfg =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_cfg), name).unwrap();
+
+        let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        client.writer().write_all(head).unwrap();
+        let mut frame = Vec::new();
+        write_client_frame(&mut frame, true, 0, OpCode::Text, [1, 2, 3, 4], "κόσμε in memory".as_bytes());
+        client.writer().write_all(&frame).unwrap();
+
+        let mut from_server = Vec::new();
+        let mut echoed = false;
+        for _ in 0..20 {
+            // client → server
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut plain = Vec::new();
+            server.receive(&wire, &mut plain).unwrap();
+            let mut off = 0;
+            while off < plain.len() {
+                let (n, ev) = conn.read(&mut plain[off..], Instant::now());
+                off += n;
+                match ev {
+                    Some(Event::Upgrade(_)) => conn.accept(None, false).unwrap(),
+                    Some(Event::Message(Message::Text(t))) => {
+                        let t = t.to_string();
+                        conn.send(Message::Text(&t)).unwrap();
+                        echoed = true;
+                    }
+                    Some(_) => {}
+                    None if n == 0 => break,
+                    None => {}
+                }
+            }
+            server.send(conn.out());
+            let n = conn.out().len();
+            conn.consume_out(n);
+            // server → client
+            let mut wire = server.out().to_vec();
+            server.consume_out(wire.len());
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            wire.clear();
+            let _ = client.reader().read_to_end(&mut from_server);
+            if echoed && from_server.ends_with("κόσμε in memory".as_bytes()) {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&from_server);
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols"), "{text}");
+        let mut expected = vec![0x81, "κόσμε in memory".len() as u8];
+        expected.extend_from_slice("κόσμε in memory".as_bytes());
+        assert!(from_server.ends_with(&expected), "{from_server:x?}");
+    }
+}
