@@ -327,3 +327,36 @@ fn garbage_silence_close_notify_and_lost() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), CloseStatus::Lost);
     assert!(wait_until(Duration::from_secs(5), || server.connections() == 0), "{}", server.connections());
 }
+
+fn pem_section(text: &str, label: &str) -> Vec<u8> {
+    let begin = format!("-----BEGIN {label}-----");
+    let body: String =
+        text.lines().skip_while(|l| *l != begin).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+}
+
+#[test]
+fn caller_built_rustls_config_with_bind_tls() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let text = std::fs::read_to_string(data.join("localhost.pem")).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(pem_section(&text, "CERTIFICATE"));
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(pem_section(&text, "PRIVATE KEY"));
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key.into())
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        let mut server = wskit::Server::bind_tls("127.0.0.1:0", Config::new(), Arc::new(tls), Echo).unwrap();
+        tx.send((server.local_addr(), server.stop_handle())).unwrap();
+        server.run().unwrap();
+    });
+    let (addr, stop) = rx.recv().unwrap();
+    let mut ws = wss(addr, "localhost", client_config(&[&data.join("localhost-cert.pem")])).unwrap();
+    ws.send(T::text("built by the caller")).unwrap();
+    assert_eq!(ws.read().unwrap(), T::text("built by the caller"));
+    stop.stop();
+    stopper.join().unwrap();
+}

@@ -1,17 +1,19 @@
 //! One-thread load generator (the uWebSockets `load_test` method): N connections, each with one masked binary
 //! message in flight; as soon as a connection has its echo back it sends the next one.
 //!
-//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency]`
+//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency] [--tls --ca cert.pem]`
 //! prints `msgs/s` (and p50/p99/p99.9 round-trip latency with `--latency`) as one `key=value` line.
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Client {
     sock: TcpStream,
+    tls: Option<rustls::ClientConnection>,
     handshaken: bool,
     head: Vec<u8>,
     pending: usize,
@@ -35,6 +37,63 @@ fn response_len(size: usize) -> usize {
     }
 }
 
+/// Writes `data` through TLS (if any) and flushes what can go now; the socket is non-blocking, so a full buffer
+/// is retried until it drains (the load keeps one message in flight, so this is rare).
+fn send(c: &mut Client, data: &[u8]) {
+    match &mut c.tls {
+        None => write_fully(&mut c.sock, data),
+        Some(tls) => {
+            tls.writer().write_all(data).unwrap();
+            flush_tls(tls, &mut c.sock);
+        }
+    }
+}
+
+fn flush_tls(tls: &mut rustls::ClientConnection, sock: &mut TcpStream) {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out).unwrap();
+    }
+    write_fully(sock, &out);
+}
+
+fn write_fully(sock: &mut TcpStream, mut data: &[u8]) {
+    while !data.is_empty() {
+        match sock.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+fn tls_config(ca: &str) -> Arc<rustls::ClientConfig> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(ca).expect("--ca file");
+    let mut roots = rustls::RootCertStore::empty();
+    let mut body = String::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l.starts_with("-----BEGIN CERTIFICATE") {
+            inside = true;
+        } else if l.starts_with("-----END CERTIFICATE") {
+            let der = base64::engine::general_purpose::STANDARD.decode(&body).unwrap();
+            roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+            body.clear();
+            inside = false;
+        } else if inside {
+            body.push_str(l.trim());
+        }
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
 }
@@ -47,6 +106,7 @@ fn main() {
     let secs: f64 = arg(&args, "--secs", 5.0);
     let warmup: f64 = arg(&args, "--warmup", 1.0);
     let latency = args.iter().any(|a| a == "--latency");
+    let tls = args.iter().any(|a| a == "--tls").then(|| tls_config(&arg(&args, "--ca", String::new())));
     let msg = frame(size);
     let expect = response_len(size);
     let request = format!(
@@ -61,12 +121,17 @@ fn main() {
         std_sock.set_nonblocking(true).unwrap();
         let mut sock = TcpStream::from_std(std_sock);
         poll.registry().register(&mut sock, Token(i), Interest::READABLE).unwrap();
-        let mut c = Client { sock, handshaken: false, head: Vec::new(), pending: 0, sent_at: Instant::now() };
-        c.sock.write_all(request.as_bytes()).expect("send request");
+        let tls = tls.as_ref().map(|cfg| {
+            rustls::ClientConnection::new(cfg.clone(), rustls::pki_types::ServerName::try_from("localhost").unwrap())
+                .unwrap()
+        });
+        let mut c = Client { sock, tls, handshaken: false, head: Vec::new(), pending: 0, sent_at: Instant::now() };
+        send(&mut c, request.as_bytes());
         clients.push(c);
     }
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 1 << 20];
+    let mut plain = Vec::new();
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
@@ -84,6 +149,17 @@ fn main() {
                     Ok(0) => panic!("server closed a connection"),
                     Ok(n) => {
                         let mut data = &buf[..n];
+                        if let Some(tls) = &mut c.tls {
+                            let mut rd = data;
+                            plain.clear();
+                            while !rd.is_empty() {
+                                tls.read_tls(&mut rd).unwrap();
+                                tls.process_new_packets().expect("TLS");
+                            }
+                            let _ = tls.reader().read_to_end(&mut plain);
+                            flush_tls(tls, &mut c.sock);
+                            data = &plain;
+                        }
                         if !c.handshaken {
                             c.head.extend_from_slice(data);
                             let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
@@ -94,7 +170,7 @@ fn main() {
                             c.pending = extra;
                             data = &[];
                             c.sent_at = now;
-                            c.sock.write_all(&msg).unwrap();
+                            send(c, &msg);
                         }
                         c.pending += data.len();
                         while c.pending >= expect {
@@ -107,7 +183,7 @@ fn main() {
                                 }
                             }
                             c.sent_at = now;
-                            c.sock.write_all(&msg).unwrap();
+                            send(c, &msg);
                         }
                         if n < buf.len() {
                             break;
