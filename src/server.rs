@@ -156,6 +156,18 @@ fn quickack(sock: &TcpStream) {
     let _ = sock;
 }
 
+/// Runs one handler callback; a panic is caught and logged, and costs only the connection it ran for.
+fn guarded<R>(id: ConnId, what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
+            log::error!(target: "wskit::server", "{id}: handler panicked in {what}: {}", msg.unwrap_or("(no message)"));
+            None
+        }
+    }
+}
+
 fn conn_id(key: usize, gen: u32) -> ConnId {
     ConnId((gen as u64) << 32 | key as u64)
 }
@@ -491,9 +503,13 @@ impl Server {
                 continue;
             };
             let mut ctx = Ctx::new(id, slot.peer, queue);
+            let mut panicked = false;
             match ev {
                 Event::Upgrade(req) => {
-                    handler.on_open(&mut ctx, &req);
+                    if guarded(id, "on_open", || handler.on_open(&mut ctx, &req)).is_none() {
+                        ctx.decision =
+                            Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
+                    }
                     let (refusal, protocol) = (ctx.decision.take(), ctx.protocol.take());
                     match refusal {
                         Some(r) => {
@@ -515,7 +531,10 @@ impl Server {
                     }
                 }
                 Event::Http(req) => {
-                    let resp = handler.on_http(&mut ctx, &req);
+                    let resp = match guarded(id, "on_http", || handler.on_http(&mut ctx, &req)) {
+                        Some(r) => r,
+                        None => Some(crate::handler::Response::new(500, "text/plain", "internal error\n")),
+                    };
                     let _ = match resp {
                         Some(r) => {
                             let headers: Vec<(&str, &str)> =
@@ -535,16 +554,20 @@ impl Server {
                         log::debug!(target: "wskit::server", "{id} {} handshake refused ({}): {e}", slot.peer, e.status());
                     }
                 }
-                Event::Message(m) => handler.on_message(&mut ctx, m),
-                Event::Ping(p) => handler.on_ping(&mut ctx, p),
-                Event::Pong(p) => handler.on_pong(&mut ctx, p),
+                Event::Message(m) => panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none(),
+                Event::Ping(p) => panicked = guarded(id, "on_ping", || handler.on_ping(&mut ctx, p)).is_none(),
+                Event::Pong(p) => panicked = guarded(id, "on_pong", || handler.on_pong(&mut ctx, p)).is_none(),
                 Event::Close(..) => {}
                 Event::Error(e) => {
                     if !config.prod {
                         log::debug!(target: "wskit::server", "{id} {} protocol error: {e}", slot.peer);
                     }
-                    handler.on_error(&mut ctx, &e);
+                    guarded(id, "on_error", || handler.on_error(&mut ctx, &e));
                 }
+            }
+            if panicked {
+                // The handler's state for this connection is suspect: close it with 1011; everyone else goes on.
+                let _ = slot.conn.close(crate::CloseCode::INTERNAL, "internal error", now);
             }
             if !self.config.prod {
                 if let Some(slot) = self.slots.get(key) {
@@ -746,7 +769,8 @@ impl Server {
             log::debug!(target: "wskit::server", "{} {} closed: {status:?}", conn_id(key, slot.gen), slot.peer);
         }
         let mut ctx = Ctx::new(conn_id(key, slot.gen), slot.peer, queue);
-        handler.on_close(&mut ctx, &status);
+        let id = ctx.id;
+        guarded(id, "on_close", || handler.on_close(&mut ctx, &status));
         self.apply_commands(Instant::now());
     }
 
