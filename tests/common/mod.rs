@@ -239,9 +239,23 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(max_payload: usize) -> ChildServer {
+        Self::start_limited(max_payload, None)
+    }
+
+    /// With `open_files`, the child runs under that `ulimit -n`.
+    pub fn start_limited(max_payload: usize, open_files: Option<u32>) -> ChildServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = match open_files {
+            None => std::process::Command::new(&exe),
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(&exe);
+                c
+            }
+        };
+        let child = cmd
             .args(["--exact", "child_echo_server", "--nocapture", "--test-threads", "1"])
             .env("WSKIT_CHILD_ECHO", format!("{addr} {max_payload}"))
             .stdout(std::process::Stdio::null())
