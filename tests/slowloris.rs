@@ -17,7 +17,7 @@ fn echo_round_trip(c: &mut TcpStream) -> Duration {
 
 #[test]
 fn slowloris_does_not_delay_a_new_client_and_is_dropped_at_the_handshake_timeout() {
-    let server = TestServer::echo(Config::new().handshake_timeout(Duration::from_secs(2)));
+    let server = TestServer::echo(Config::new().handshake_timeout(Duration::from_secs(3)));
     // Baseline latency with nobody else around.
     let mut probe = raw_client(server.addr);
     let mut base = Duration::MAX;
@@ -28,10 +28,7 @@ fn slowloris_does_not_delay_a_new_client_and_is_dropped_at_the_handshake_timeout
     // 300 clients that send half a request head, a byte at a time.
     let mut loris: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
     for s in &mut loris {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
-    }
-    for s in &mut loris {
-        s.write_all(b"X").unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow").unwrap();
     }
     assert!(wait_until(Duration::from_secs(5), || server.connections() >= 300));
     let connected = Instant::now();
@@ -45,13 +42,13 @@ fn slowloris_does_not_delay_a_new_client_and_is_dropped_at_the_handshake_timeout
     }
     eprintln!("echo round trip: alone {base:?}; beside 300 half-open handshakes best {best:?}, worst {worst:?}");
     assert!(best < base + Duration::from_millis(5), "best {best:?} vs alone {base:?}");
-    // The half-open ones are dropped at the 2 s handshake timeout; ours stays.
+    // The half-open ones are dropped at the 3 s handshake timeout; ours stays.
     for s in &mut loris {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         assert!(reads_eof(s), "half-open handshake dropped");
     }
     let took = connected.elapsed();
-    assert!(took < Duration::from_secs(6), "dropped after {took:?}");
+    assert!(took < Duration::from_secs(8), "dropped after {took:?}");
     assert!(wait_until(Duration::from_secs(3), || server.connections() == 1), "{}", server.connections());
     assert!(echo_round_trip(&mut c) < Duration::from_secs(1));
 }
