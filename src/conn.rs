@@ -390,8 +390,7 @@ impl Connection {
         if !matches!(self.state, State::AwaitingDecision { .. }) {
             return Err(SendError::NotOpen);
         }
-        handshake::write_response(&mut self.out, status, headers, body);
-        self.state = State::Closed { linger: now + self.config.close_timeout };
+        self.final_response(status, headers, body, now);
         Ok(())
     }
 
@@ -406,9 +405,14 @@ impl Connection {
         if !matches!(self.state, State::AwaitingResponse { .. }) {
             return Err(SendError::NotOpen);
         }
+        self.final_response(status, headers, body, now);
+        Ok(())
+    }
+
+    /// Queues an HTTP response after which the connection closes.
+    fn final_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], now: Instant) {
         handshake::write_response(&mut self.out, status, headers, body);
         self.state = State::Closed { linger: now + self.config.close_timeout };
-        Ok(())
     }
 
     /// Queues a message as one frame.

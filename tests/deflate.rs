@@ -33,26 +33,12 @@ fn deflate_client(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String
     (s, head)
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
     // An echo server in its own process, so its peak RSS is its own (2 MiB message limit).
     let child = ChildServer::start(2 << 20);
     let addr = child.addr;
-    let before = peak_rss_kib(child.pid());
+    let before = proc_status_kib(child.pid(), "VmHWM");
 
     // 1 GiB of zeros deflates to about 1 MB: one frame.
     let mut z = Vec::new();
@@ -73,7 +59,7 @@ fn decompression_bomb_is_refused_quickly_with_bounded_memory() {
     let _ = s.write_all(&frame);
     assert_eq!(read_close(&mut s), Some(1009));
     let took = start.elapsed();
-    let peak = peak_rss_kib(child.pid());
+    let peak = proc_status_kib(child.pid(), "VmHWM");
     drop(child);
     eprintln!(
         "bomb: {} KiB on the wire for 1 GiB inflated; 1009 after {took:?}; peak RSS {before} -> {peak} KiB",

@@ -15,25 +15,12 @@ const N: usize = 5000;
 
 child_server_entry!();
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn bytes_per_deflate_connection_idle_and_after_one_message() {
     let child = ChildServer::start(512 * 1024);
     let addr = child.addr;
     std::thread::sleep(Duration::from_millis(200));
-    let base = rss_kib(child.pid());
+    let base = proc_status_kib(child.pid(), "VmRSS");
 
     let req = upgrade_request("/")
         .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
@@ -47,7 +34,7 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
         socks.push(s);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let idle = rss_kib(child.pid());
+    let idle = proc_status_kib(child.pid(), "VmRSS");
 
     // One 1 KiB JSON-like message each, compressed by a fresh client context (the same bytes serve every socket).
     let msg: Vec<u8> = (0..)
@@ -66,7 +53,7 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
         assert_eq!(op, 1);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(child.pid());
+    let after = proc_status_kib(child.pid(), "VmRSS");
     drop(child);
     let per_idle = (idle.saturating_sub(base)) * 1024 / N as u64;
     let per_after = (after.saturating_sub(base)) * 1024 / N as u64;

@@ -225,6 +225,14 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// A size field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let prefix = format!("{field}:");
+    let value = status.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_else(|| panic!("no {field}"));
+    value.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
