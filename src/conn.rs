@@ -163,6 +163,22 @@ struct Rx {
 }
 
 impl Rx {
+    /// Frees what the last event lent out: the delivered message and a lent control payload.
+    fn release_lent(&mut self) {
+        if std::mem::take(&mut self.msg_delivered) {
+            self.msg = None;
+        }
+        if std::mem::take(&mut self.ctrl_lent) {
+            self.ctrl = Vec::new();
+        }
+    }
+
+    /// Drops a message still being received (the connection is closing); the framing position is kept.
+    fn drop_message(&mut self) {
+        self.msg = None;
+        self.msg_delivered = false;
+    }
+
     /// Completes a header stashed from an earlier read with bytes from `input[*pos..]`; true once it is whole.
     fn fill_header(&mut self, input: &[u8], pos: &mut usize) -> bool {
         loop {
@@ -329,13 +345,6 @@ impl Connection {
     /// Whether the WebSocket is open (handshake done, no close sent or received).
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open(_))
-    }
-
-    /// Whether the upgrade was accepted (the connection is or was a WebSocket).
-    pub fn was_upgraded(&self) -> bool {
-        matches!(self.state, State::Open(_) | State::ClosingByUs { .. })
-            || matches!(self.status.as_deref(), Some(CloseStatus::Clean { .. }) | Some(CloseStatus::Error(_)))
-            || matches!(self.status.as_deref(), Some(CloseStatus::TimedOut(TimeoutKind::Message | TimeoutKind::Close)))
     }
 
     /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
@@ -514,9 +523,7 @@ impl Connection {
         write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
         let deadline = now + self.config.close_timeout;
         if let State::Open(mut rx) = std::mem::replace(&mut self.state, State::Closed { linger: deadline }) {
-            // A message still arriving is dropped; the framing position is kept.
-            rx.msg = None;
-            rx.msg_delivered = false;
+            rx.drop_message();
             self.state = State::ClosingByUs { rx, deadline };
         }
         Ok(())
@@ -546,14 +553,7 @@ impl Connection {
     /// no message buffer.
     pub fn reclaim(&mut self) {
         if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
-            if rx.msg_delivered {
-                rx.msg_delivered = false;
-                rx.msg = None;
-            }
-            if rx.ctrl_lent {
-                rx.ctrl_lent = false;
-                rx.ctrl = Vec::new();
-            }
+            rx.release_lent();
         }
     }
 
@@ -664,9 +664,8 @@ impl Connection {
             State::Open(mut rx) => {
                 let (p, n) = close_payload(e.close_code(), "");
                 write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
-                // Keep the framing position (the rest of a half-read frame is skipped), drop the message.
-                rx.msg = None;
-                rx.msg_delivered = false;
+                // The rest of a half-read frame is skipped.
+                rx.drop_message();
                 let deadline = now + self.config.close_timeout;
                 self.state = State::ClosingByUs { rx, deadline };
             }
@@ -687,14 +686,7 @@ impl Connection {
             State::ClosingByUs { rx, .. } => (rx, true),
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
         };
-        if rx.msg_delivered {
-            rx.msg_delivered = false;
-            rx.msg = None;
-        }
-        if rx.ctrl_lent {
-            rx.ctrl_lent = false;
-            rx.ctrl.clear();
-        }
+        rx.release_lent();
         let mut pos = 0;
         let ready = loop {
             if let Some(f) = &mut rx.frame {

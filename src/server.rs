@@ -172,6 +172,43 @@ fn conn_id(key: usize, gen: u32) -> ConnId {
     ConnId((gen as u64) << 32 | key as u64)
 }
 
+/// The mio token of a slot: the same packing as its [`ConnId`].
+fn token_of(key: usize, gen: u32) -> Token {
+    Token(conn_id(key, gen).0 as usize)
+}
+
+/// Slot and generation packed in a [`ConnId`] (or a token).
+fn split_id(id: u64) -> (usize, u32) {
+    ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
+}
+
+/// The slot `id` names, if that connection still exists (a reused slot has another generation).
+fn slot_of(slots: &mut Slab<Slot>, id: ConnId) -> Option<(usize, &mut Slot)> {
+    let (key, gen) = split_id(id.0);
+    slots.get_mut(key).filter(|s| s.gen == gen).map(|s| (key, s))
+}
+
+/// Writes as much of `data` as the socket takes now, stopping at a short write (the buffer is full: wait for
+/// writability instead of a sure EAGAIN). Returns the bytes written, or `None` if the socket failed.
+fn write_burst(sock: &mut TcpStream, data: &[u8]) -> Option<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match sock.write(&data[done..]) {
+            Ok(0) => return None,
+            Ok(n) => {
+                done += n;
+                if done < data.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(done)
+}
+
 impl Server {
     /// Binds a listener and prepares the loop. The config is validated here; a bad one is an
     /// `InvalidInput` error whose message names the key.
@@ -300,8 +337,7 @@ impl Server {
                 LISTENER => self.accept(now),
                 WAKER => {}
                 _ => {
-                    let key = token & 0xffff_ffff;
-                    let gen = (token as u64 >> 32) as u32;
+                    let (key, gen) = split_id(token as u64);
                     if !self.slots.get(key).is_some_and(|s| s.gen == gen) {
                         continue; // a stale event for a slot that was reused
                     }
@@ -333,8 +369,7 @@ impl Server {
                     let key = entry.key();
                     self.next_gen = self.next_gen.wrapping_add(1);
                     let gen = self.next_gen;
-                    let token = Token(((gen as u64) << 32 | key as u64) as usize);
-                    if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE) {
+                    if let Err(e) = self.poll.registry().register(&mut sock, token_of(key, gen), Interest::READABLE) {
                         log::warn!(target: "wskit::server", "register {peer}: {e}");
                         continue;
                     }
@@ -599,8 +634,7 @@ impl Server {
         for cmd in &queue.cmds {
             match *cmd {
                 Cmd::Message { to, text, start, end } => {
-                    let key = (to.0 & 0xffff_ffff) as usize;
-                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
+                    if let Some((key, slot)) = slot_of(slots, to) {
                         let bytes = &queue.arena[start..end];
                         // Text came in as &str, so it is UTF-8.
                         let msg = if text {
@@ -615,8 +649,7 @@ impl Server {
                     }
                 }
                 Cmd::Frame { to, fin, op, start, end } => {
-                    let key = (to.0 & 0xffff_ffff) as usize;
-                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
+                    if let Some((key, slot)) = slot_of(slots, to) {
                         if let Err(e) = slot.conn.send_frame(fin, op, &queue.arena[start..end]) {
                             log::debug!(target: "wskit::server", "send to {to}: {e}");
                         }
@@ -624,8 +657,7 @@ impl Server {
                     }
                 }
                 Cmd::Close { to, code, start, end } => {
-                    let key = (to.0 & 0xffff_ffff) as usize;
-                    if let Some(slot) = slots.get_mut(key).filter(|s| s.gen == (to.0 >> 32) as u32) {
+                    if let Some((key, slot)) = slot_of(slots, to) {
                         let reason = std::str::from_utf8(&queue.arena[start..end]).unwrap_or("");
                         if let Err(e) = slot.conn.close(code, reason, now) {
                             log::debug!(target: "wskit::server", "close {to}: {e}");
@@ -661,38 +693,12 @@ impl Server {
             if slot.conn.is_finished() {
                 tls.close_notify();
             }
-            while !tls.out().is_empty() {
-                let len = tls.out().len();
-                match slot.sock.write(tls.out()) {
-                    Ok(0) => return false,
-                    Ok(n) => {
-                        tls.consume_out(n);
-                        if n < len {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return false,
-                }
-            }
+            let Some(n) = write_burst(&mut slot.sock, tls.out()) else { return false };
+            tls.consume_out(n);
             return true;
         }
-        while slot.conn.wants_write() {
-            let len = slot.conn.out().len();
-            match slot.sock.write(slot.conn.out()) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    slot.conn.consume_out(n);
-                    if n < len {
-                        break; // the socket buffer is full: wait for writability instead of a sure EAGAIN
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
+        let Some(n) = write_burst(&mut slot.sock, slot.conn.out()) else { return false };
+        slot.conn.consume_out(n);
         true
     }
 
@@ -716,8 +722,7 @@ impl Server {
             }
             let want = if slot.wants_write() { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             if want != slot.interest {
-                let token = Token(((slot.gen as u64) << 32 | key as u64) as usize);
-                if self.poll.registry().reregister(&mut slot.sock, token, want).is_err() {
+                if self.poll.registry().reregister(&mut slot.sock, token_of(key, slot.gen), want).is_err() {
                     self.peer_gone(key, now);
                     continue;
                 }
