@@ -225,4 +225,55 @@ mod tests {
         expected.extend_from_slice("κόσμε in memory".as_bytes());
         assert!(from_server.ends_with(&expected), "{from_server:x?}");
     }
+
+    /// Session tickets are off by default (a returning client does a full handshake) and `tls_session_tickets`
+    /// turns resumption on.
+    #[test]
+    fn session_tickets_enable_resumption() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let pem = std::fs::read_to_string(root.join("localhost-cert.pem")).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+        let client_cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        for (tickets, second) in [(0, rustls::HandshakeKind::Full), (2, rustls::HandshakeKind::Resumed)] {
+            let config = Config::new().tls_pem(root.join("localhost.pem"), None).tls_session_tickets(tickets);
+            let server_cfg = crate::tls_config::server_config(&config).unwrap().unwrap();
+            // The client config (and its session cache) is shared by both connections, as a reconnecting client's.
+            let client_cfg = Arc::new((*client_cfg).clone());
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let mut server = TlsLayer::new(server_cfg.clone()).unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut client = rustls::ClientConnection::new(client_cfg.clone(), name).unwrap();
+                client.writer().write_all(b"ping").unwrap();
+                let mut got = Vec::new();
+                for _ in 0..10 {
+                    let mut wire = Vec::new();
+                    while client.wants_write() {
+                        client.write_tls(&mut wire).unwrap();
+                    }
+                    server.receive(&wire, &mut got).unwrap();
+                    let rd = server.out().to_vec();
+                    server.consume_out(rd.len());
+                    let mut rd = &mut &rd[..];
+                    while !rd.is_empty() {
+                        client.read_tls(&mut rd).unwrap();
+                        client.process_new_packets().unwrap();
+                    }
+                }
+                assert_eq!(got, b"ping");
+                kinds.push(client.handshake_kind().unwrap());
+            }
+            assert_eq!(kinds, [rustls::HandshakeKind::Full, second], "{tickets} tickets");
+        }
+    }
 }

@@ -210,6 +210,7 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
         .map_err(|e| TlsConfigError::Rustls(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    tls.send_tls13_tickets = config.ssl_session_tickets;
     tls.alpn_protocols = config.ssl_alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Some(Arc::new(tls)))
 }
