@@ -61,7 +61,7 @@ fn handshake(c: &mut Criterion) {
             let mut input = HEAD.to_vec();
             let (_, ev) = conn.read(&mut input, Instant::now());
             assert!(matches!(ev, Some(Event::Upgrade(_))));
-            conn.accept(None, false).unwrap();
+            conn.accept(None, false, Instant::now()).unwrap();
             black_box(conn.out().len())
         })
     });
@@ -75,7 +75,7 @@ fn echo(c: &mut Criterion) {
         let mut conn = Connection::new(config.clone(), Instant::now());
         let mut h = HEAD.to_vec();
         let _ = conn.read(&mut h, Instant::now());
-        conn.accept(None, false).unwrap();
+        conn.accept(None, false, Instant::now()).unwrap();
         let n = conn.out().len();
         conn.consume_out(n);
         let mut frame = Vec::new();

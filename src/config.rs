@@ -77,6 +77,39 @@ pub struct Config {
     /// `websockets` sync client stalls in about one handshake in 200 against any server that sends tickets,
     /// OpenSSL's included). Set 1 or 2 when clients reconnect often (they skip a full handshake).
     pub ssl_session_tickets: usize,
+    /// Close a connection from which nothing arrived for this long, with 1001 (key `idle_timeout`, seconds;
+    /// default none).
+    pub idle_timeout: Option<Duration>,
+    /// Send a ping after this long without hearing from the peer (key `ping_interval`, seconds; default 30 s;
+    /// `0` turns keepalive off). Dead peers behind NATs and proxies are found this way.
+    pub ping_interval: Option<Duration>,
+    /// How long the peer has to answer a keepalive ping (anything it sends counts) before the connection is
+    /// closed with 1011 (key `ping_timeout`, seconds; default 30 s).
+    pub ping_timeout: Duration,
+    /// Close every connection this long after it opened, with 1001, so clients reconnect and spread over servers
+    /// (key `max_lifetime`, seconds; default none).
+    pub max_lifetime: Option<Duration>,
+    /// Most bytes queued for one peer before it counts as a slow consumer and is dropped (reported as 1008)
+    /// (key `max_queued_bytes`, default 16 MiB). Reading from a peer already pauses at `write_high_water`; this
+    /// bounds what sends to it (broadcasts, publishes) may pile up: memory per slow client ≤ this + one turn's sends.
+    pub max_queued_bytes: usize,
+    /// Origins allowed to open a WebSocket (key `allowed_origins`, comma-separated; default empty = any). Exact
+    /// (`https://example.com`) or subdomain wildcard (`https://*.example.com`); others get 403 before `on_open`.
+    pub allowed_origins: Vec<String>,
+    /// Whether a request without `Origin` (a non-browser client) is allowed when `allowed_origins` is set (key
+    /// `allow_missing_origin`, default true: browsers always send it, so the list is what stops cross-site pages).
+    pub allow_missing_origin: bool,
+    /// Subprotocols the server speaks, in order of preference (key `subprotocols`, comma-separated). The first
+    /// one the client offered is answered; [`Ctx::accept_protocol`](crate::Ctx::accept_protocol) overrides it.
+    pub subprotocols: Vec<String>,
+    /// Refuse (400) a client that offers none of `subprotocols` (key `subprotocol_strict`, default false).
+    pub subprotocol_strict: bool,
+    /// Most open WebSocket connections; more upgrades get 503 (key `max_connections`, default 0 = no limit but
+    /// the descriptor limit, which the accept loop survives).
+    pub max_connections: usize,
+    /// Most open WebSocket connections from one IP address; more get 429 (key `max_connections_per_ip`,
+    /// default 0 = no limit: users behind one NAT share an address).
+    pub max_connections_per_ip: usize,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
     /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
@@ -102,6 +135,17 @@ impl Default for Config {
             ssl_min_version: TlsVersion::Tls12,
             ssl_sni: Vec::new(),
             ssl_session_tickets: 0,
+            idle_timeout: None,
+            max_queued_bytes: 16 << 20,
+            ping_interval: Some(Duration::from_secs(30)),
+            ping_timeout: Duration::from_secs(30),
+            max_lifetime: None,
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+            subprotocols: Vec::new(),
+            subprotocol_strict: false,
+            max_connections: 0,
+            max_connections_per_ip: 0,
             deflate: DeflateConfig::default(),
         }
     }
@@ -115,8 +159,20 @@ fn parse_secs(key: &str, v: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(s))
 }
 
+/// Seconds, where `0` or an empty value means "off".
+fn parse_opt_secs(key: &str, v: &str) -> Result<Option<Duration>, ConfigError> {
+    match v.trim() {
+        "" | "0" | "0.0" | "off" | "none" => Ok(None),
+        _ => parse_secs(key, v).map(Some),
+    }
+}
+
 fn parse_usize(key: &str, v: &str) -> Result<usize, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number")))
+}
+
+fn parse_list(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
@@ -206,6 +262,17 @@ impl Config {
                 }
             }
             "ssl_session_tickets" => self.ssl_session_tickets = parse_usize(key, v)?,
+            "max_queued_bytes" => self.max_queued_bytes = parse_usize(key, v)?,
+            "idle_timeout" => self.idle_timeout = parse_opt_secs(key, v)?,
+            "ping_interval" => self.ping_interval = parse_opt_secs(key, v)?,
+            "ping_timeout" => self.ping_timeout = parse_secs(key, v)?,
+            "max_lifetime" => self.max_lifetime = parse_opt_secs(key, v)?,
+            "allowed_origins" => self.allowed_origins = parse_list(v),
+            "allow_missing_origin" => self.allow_missing_origin = parse_bool(key, v)?,
+            "subprotocols" => self.subprotocols = parse_list(v),
+            "subprotocol_strict" => self.subprotocol_strict = parse_bool(key, v)?,
+            "max_connections" => self.max_connections = parse_usize(key, v)?,
+            "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
             "deflate" => self.deflate.enabled = parse_bool(key, v)?,
             "deflate_server_max_window_bits" => {
                 self.deflate.server_max_window_bits = parse_usize(key, v)?.min(255) as u8
@@ -292,6 +359,42 @@ impl Config {
     /// [`Config::ssl_session_tickets`]).
     pub fn tls_session_tickets(mut self, n: usize) -> Self {
         self.ssl_session_tickets = n;
+        self
+    }
+
+    /// Sets the idle timeout, the keepalive ping interval and its answer timeout, and the maximum lifetime;
+    /// `None` turns each off.
+    pub fn liveness(
+        mut self,
+        idle: Option<Duration>,
+        ping_every: Option<Duration>,
+        ping_timeout: Duration,
+        lifetime: Option<Duration>,
+    ) -> Self {
+        self.idle_timeout = idle;
+        self.ping_interval = ping_every;
+        self.ping_timeout = ping_timeout;
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Allows only these origins (exact or `scheme://*.domain`); see [`Config::allowed_origins`].
+    pub fn allow_origins<S: Into<String>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The subprotocols spoken, in order of preference; `strict` refuses clients that offer none (400).
+    pub fn subprotocols<S: Into<String>>(mut self, protocols: impl IntoIterator<Item = S>, strict: bool) -> Self {
+        self.subprotocols = protocols.into_iter().map(Into::into).collect();
+        self.subprotocol_strict = strict;
+        self
+    }
+
+    /// Caps open connections server-wide (503) and per IP (429); 0 is no limit.
+    pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_connections = total;
+        self.max_connections_per_ip = per_ip;
         self
     }
 

@@ -87,6 +87,12 @@ pub enum TimeoutKind {
     Message,
     /// The peer did not answer our close frame in time.
     Close,
+    /// Nothing arrived for `idle_timeout` (closed with 1001).
+    Idle,
+    /// A keepalive ping went unanswered for `ping_timeout` (closed with 1011).
+    Keepalive,
+    /// The connection reached `max_lifetime` (closed with 1001).
+    Lifetime,
 }
 
 /// How a connection ended, as reported to the application.
@@ -117,6 +123,8 @@ impl CloseStatus {
             CloseStatus::Clean { code, .. } => *code,
             CloseStatus::Error(e) => e.close_code(),
             CloseStatus::TimedOut(TimeoutKind::Message) => CloseCode::POLICY,
+            CloseStatus::TimedOut(TimeoutKind::Idle | TimeoutKind::Lifetime) => CloseCode::GOING_AWAY,
+            CloseStatus::TimedOut(TimeoutKind::Keepalive) => CloseCode::INTERNAL,
             _ => CloseCode::ABNORMAL,
         }
     }
@@ -249,6 +257,18 @@ pub struct Connection {
     status: Option<Box<CloseStatus>>,
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
     deflate: Option<Box<DeflateState>>,
+    /// Idle, keepalive and lifetime clocks; only when one of them is configured.
+    live: Option<Box<Liveness>>,
+}
+
+/// The clocks of an open connection's liveness timers.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    opened: Instant,
+    /// When bytes last arrived.
+    last_rx: Instant,
+    /// A keepalive ping is out; the peer must send something before this.
+    ping_deadline: Option<Instant>,
 }
 
 /// permessage-deflate state of one connection; the codec contexts are created on first use.
@@ -298,6 +318,7 @@ impl Connection {
             out: Vec::new(),
             status: None,
             deflate: None,
+            live: None,
         }
     }
 
@@ -360,9 +381,25 @@ impl Connection {
             | State::AwaitingDecision { deadline, .. }
             | State::AwaitingResponse { deadline }
             | State::ClosingByUs { deadline, .. } => Some(*deadline),
-            State::Open(rx) => rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline),
+            State::Open(rx) => {
+                let msg = rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline);
+                match (msg, self.live_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             State::Closed { linger } => Some(*linger),
         }
+    }
+
+    /// The earliest liveness deadline: idle, keepalive (ping due or pong overdue) or lifetime.
+    fn live_deadline(&self) -> Option<Instant> {
+        let l = self.live.as_deref()?;
+        let c = &self.config;
+        let idle = c.idle_timeout.map(|d| l.last_rx + d);
+        let ping = l.ping_deadline.or_else(|| c.ping_interval.map(|d| l.last_rx + d));
+        let life = c.max_lifetime.map(|d| l.opened + d);
+        [idle, ping, life].into_iter().flatten().min()
     }
 
     // ── commands ────────────────────────────────────────────────────────────────────────────────────────────
@@ -372,13 +409,19 @@ impl Connection {
     ///
     /// With `allow_deflate` false, permessage-deflate is not answered even if it was offered (the shell uses this
     /// to cap live compression contexts).
-    pub fn accept(&mut self, protocol: Option<&str>, allow_deflate: bool) -> Result<(), SendError> {
+    ///
+    /// The idle, keepalive and lifetime clocks start at `now`.
+    pub fn accept(&mut self, protocol: Option<&str>, allow_deflate: bool, now: Instant) -> Result<(), SendError> {
         let State::AwaitingDecision { accept, deflate, .. } = &self.state else { return Err(SendError::NotOpen) };
         let params = deflate.filter(|_| allow_deflate);
         let ext = params.map(|p| p.response());
         handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
         self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
         self.state = State::Open(Rx { release_out: true, ..Rx::default() });
+        let c = &self.config;
+        if c.idle_timeout.is_some() || c.ping_interval.is_some() || c.max_lifetime.is_some() {
+            self.live = Some(Box::new(Liveness { opened: now, last_rx: now, ping_deadline: None }));
+        }
         Ok(())
     }
 
@@ -535,6 +578,15 @@ impl Connection {
         self.state = State::Closed { linger: now };
     }
 
+    /// Drops a connection whose peer does not read (the shell found more than `max_queued_bytes` waiting): the
+    /// queue is discarded and the connection ends at once with [`ProtocolError::SlowConsumer`].
+    pub fn drop_slow(&mut self, queued: usize, now: Instant) {
+        if self.status.is_none() {
+            self.status = Some(Box::new(CloseStatus::Error(ProtocolError::SlowConsumer { queued })));
+        }
+        self.abort(now);
+    }
+
     /// Whether the peer is in the middle of sending something: a partial frame header, a frame's payload, or a
     /// message's later fragments. (A shell acknowledges at once then, so that a sender waiting on Nagle's
     /// algorithm is not held up by a delayed ACK.)
@@ -591,6 +643,7 @@ impl Connection {
                 self.fail(ProtocolError::MessageTimeout, now);
                 self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Message)));
             }
+            State::Open(_) if self.live_deadline().is_some_and(|d| now >= d) => self.liveness_timeout(now),
             State::ClosingByUs { deadline, .. } if now >= *deadline => {
                 if self.status.is_none() {
                     self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
@@ -603,11 +656,39 @@ impl Connection {
         }
     }
 
+    /// A liveness deadline passed: close for lifetime, idle or an unanswered ping, or send the keepalive ping.
+    fn liveness_timeout(&mut self, now: Instant) {
+        let Some(l) = self.live.as_deref_mut() else { return };
+        let c = &self.config;
+        let kind = if c.max_lifetime.is_some_and(|d| now >= l.opened + d) {
+            Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
+        } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
+            Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
+        } else if l.ping_deadline.is_some_and(|d| now >= d) {
+            Some((TimeoutKind::Keepalive, CloseCode::INTERNAL, "keepalive ping timeout"))
+        } else {
+            if l.ping_deadline.is_none() && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
+                l.ping_deadline = Some(now + c.ping_timeout);
+                let _ = self.send_frame(true, OpCode::Ping, b"wskit");
+            }
+            None
+        };
+        if let Some((kind, code, reason)) = kind {
+            let _ = self.close(code, reason, now);
+            self.status = Some(Box::new(CloseStatus::TimedOut(kind)));
+        }
+    }
+
     /// Feeds bytes read from the peer. Returns how many bytes of `input` were used and at most one event; call
     /// again with the rest of `input` (the slice after the used bytes) until all are used and no event comes.
     /// Bytes that do not yet form anything whole are kept inside the connection. Payload bytes are unmasked in
     /// place in `input`.
     pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
+        if let Some(l) = self.live.as_deref_mut().filter(|_| !input.is_empty()) {
+            // Anything from the peer shows it is alive (and answers an outstanding keepalive ping).
+            l.last_rx = now;
+            l.ping_deadline = None;
+        }
         match &mut self.state {
             State::ReadingHead { head, .. } => {
                 let max = self.config.max_handshake_bytes;
@@ -1056,7 +1137,7 @@ mod tests {
                     Some(Event::Error(e)) => evs.push(Ev::Error(e)),
                 }
                 if upgraded {
-                    c.accept(None, true).unwrap();
+                    c.accept(None, true, Instant::now()).unwrap();
                 }
                 written.extend_from_slice(c.out());
                 let len = c.out().len();
@@ -1345,7 +1426,7 @@ mod deflate_tests {
                     Some(_) => {}
                 }
                 if upgrade {
-                    c.accept(None, true).unwrap();
+                    c.accept(None, true, Instant::now()).unwrap();
                 }
                 if off == total {
                     break;
@@ -1465,7 +1546,7 @@ mod fragment_out_tests {
         let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
         let (_, ev) = c.read(&mut head, Instant::now());
         drop(ev);
-        c.accept(None, true).unwrap();
+        c.accept(None, true, Instant::now()).unwrap();
         let n = c.out().len();
         c.consume_out(n);
         let msg: Vec<u8> = (0..20_000u32).map(|i| (i % 7 + i / 1000) as u8).collect();

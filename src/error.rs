@@ -118,6 +118,12 @@ pub enum ProtocolError {
     },
     /// A message whose first fragment came and whose last did not within the incomplete-message timeout. → 1008
     MessageTimeout,
+    /// The peer did not read: more than `max_queued_bytes` waited for it. The connection is dropped (a close frame
+    /// could not get through); reported as 1008.
+    SlowConsumer {
+        /// Bytes queued.
+        queued: usize,
+    },
 }
 
 impl ProtocolError {
@@ -128,7 +134,7 @@ impl ProtocolError {
             ProtocolError::FrameTooLarge { .. }
             | ProtocolError::MessageTooLarge { .. }
             | ProtocolError::TooManyFrames { .. } => CloseCode::TOO_BIG,
-            ProtocolError::MessageTimeout => CloseCode::POLICY,
+            ProtocolError::MessageTimeout | ProtocolError::SlowConsumer { .. } => CloseCode::POLICY,
             _ => CloseCode::PROTOCOL,
         }
     }
@@ -161,6 +167,7 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::TooManyFrames { max } => write!(f, "message has more than {max} frames"),
             ProtocolError::MessageTimeout => f.write_str("message not completed within the timeout"),
+            ProtocolError::SlowConsumer { queued } => write!(f, "{queued} bytes queued for a peer that does not read"),
         }
     }
 }

@@ -75,6 +75,15 @@ pub trait Handler {
     fn on_close(&mut self, ctx: &mut Ctx<'_>, status: &CloseStatus) {
         let _ = (ctx, status);
     }
+    /// This connection's send queue fell back under the low-water mark after it had passed the high-water mark
+    /// (see [`Config::write_high_water`](crate::Config::write_high_water)): a good time to send more.
+    fn on_drain(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+    /// A timer set with [`Ctx::set_timer`] fired (its token is the one given).
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: u64) {
+        let _ = (ctx, timer);
+    }
     /// A plain HTTP request (no upgrade asked) arrived on the WebSocket port. Return a response, or `None` for
     /// `426 Upgrade Required`. The connection closes after the response.
     fn on_http(&mut self, ctx: &mut Ctx<'_>, req: &Request) -> Option<Response> {
@@ -84,7 +93,8 @@ pub trait Handler {
 }
 
 /// Several small handlers used as one (the seed's handler list): each callback goes to each handler in order;
-/// `on_http` answers with the first handler that returns a response; `on_open` stops at the first refusal.
+/// `on_http` answers with the first handler that returns a response; `on_open` stops at the first handler that
+/// refuses ([`Ctx::reject`]) or accepts outright ([`Ctx::accept`]); a handler that does neither passes on.
 #[derive(Default)]
 pub struct Handlers(pub Vec<Box<dyn Handler>>);
 
@@ -110,7 +120,7 @@ impl Handler for Handlers {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &Request) {
         for h in &mut self.0 {
             h.on_open(ctx, req);
-            if ctx.decision.is_some() {
+            if ctx.decision.is_some() || ctx.accepted {
                 return;
             }
         }
@@ -133,6 +143,16 @@ impl Handler for Handlers {
     fn on_error(&mut self, ctx: &mut Ctx<'_>, err: &ProtocolError) {
         for h in &mut self.0 {
             h.on_error(ctx, err);
+        }
+    }
+    fn on_drain(&mut self, ctx: &mut Ctx<'_>) {
+        for h in &mut self.0 {
+            h.on_drain(ctx);
+        }
+    }
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: u64) {
+        for h in &mut self.0 {
+            h.on_timer(ctx, timer);
         }
     }
     fn on_close(&mut self, ctx: &mut Ctx<'_>, status: &CloseStatus) {
@@ -175,6 +195,37 @@ pub(crate) enum Cmd {
         start: usize,
         end: usize,
     },
+    /// Subscribe (`on`) or unsubscribe a connection to the topic in `arena[start..end]`.
+    Subscribe {
+        to: ConnId,
+        on: bool,
+        start: usize,
+        end: usize,
+    },
+    /// A message to every subscriber of a topic: topic in `arena[start..mid]`, message in `arena[mid..end]`.
+    Publish {
+        text: bool,
+        except: Option<ConnId>,
+        start: usize,
+        mid: usize,
+        end: usize,
+    },
+    /// Start (`repeat`: every `after`) or replace the connection's timer `token`.
+    Timer {
+        to: ConnId,
+        token: u64,
+        after: std::time::Duration,
+        repeat: bool,
+    },
+    CancelTimer {
+        to: ConnId,
+        token: u64,
+    },
+    /// Stop (`on`) or resume reading from a connection's socket.
+    Pause {
+        to: ConnId,
+        on: bool,
+    },
     Stop,
 }
 
@@ -187,7 +238,7 @@ pub(crate) struct Commands {
 }
 
 impl Commands {
-    fn push_bytes(&mut self, b: &[u8]) -> (usize, usize) {
+    pub(crate) fn push_bytes(&mut self, b: &[u8]) -> (usize, usize) {
         let start = self.arena.len();
         self.arena.extend_from_slice(b);
         (start, self.arena.len())
@@ -213,8 +264,10 @@ pub struct Ctx<'a> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) queue: &'a mut Commands,
+    pub(crate) metrics: &'a crate::metrics::Metrics,
     pub(crate) decision: Option<Refusal>,
     pub(crate) protocol: Option<String>,
+    pub(crate) accepted: bool,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -224,8 +277,18 @@ impl fmt::Debug for Ctx<'_> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(id: ConnId, peer: SocketAddr, queue: &'a mut Commands) -> Self {
-        Ctx { id, peer, queue, decision: None, protocol: None }
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        queue: &'a mut Commands,
+        metrics: &'a crate::metrics::Metrics,
+    ) -> Self {
+        Ctx { id, peer, queue, metrics, decision: None, protocol: None, accepted: false }
+    }
+
+    /// The server's counters and gauges (to serve them on `/metrics`, say).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.metrics
     }
 
     /// This connection's id.
@@ -291,9 +354,62 @@ impl<'a> Ctx<'a> {
     pub fn reject(&mut self, status: u16, body: &str) {
         self.decision = Some(Refusal { status, body: body.as_bytes().to_vec() });
     }
+    /// In `on_open`: accept now; later handlers of a [`Handlers`] chain are not asked (they still get the
+    /// connection's other callbacks).
+    pub fn accept(&mut self) {
+        self.accepted = true;
+    }
     /// In `on_open`: answer with this subprotocol (it MUST be one the client offered; others are ignored).
     pub fn accept_protocol(&mut self, protocol: &str) {
         self.protocol = Some(protocol.to_string());
+    }
+    /// Subscribes this connection to `topic` (idempotent); it leaves all its topics when it closes.
+    pub fn subscribe(&mut self, topic: &str) {
+        self.subscribe_conn(self.id, topic, true);
+    }
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.subscribe_conn(self.id, topic, false);
+    }
+    /// Subscribes (`on`) or unsubscribes any connection.
+    pub fn subscribe_conn(&mut self, to: ConnId, topic: &str, on: bool) {
+        let (start, end) = self.queue.push_bytes(topic.as_bytes());
+        self.queue.cmds.push(Cmd::Subscribe { to, on, start, end });
+    }
+    /// Sends a message to every subscriber of `topic` (this connection too, if subscribed). It is compressed at
+    /// most once per distinct deflate window among them; messages published to one topic arrive in order.
+    pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
+        let (start, mid) = self.queue.push_bytes(topic.as_bytes());
+        let (_, end) = self.queue.push_bytes(msg.as_bytes());
+        self.queue.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, start, mid, end });
+    }
+    /// [`Ctx::publish`] to every subscriber but this connection.
+    pub fn publish_others(&mut self, topic: &str, msg: Message<'_>) {
+        let (start, mid) = self.queue.push_bytes(topic.as_bytes());
+        let (_, end) = self.queue.push_bytes(msg.as_bytes());
+        self.queue.cmds.push(Cmd::Publish { text: msg.is_text(), except: Some(self.id), start, mid, end });
+    }
+    /// Stops reading from this connection's socket, so TCP pushes back on the client; nobody else is affected.
+    /// Takes effect at the next read: messages already received in the same read are still delivered.
+    pub fn pause_reading(&mut self) {
+        self.queue.cmds.push(Cmd::Pause { to: self.id, on: true });
+    }
+    /// Resumes reading from a connection paused with [`Ctx::pause_reading`].
+    pub fn resume_reading(&mut self, to: ConnId) {
+        self.queue.cmds.push(Cmd::Pause { to, on: false });
+    }
+    /// Calls [`Handler::on_timer`] for this connection with `token` once, `after` from now. Setting a token
+    /// again replaces its timer; timers end with the connection.
+    pub fn set_timer(&mut self, token: u64, after: std::time::Duration) {
+        self.queue.cmds.push(Cmd::Timer { to: self.id, token, after, repeat: false });
+    }
+    /// Calls [`Handler::on_timer`] for this connection with `token` every `every` until cancelled.
+    pub fn set_interval(&mut self, token: u64, every: std::time::Duration) {
+        self.queue.cmds.push(Cmd::Timer { to: self.id, token, after: every, repeat: true });
+    }
+    /// Cancels this connection's timer `token`.
+    pub fn cancel_timer(&mut self, token: u64) {
+        self.queue.cmds.push(Cmd::CancelTimer { to: self.id, token });
     }
     /// Stops the server after this turn of the loop.
     pub fn stop_server(&mut self) {

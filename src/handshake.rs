@@ -77,6 +77,16 @@ impl Request {
             .flat_map(|(_, v)| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
+    /// The value of cookie `name` from the `Cookie` headers, if present.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches('"'))
+    }
     /// Subprotocols the client offered in `Sec-WebSocket-Protocol`, in order.
     pub fn protocols(&self) -> impl Iterator<Item = &str> {
         self.headers

@@ -9,6 +9,8 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod metrics;
+pub mod policy;
 pub mod utf8;
 
 pub use close::CloseCode;
@@ -16,6 +18,7 @@ pub use config::Config;
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
 pub mod handler;
+pub mod router;
 pub mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -23,4 +26,5 @@ pub mod tls;
 pub mod tls_config;
 
 pub use handler::{ConnId, Ctx, Handler, Handlers, Response};
-pub use server::{Server, StopHandle};
+pub use router::{ConnData, Router};
+pub use server::{Server, ServerHandle, ShutdownReport, StopHandle};

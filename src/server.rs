@@ -21,16 +21,19 @@ use crate::config::Config;
 use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 use crate::deflate::{DeflatePool, PreparedMessage};
 use crate::error::ConfigError;
+use crate::error::SendError;
 use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler};
+use crate::metrics::{Metrics, Refusal as Why};
+use crate::CloseCode;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -61,6 +64,14 @@ struct Slot {
     /// TLS under the WebSocket (wss).
     #[cfg(feature = "tls")]
     tls: Option<Box<crate::tls::TlsLayer>>,
+    /// The handler paused reading ([`Ctx::pause_reading`]).
+    paused: bool,
+    /// The send queue passed the high-water mark: `on_drain` is owed when it falls under the low-water mark.
+    over_high: bool,
+    /// Queued bytes last counted in the `queued_bytes` gauge.
+    queued: u64,
+    /// Topics this connection is subscribed to.
+    topics: Vec<Box<str>>,
 }
 
 impl Slot {
@@ -78,7 +89,11 @@ impl Slot {
     }
     /// Read on: the connection expects input and neither layer has too much queued for the peer.
     fn wants_read(&self, high_water: usize) -> bool {
-        self.conn.wants_read() && self.tls_pending() < high_water
+        !self.paused && self.conn.wants_read() && self.tls_pending() < high_water
+    }
+    /// Bytes waiting for the peer in both layers.
+    fn queued(&self) -> usize {
+        self.conn.out().len() + self.tls_pending()
     }
     /// Over, with everything written (the TLS `close_notify` included).
     fn finished(&self) -> bool {
@@ -92,18 +107,149 @@ impl Slot {
     }
 }
 
+/// What the loop shares with other threads.
+struct Shared {
+    stop: AtomicBool,
+    waker: Waker,
+    /// Commands from [`ServerHandle`]s, carried out at the loop's next turn.
+    inbox: Mutex<Commands>,
+    /// The generation of each live (open) connection by slot, 0 when none: lets a handle tell a gone id at once.
+    live: RwLock<Vec<u32>>,
+    metrics: Metrics,
+    /// A graceful shutdown asked from another thread, with its grace period.
+    shutdown: Mutex<Option<Duration>>,
+}
+
+impl Shared {
+    fn push(&self, f: impl FnOnce(&mut Commands)) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = inbox.cmds.is_empty();
+        f(&mut inbox);
+        drop(inbox);
+        if was_empty {
+            let _ = self.waker.wake();
+        }
+    }
+    fn is_live(&self, id: ConnId) -> bool {
+        let (key, gen) = split_id(id.0);
+        self.live.read().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|g| *g == gen)
+    }
+    fn set_live(&self, key: usize, gen: u32) {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.len() <= key {
+            live.resize(key + 1, 0);
+        }
+        live[key] = gen;
+    }
+}
+
+/// A cloneable, `Send + Sync` handle to a running server: send, publish, broadcast, close and stop from any
+/// thread. Each call queues a command and wakes the loop (one `eventfd` write per batch); the loop carries it
+/// out at its next turn, in order.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Sends a message to a connection; [`SendError::NotOpen`] if it is not open now (it may still close before
+    /// the loop gets to the message, which is then dropped).
+    pub fn send(&self, to: ConnId, msg: Message<'_>) -> Result<(), SendError> {
+        if !self.shared.is_live(to) {
+            return Err(SendError::NotOpen);
+        }
+        self.shared.push(|q| {
+            let (start, end) = q.push_bytes(msg.as_bytes());
+            q.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
+        });
+        Ok(())
+    }
+    /// Publishes a message to a topic's subscribers (see [`Ctx::publish`]).
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.shared.push(|q| {
+            let (start, mid) = q.push_bytes(topic.as_bytes());
+            let (_, end) = q.push_bytes(msg.as_bytes());
+            q.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, start, mid, end });
+        });
+    }
+    /// Sends a message to every open connection.
+    pub fn broadcast(&self, msg: Message<'_>) {
+        self.shared.push(|q| {
+            let (start, end) = q.push_bytes(msg.as_bytes());
+            q.cmds.push(Cmd::Broadcast { text: msg.is_text(), except: None, start, end });
+        });
+    }
+    /// Starts the closing handshake on a connection; [`SendError::NotOpen`] if it is not open now.
+    pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code.0));
+        }
+        if !self.shared.is_live(to) {
+            return Err(SendError::NotOpen);
+        }
+        self.shared.push(|q| {
+            let (start, end) = q.push_bytes(reason.as_bytes());
+            q.cmds.push(Cmd::Close { to, code, start, end });
+        });
+        Ok(())
+    }
+    /// Whether the connection is open now.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.shared.is_live(id)
+    }
+    /// Asks the loop to return from [`Server::run`] at its next turn.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.shared.waker.wake();
+    }
+    /// The loop's counters and gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+    /// Asks [`Server::run`] for a graceful shutdown ([`Server::shutdown`]) with this grace period; `run`
+    /// returns its report.
+    pub fn shutdown(&self, grace: Duration) {
+        *self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
+        let _ = self.shared.waker.wake();
+    }
+}
+
+/// What [`Server::shutdown`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections whose closing handshake completed.
+    pub closed_cleanly: usize,
+    /// Connections that ended otherwise before the deadline (the peer dropped TCP, or the close timed out).
+    pub closed_otherwise: usize,
+    /// Connections still there at the deadline, dropped.
+    pub dropped_at_deadline: usize,
+    /// Bytes still queued for peers when they were dropped.
+    pub bytes_unsent: usize,
+}
+
 /// Stops a running server from any thread.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StopHandle {
-    flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
+    }
 }
 
 impl StopHandle {
     /// Asks the loop to return from [`Server::run`] at its next turn.
     pub fn stop(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = self.shared.waker.wake();
     }
 }
 
@@ -129,14 +275,43 @@ pub struct Server {
     tls_config: Option<Arc<rustls::ServerConfig>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     dirty: Vec<usize>,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared>,
     accept_paused: Option<Instant>,
+    /// Open WebSocket connections, and per IP when that is limited.
+    open: usize,
+    per_ip: HashMap<IpAddr, u32>,
+    /// Subscribers of each topic.
+    topics: HashMap<Box<str>, Vec<ConnId>>,
+    /// Handler timers: (when, sequence, connection, token), and the live sequence and period of each.
+    user_timers: BinaryHeap<Reverse<(Instant, u64, u64, u64)>>,
+    timer_live: HashMap<(u64, u64), (u64, Option<Duration>)>,
+    timer_seq: u64,
+    /// Shutdown under way: counts how connections end.
+    shutdown: Option<ShutdownReport>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server").field("local", &self.local).field("connections", &self.slots.len()).finish()
+    }
+}
+
+/// The server's own `Poll` is pollable: register the server in the caller's `Poll` and call
+/// [`Server::handle_ready`] when its token is ready (its epoll descriptor becomes readable when any of its
+/// sockets is ready).
+#[cfg(unix)]
+impl mio::event::Source for Server {
+    fn register(&mut self, registry: &mio::Registry, token: Token, interests: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(&mut self, registry: &mio::Registry, token: Token, interests: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).deregister(registry)
     }
 }
 
@@ -183,6 +358,18 @@ fn split_id(id: u64) -> (usize, u32) {
 }
 
 /// The slot `id` names, if that connection still exists (a reused slot has another generation).
+/// Takes `id` off `topic`'s subscriber list (the list goes when empty).
+fn unsubscribe(topics: &mut HashMap<Box<str>, Vec<ConnId>>, topic: &str, id: ConnId) {
+    if let Some(subs) = topics.get_mut(topic) {
+        if let Some(i) = subs.iter().position(|s| *s == id) {
+            subs.swap_remove(i);
+        }
+        if subs.is_empty() {
+            topics.remove(topic);
+        }
+    }
+}
+
 fn slot_of(slots: &mut Slab<Slot>, id: ConnId) -> Option<(usize, &mut Slot)> {
     let (key, gen) = split_id(id.0);
     slots.get_mut(key).filter(|s| s.gen == gen).map(|s| (key, s))
@@ -254,7 +441,7 @@ impl Server {
         let local = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Waker::new(poll.registry(), WAKER)?;
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -274,9 +461,22 @@ impl Server {
             tls_config: tls,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            shared: Arc::new(Shared {
+                stop: AtomicBool::new(false),
+                waker,
+                inbox: Mutex::new(Commands::default()),
+                live: RwLock::new(Vec::new()),
+                metrics: Metrics::default(),
+                shutdown: Mutex::new(None),
+            }),
             accept_paused: None,
+            open: 0,
+            per_ip: HashMap::new(),
+            topics: HashMap::new(),
+            user_timers: BinaryHeap::new(),
+            timer_live: HashMap::new(),
+            timer_seq: 0,
+            shutdown: None,
         })
     }
 
@@ -287,7 +487,17 @@ impl Server {
 
     /// A handle that stops [`Server::run`] from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: self.stop.clone(), waker: self.waker.clone() }
+        StopHandle { shared: self.shared.clone() }
+    }
+
+    /// A handle to send, publish, close and stop from other threads.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone() }
+    }
+
+    /// The loop's counters and gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Sockets currently held (handshaking, open, closing or draining).
@@ -297,35 +507,102 @@ impl Server {
 
     /// Whether a stop was asked (by a [`StopHandle`] or a handler).
     pub fn is_stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// Serves until stopped.
-    pub fn run(&mut self) -> io::Result<()> {
+    /// Serves until stopped ([`StopHandle::stop`], [`Ctx::stop_server`]) or shut down
+    /// ([`ServerHandle::shutdown`], whose report it returns).
+    pub fn run(&mut self) -> io::Result<Option<ShutdownReport>> {
         while !self.is_stopped() {
             self.poll_once(None)?;
+            let asked = self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(grace) = asked {
+                return self.shutdown(grace).map(Some);
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// One turn of the loop: waits for readiness (at most `max_wait`, and never past the earliest deadline), then
     /// handles what came. For callers that drive the loop themselves.
-    pub fn poll_once(&mut self, max_wait: Option<Duration>) -> io::Result<()> {
-        let now = Instant::now();
-        let mut wake_at = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        if let Some(t) = self.accept_paused {
-            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
-        }
-        let mut timeout = wake_at.map(|t| t.saturating_duration_since(now));
+    /// Returns how many readiness events it handled.
+    pub fn poll_once(&mut self, max_wait: Option<Duration>) -> io::Result<usize> {
+        let mut timeout = self.next_timeout();
         if let Some(m) = max_wait {
             timeout = Some(timeout.map_or(m, |t| t.min(m)));
         }
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
             Err(e) => return Err(e),
         }
         let now = Instant::now();
+        let handled = self.handle_events(now);
+        Metrics::turn_since(&self.shared.metrics, now);
+        Ok(handled)
+    }
+
+    /// For a server embedded in the caller's `Poll`: handles everything that is ready or due now, without
+    /// waiting. Call it when the server's token is ready and when [`Server::next_timeout`] has passed.
+    pub fn handle_ready(&mut self) -> io::Result<()> {
+        while self.poll_once(Some(Duration::ZERO))? >= self.events.capacity() {}
+        Ok(())
+    }
+
+    /// Graceful shutdown: stops accepting, sends close 1001 to every open connection, drops those still in the
+    /// opening handshake, and serves until every closing handshake is done or `grace` has passed; what is left
+    /// is then dropped (its `on_close` still runs). [`Server::run`] returns afterwards.
+    pub fn shutdown(&mut self, grace: Duration) -> io::Result<ShutdownReport> {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.accept_paused = None;
+        let now = Instant::now();
+        self.shutdown = Some(ShutdownReport::default());
+        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        for &key in &keys {
+            let slot = &mut self.slots[key];
+            if slot.conn.is_open() {
+                let _ = slot.conn.close(CloseCode::GOING_AWAY, "server shutting down", now);
+            } else if !slot.opened && slot.draining.is_none() {
+                slot.conn.abort(now);
+            }
+            self.mark_dirty(key);
+        }
+        self.finish_turn(now);
+        let deadline = now + grace;
+        while self.slots.iter().any(|(_, s)| s.draining.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.poll_once(Some(left))?;
+        }
+        let mut report = self.shutdown.take().unwrap_or_default();
+        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let slot = &self.slots[key];
+            if slot.draining.is_none() {
+                report.bytes_unsent += slot.queued();
+                report.dropped_at_deadline += usize::from(slot.opened);
+            }
+            self.notify_close(key);
+            self.remove(key);
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        Ok(report)
+    }
+
+    /// How long the loop may sleep before a deadline is due (`None`: no deadline). A caller that embeds the
+    /// server in its own `Poll` ([`Server`] is a mio `Source` on Unix) bounds its wait with this.
+    pub fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut wake_at = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        for t in [self.accept_paused, self.user_timers.peek().map(|Reverse((t, ..))| *t)].into_iter().flatten() {
+            wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+        }
+        wake_at.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn handle_events(&mut self, now: Instant) -> usize {
         self.ready.clear();
         for ev in self.events.iter() {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
@@ -335,7 +612,7 @@ impl Server {
             let (token, readable, writable) = self.ready[i];
             match Token(token) {
                 LISTENER => self.accept(now),
-                WAKER => {}
+                WAKER => self.take_inbox(now),
                 _ => {
                     let (key, gen) = split_id(token as u64);
                     if !self.slots.get(key).is_some_and(|s| s.gen == gen) {
@@ -356,50 +633,28 @@ impl Server {
             self.accept(now);
         }
         self.fire_timers(now);
+        self.fire_user_timers(now);
         self.finish_turn(now);
-        Ok(())
+        self.ready.len()
+    }
+
+    /// Carries out the commands queued by [`ServerHandle`]s.
+    fn take_inbox(&mut self, now: Instant) {
+        {
+            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            if inbox.cmds.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *inbox, &mut self.queue);
+        }
+        self.apply_commands(now);
     }
 
     fn accept(&mut self, now: Instant) {
         loop {
             match self.listener.accept() {
-                Ok((mut sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let entry = self.slots.vacant_entry();
-                    let key = entry.key();
-                    self.next_gen = self.next_gen.wrapping_add(1);
-                    let gen = self.next_gen;
-                    if let Err(e) = self.poll.registry().register(&mut sock, token_of(key, gen), Interest::READABLE) {
-                        log::warn!(target: "wskit::server", "register {peer}: {e}");
-                        continue;
-                    }
-                    #[cfg(feature = "tls")]
-                    let tls = match &self.tls_config {
-                        Some(c) => match crate::tls::TlsLayer::new(c.clone()) {
-                            Ok(t) => Some(Box::new(t)),
-                            Err(e) => {
-                                log::warn!(target: "wskit::server", "TLS for {peer}: {e}");
-                                continue;
-                            }
-                        },
-                        None => None,
-                    };
-                    entry.insert(Slot {
-                        sock,
-                        conn: Connection::new(self.config.clone(), now),
-                        peer,
-                        gen,
-                        interest: Interest::READABLE,
-                        opened: false,
-                        read_ready: false,
-                        dirty: false,
-                        scheduled: None,
-                        draining: None,
-                        deflate: false,
-                        #[cfg(feature = "tls")]
-                        tls,
-                    });
-                    self.schedule(key);
+                Ok((sock, peer)) => {
+                    let _ = self.insert(sock, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -411,6 +666,83 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Takes a new socket into the loop: registers it and gives it a connection (and TLS, for wss).
+    fn insert(&mut self, mut sock: TcpStream, peer: SocketAddr, now: Instant) -> io::Result<usize> {
+        let _ = sock.set_nodelay(true);
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        // Generation 0 is never used: the live table marks an empty slot with it.
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let gen = self.next_gen;
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls_config {
+            Some(c) => match crate::tls::TlsLayer::new(c.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    log::warn!(target: "wskit::server", "TLS for {peer}: {e}");
+                    return Err(io::Error::other(e));
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = self.poll.registry().register(&mut sock, token_of(key, gen), Interest::READABLE) {
+            log::warn!(target: "wskit::server", "register {peer}: {e}");
+            return Err(e);
+        }
+        entry.insert(Slot {
+            sock,
+            conn: Connection::new(self.config.clone(), now),
+            peer,
+            gen,
+            interest: Interest::READABLE,
+            opened: false,
+            read_ready: false,
+            dirty: false,
+            scheduled: None,
+            draining: None,
+            deflate: false,
+            #[cfg(feature = "tls")]
+            tls,
+            paused: false,
+            over_high: false,
+            queued: 0,
+            topics: Vec::new(),
+        });
+        let m = &self.shared.metrics;
+        Metrics::add(&m.accepted, 1);
+        Metrics::add(&m.sockets, 1);
+        self.schedule(key);
+        Ok(key)
+    }
+
+    /// Serves a TCP connection accepted elsewhere (by another server on another port, say). `already_read` is
+    /// what was read from it so far, fed first: the whole request head when another HTTP server parsed it and
+    /// hands the upgrade over, or nothing. Returns the connection's id.
+    pub fn adopt(&mut self, sock: std::net::TcpStream, already_read: &[u8]) -> io::Result<ConnId> {
+        sock.set_nonblocking(true)?;
+        let peer = sock.peer_addr()?;
+        let now = Instant::now();
+        let key = self.insert(TcpStream::from_std(sock), peer, now)?;
+        let id = conn_id(key, self.slots[key].gen);
+        for chunk in already_read.chunks(READ_BUF) {
+            self.rbuf[..chunk.len()].copy_from_slice(chunk);
+            if self.slots.contains(key) {
+                if self.slots[key].is_tls() {
+                    self.feed_tls(key, chunk.len(), now);
+                } else {
+                    self.feed(key, false, chunk.len(), now);
+                }
+            }
+        }
+        // Whatever else the socket holds is read now (its readiness edge may have passed before registration).
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.read_ready = true;
+        }
+        self.mark_dirty(key);
+        self.finish_turn(now);
+        Ok(id)
     }
 
     fn mark_dirty(&mut self, key: usize) {
@@ -450,6 +782,7 @@ impl Server {
                 }
                 Ok(n) => {
                     let short = n < self.rbuf.len();
+                    Metrics::add(&self.shared.metrics.bytes_in, n as u64);
                     if slot.is_tls() {
                         self.feed_tls(key, n, now);
                     } else {
@@ -524,7 +857,7 @@ impl Server {
         self.mark_dirty(key);
         let mut off = 0;
         loop {
-            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, .. } = self;
+            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, open, per_ip, shared, .. } = self;
             let input = if plain { pbuf } else { rbuf };
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
@@ -537,24 +870,57 @@ impl Server {
                 }
                 continue;
             };
-            let mut ctx = Ctx::new(id, slot.peer, queue);
+            let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics);
             let mut panicked = false;
             match ev {
                 Event::Upgrade(req) => {
-                    if guarded(id, "on_open", || handler.on_open(&mut ctx, &req)).is_none() {
-                        ctx.decision =
-                            Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
-                    }
-                    let (refusal, protocol) = (ctx.decision.take(), ctx.protocol.take());
+                    let ip = slot.peer.ip();
+                    let m = &shared.metrics;
+                    // Limits and policy first (503, 429, 403, 400), then the handler.
+                    let verdict = if config.max_connections > 0 && *open >= config.max_connections {
+                        Err((Why::Full, 503, "too many connections\n"))
+                    } else if config.max_connections_per_ip > 0
+                        && per_ip.get(&ip).is_some_and(|n| *n as usize >= config.max_connections_per_ip)
+                    {
+                        Err((Why::PerIp, 429, "too many connections from your address\n"))
+                    } else {
+                        crate::policy::admit(&req, config).map_err(|r| {
+                            let why = if r.status == 403 { Why::Origin } else { Why::Subprotocol };
+                            (why, r.status, r.reason)
+                        })
+                    };
+                    let refusal = match verdict {
+                        Err((why, status, body)) => Some((why, status, body.as_bytes().to_vec())),
+                        Ok(chosen) => {
+                            ctx.protocol = chosen.map(str::to_string);
+                            if guarded(id, "on_open", || handler.on_open(&mut ctx, &req)).is_none() {
+                                ctx.decision =
+                                    Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
+                            }
+                            ctx.decision.take().map(|r| (Why::Handler, r.status, r.body))
+                        }
+                    };
                     match refusal {
-                        Some(r) => {
-                            let headers = [("Content-Type", "text/plain; charset=utf-8")];
-                            let _ = slot.conn.reject(r.status, &headers, &r.body, now);
+                        Some((why, status, body)) => {
+                            m.refused(why, status);
+                            let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
+                            if status == 503 || status == 429 {
+                                headers.push(("Retry-After", "1"));
+                            }
+                            let _ = slot.conn.reject(status, &headers, &body, now);
                         }
                         None => {
-                            let protocol = protocol.filter(|p| req.protocols().any(|o| o == p));
-                            let _ = slot.conn.accept(protocol.as_deref(), *contexts < config.deflate.max_contexts);
+                            let protocol = ctx.protocol.take().filter(|p| req.protocols().any(|o| o == p));
+                            let deflate_ok = *contexts < config.deflate.max_contexts;
+                            let _ = slot.conn.accept(protocol.as_deref(), deflate_ok, now);
                             slot.opened = true;
+                            *open += 1;
+                            if config.max_connections_per_ip > 0 {
+                                *per_ip.entry(ip).or_insert(0) += 1;
+                            }
+                            Metrics::add(&m.open, 1);
+                            Metrics::add(&m.opened, 1);
+                            shared.set_live(key, slot.gen);
                             if slot.conn.deflate_params().is_some() {
                                 slot.deflate = true;
                                 *contexts += 1;
@@ -585,11 +951,16 @@ impl Server {
                     };
                 }
                 Event::HandshakeFailed(e) => {
+                    shared.metrics.handshake_failed(e.status());
                     if !config.prod {
                         log::debug!(target: "wskit::server", "{id} {} handshake refused ({}): {e}", slot.peer, e.status());
                     }
                 }
-                Event::Message(m) => panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none(),
+                Event::Message(m) => {
+                    Metrics::add(&shared.metrics.messages_in, 1);
+                    Metrics::add(&shared.metrics.payload_in, m.as_bytes().len() as u64);
+                    panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
+                }
                 Event::Ping(p) => panicked = guarded(id, "on_ping", || handler.on_ping(&mut ctx, p)).is_none(),
                 Event::Pong(p) => panicked = guarded(id, "on_pong", || handler.on_pong(&mut ctx, p)).is_none(),
                 Event::Close(..) => {}
@@ -624,7 +995,12 @@ impl Server {
         if self.queue.cmds.is_empty() {
             return;
         }
-        let Server { slots, queue, dirty, stop, pool, .. } = self;
+        let Server { slots, queue, dirty, shared, pool, topics, user_timers, timer_live, timer_seq, .. } = self;
+        let m = &shared.metrics;
+        let sent = |n: usize| {
+            Metrics::add(&m.messages_out, 1);
+            Metrics::add(&m.payload_out, n as u64);
+        };
         let mut touch = |key: usize, slot: &mut Slot| {
             if !slot.dirty {
                 slot.dirty = true;
@@ -642,8 +1018,9 @@ impl Server {
                         } else {
                             Message::Binary(bytes)
                         };
-                        if let Err(e) = slot.conn.send_with(msg, pool) {
-                            log::debug!(target: "wskit::server", "send to {to}: {e}");
+                        match slot.conn.send_with(msg, pool) {
+                            Ok(()) => sent(end - start),
+                            Err(e) => log::debug!(target: "wskit::server", "send to {to}: {e}"),
                         }
                         touch(key, slot);
                     }
@@ -669,19 +1046,98 @@ impl Server {
                     let mut prepared = PreparedMessage::new(text, &queue.arena[start..end]);
                     for (key, slot) in slots.iter_mut() {
                         if slot.opened && slot.conn.is_open() && Some(conn_id(key, slot.gen)) != except {
-                            let _ = slot.conn.send_prepared(&mut prepared, pool);
+                            if slot.conn.send_prepared(&mut prepared, pool).is_ok() {
+                                sent(end - start);
+                            }
                             touch(key, slot);
                         }
                     }
                 }
-                Cmd::Stop => stop.store(true, Ordering::SeqCst),
+                Cmd::Subscribe { to, on, start, end } => {
+                    let Ok(topic) = std::str::from_utf8(&queue.arena[start..end]) else { continue };
+                    let Some((_, slot)) = slot_of(slots, to).filter(|(_, s)| s.opened) else { continue };
+                    let subscribed = slot.topics.iter().position(|t| &**t == topic);
+                    match (on, subscribed) {
+                        (true, None) => {
+                            slot.topics.push(topic.into());
+                            topics.entry(topic.into()).or_default().push(to);
+                        }
+                        (false, Some(i)) => {
+                            slot.topics.swap_remove(i);
+                            unsubscribe(topics, topic, to);
+                        }
+                        _ => {}
+                    }
+                }
+                Cmd::Publish { text, except, start, mid, end } => {
+                    let Ok(topic) = std::str::from_utf8(&queue.arena[start..mid]) else { continue };
+                    let Some(subs) = topics.get(topic) else { continue };
+                    let mut prepared = PreparedMessage::new(text, &queue.arena[mid..end]);
+                    for &id in subs.iter().filter(|id| Some(**id) != except) {
+                        if let Some((key, slot)) = slot_of(slots, id) {
+                            if slot.conn.is_open() && slot.conn.send_prepared(&mut prepared, pool).is_ok() {
+                                sent(end - mid);
+                                touch(key, slot);
+                            }
+                        }
+                    }
+                }
+                Cmd::Pause { to, on } => {
+                    if let Some((key, slot)) = slot_of(slots, to) {
+                        slot.paused = on;
+                        // Resuming reads at the end of the turn what arrived meanwhile.
+                        touch(key, slot);
+                    }
+                }
+                Cmd::Timer { to, token, after, repeat } => {
+                    if slot_of(slots, to).is_some() {
+                        *timer_seq += 1;
+                        timer_live.insert((to.0, token), (*timer_seq, repeat.then_some(after)));
+                        user_timers.push(Reverse((now + after, *timer_seq, to.0, token)));
+                    }
+                }
+                Cmd::CancelTimer { to, token } => {
+                    timer_live.remove(&(to.0, token));
+                }
+                Cmd::Stop => shared.stop.store(true, Ordering::SeqCst),
             }
         }
         queue.clear();
     }
 
-    /// Writes what the connection has queued; false if the socket failed.
-    fn flush(slot: &mut Slot) -> bool {
+    /// Calls `on_timer` for the handler timers that are due.
+    fn fire_user_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((t, seq, conn, token))) = self.user_timers.peek() {
+            if t > now {
+                break;
+            }
+            self.user_timers.pop();
+            let Some(&(live_seq, every)) = self.timer_live.get(&(conn, token)) else { continue };
+            if live_seq != seq {
+                continue; // replaced or cancelled
+            }
+            let id = ConnId(conn);
+            let Some((key, slot)) = slot_of(&mut self.slots, id).filter(|(_, s)| s.opened) else {
+                self.timer_live.remove(&(conn, token));
+                continue;
+            };
+            match every {
+                Some(d) => self.user_timers.push(Reverse((now + d, seq, conn, token))),
+                None => {
+                    self.timer_live.remove(&(conn, token));
+                }
+            }
+            let peer = slot.peer;
+            let mut ctx = Ctx::new(id, peer, &mut self.queue, &self.shared.metrics);
+            let handler = &mut self.handler;
+            guarded(id, "on_timer", || handler.on_timer(&mut ctx, token));
+            self.mark_dirty(key);
+            self.apply_commands(now);
+        }
+    }
+
+    /// Writes what the connection has queued; the bytes written, or `None` if the socket failed.
+    fn flush(slot: &mut Slot) -> Option<usize> {
         #[cfg(feature = "tls")]
         if let Some(tls) = slot.tls.as_mut() {
             // Plaintext goes through TLS; after the WebSocket close, close_notify goes before TCP closes.
@@ -693,13 +1149,13 @@ impl Server {
             if slot.conn.is_finished() {
                 tls.close_notify();
             }
-            let Some(n) = write_burst(&mut slot.sock, tls.out()) else { return false };
+            let n = write_burst(&mut slot.sock, tls.out())?;
             tls.consume_out(n);
-            return true;
+            return Some(n);
         }
-        let Some(n) = write_burst(&mut slot.sock, slot.conn.out()) else { return false };
+        let n = write_burst(&mut slot.sock, slot.conn.out())?;
         slot.conn.consume_out(n);
-        true
+        Some(n)
     }
 
     /// Flushes, closes and re-arms every connection touched this turn.
@@ -712,10 +1168,38 @@ impl Server {
             if slot.draining.is_some() {
                 continue;
             }
-            if !Self::flush(slot) {
+            let Some(written) = Self::flush(slot) else {
                 self.peer_gone(key, now);
                 continue;
+            };
+            let m = &self.shared.metrics;
+            Metrics::add(&m.bytes_out, written as u64);
+            let queued = slot.queued();
+            if queued as u64 != slot.queued {
+                Metrics::add(&m.queued_bytes, queued as u64);
+                Metrics::sub(&m.queued_bytes, std::mem::replace(&mut slot.queued, queued as u64));
             }
+            if queued > self.config.max_queued_bytes && !slot.conn.is_finished() {
+                // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
+                Metrics::add(&m.slow_closed, 1);
+                slot.conn.drop_slow(queued, now);
+                #[cfg(feature = "tls")]
+                if let Some(t) = slot.tls.as_mut() {
+                    t.consume_out(usize::MAX);
+                }
+            }
+            if queued > self.config.write_high_water {
+                slot.over_high = true;
+            } else if slot.over_high && queued <= self.config.write_high_water / 4 && slot.opened {
+                slot.over_high = false;
+                let id = conn_id(key, slot.gen);
+                let mut ctx = Ctx::new(id, slot.peer, &mut self.queue, &self.shared.metrics);
+                let handler = &mut self.handler;
+                guarded(id, "on_drain", || handler.on_drain(&mut ctx));
+                // Anything it sent makes this connection dirty again and is flushed in this same loop.
+                self.apply_commands(now);
+            }
+            let Some(slot) = self.slots.get_mut(key) else { continue };
             if slot.finished() {
                 self.finish(key, now);
                 continue;
@@ -754,14 +1238,16 @@ impl Server {
     /// The peer closed TCP or the socket failed.
     fn peer_gone(&mut self, key: usize, _now: Instant) {
         if let Some(slot) = self.slots.get_mut(key) {
-            let _ = Self::flush(slot);
+            if let Some(n) = Self::flush(slot) {
+                Metrics::add(&self.shared.metrics.bytes_out, n as u64);
+            }
         }
         self.notify_close(key);
         self.remove(key);
     }
 
     fn notify_close(&mut self, key: usize) {
-        let Server { slots, handler, queue, .. } = self;
+        let Server { slots, handler, queue, open, per_ip, shared, shutdown, topics, config, .. } = self;
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
@@ -770,10 +1256,38 @@ impl Server {
         }
         slot.opened = false;
         let status = slot.conn.close_status();
-        if !self.config.prod {
+        *open -= 1;
+        let ip = slot.peer.ip();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+        shared.set_live(key, 0);
+        let m = &shared.metrics;
+        Metrics::sub(&m.open, 1);
+        match &status {
+            CloseStatus::Clean { code, by_peer, .. } => m.closed(code.0, *by_peer),
+            CloseStatus::TimedOut(kind) => {
+                m.timed_out(*kind);
+                m.closed(status.code().0, false);
+            }
+            other => m.closed(other.code().0, false),
+        }
+        if let Some(r) = shutdown.as_mut() {
+            match status {
+                CloseStatus::Clean { .. } => r.closed_cleanly += 1,
+                _ => r.closed_otherwise += 1,
+            }
+        }
+        for topic in std::mem::take(&mut slot.topics) {
+            unsubscribe(topics, &topic, conn_id(key, slot.gen));
+        }
+        if !config.prod {
             log::debug!(target: "wskit::server", "{} {} closed: {status:?}", conn_id(key, slot.gen), slot.peer);
         }
-        let mut ctx = Ctx::new(conn_id(key, slot.gen), slot.peer, queue);
+        let mut ctx = Ctx::new(conn_id(key, slot.gen), slot.peer, queue, &shared.metrics);
         let id = ctx.id;
         guarded(id, "on_close", || handler.on_close(&mut ctx, &status));
         self.apply_commands(Instant::now());
@@ -784,6 +1298,12 @@ impl Server {
             let mut slot = self.slots.remove(key);
             if slot.deflate {
                 self.contexts -= 1;
+            }
+            let m = &self.shared.metrics;
+            Metrics::sub(&m.sockets, 1);
+            Metrics::sub(&m.queued_bytes, slot.queued);
+            if let CloseStatus::TimedOut(TimeoutKind::Handshake) = slot.conn.close_status() {
+                m.timed_out(TimeoutKind::Handshake);
             }
             let _ = self.poll.registry().deregister(&mut slot.sock);
         }

@@ -191,7 +191,7 @@ mod tests {
                 let (n, ev) = conn.read(&mut plain[off..], Instant::now());
                 off += n;
                 match ev {
-                    Some(Event::Upgrade(_)) => conn.accept(None, false).unwrap(),
+                    Some(Event::Upgrade(_)) => conn.accept(None, false, Instant::now()).unwrap(),
                     Some(Event::Message(Message::Text(t))) => {
                         let t = t.to_string();
                         conn.send(Message::Text(&t)).unwrap();

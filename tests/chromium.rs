@@ -277,6 +277,13 @@ fn chat_session(tls: bool) {
     // Bob closes his tab; Alice sees him leave.
     http(debug_port, "GET", &format!("/json/close/{}", bob.id)).expect("close bob's tab");
     alice.wait_for("document.getElementById('log').innerText.includes('bob left')");
+
+    // The example serves the server's metrics beside the chat (the page fetches them like a scraper would).
+    let metrics = alice.eval("fetch('/metrics').then((r) => r.text())");
+    let metrics = metrics.as_str().unwrap_or_default();
+    for line in ["wskit_connections_opened_total 2", "wskit_connections_open 1", "wskit_messages_in_total 2"] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics:\n{metrics}");
+    }
 }
 
 #[test]

@@ -1,13 +1,14 @@
 // Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]]
 // Then open http://127.0.0.1:1337/ in two browser tabs, pick a name in each, and talk.
 //
-// The page and the WebSocket share one port and one loop: plain HTTP requests go to `on_http`, upgrades to
-// `on_open`. Every text message is sent to every other user inside a small JSON object with the sender's name;
-// joins and leaves are announced.
+// The page and the WebSocket share one port and one loop, split by a `Router`: the page, the favicon and
+// `/metrics` (Prometheus text) are plain HTTP; `/ws` is the chat socket. Every user subscribes to the topic
+// `lobby`; each text message is published to the others in a small JSON object with the sender's name; joins
+// and leaves are announced; lines typed on the terminal are published from another thread through a
+// `ServerHandle`.
 
-use std::collections::HashMap;
 use std::process::exit;
-use wskit::{CloseStatus, Config, ConnId, Ctx, Handler, Message, Response, Server};
+use wskit::{CloseStatus, Config, ConnData, Ctx, Handler, Message, Response, Router, Server, ServerHandle};
 
 const PAGE: &str = include_str!("index.html");
 
@@ -52,26 +53,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[derive(Default)]
-struct Chat {
-    names: HashMap<ConnId, String>,
-    anon: u64,
-}
+/// The page, the favicon and the server's metrics (Prometheus text) over plain HTTP.
+struct Pages;
 
-impl Handler for Chat {
-    fn on_http(&mut self, _ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) -> Option<Response> {
+impl Handler for Pages {
+    fn on_http(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) -> Option<Response> {
         Some(match req.path() {
             "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", PAGE),
             "/favicon.ico" => Response::new(204, "text/plain", ""),
+            "/metrics" => Response::new(200, "text/plain; version=0.0.4", ctx.metrics().to_prometheus()),
             _ => Response::new(404, "text/plain; charset=utf-8", "not found\n"),
         })
     }
 
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _req: &wskit::handshake::Request) {
+        ctx.reject(404, "the chat socket is at /ws\n");
+    }
+}
+
+/// The chat room: every user is subscribed to the topic `lobby`; names are typed per-connection data.
+#[derive(Default)]
+struct Chat {
+    names: ConnData<String>,
+    anon: u64,
+}
+
+impl Handler for Chat {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) {
-        if req.path() != "/ws" {
-            ctx.reject(404, "the chat socket is at /ws\n");
-            return;
-        }
         let wanted = req
             .query()
             .unwrap_or("")
@@ -84,25 +92,40 @@ impl Handler for Chat {
             self.anon += 1;
             name = format!("guest-{}", self.anon);
         }
-        let users: Vec<String> = self.names.values().chain(std::iter::once(&name)).map(|n| json_str(n)).collect();
+        let users: Vec<String> =
+            self.names.iter().map(|(_, n)| n).chain(std::iter::once(&name)).map(|n| json_str(n)).collect();
         ctx.send_text(&format!(r#"{{"type":"welcome","name":{},"users":[{}]}}"#, json_str(&name), users.join(",")));
-        ctx.broadcast(Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))), Some(ctx.id()));
+        ctx.subscribe(LOBBY);
+        ctx.publish_others(LOBBY, Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))));
         ctx.log(log::Level::Info, format_args!("{name} joined"));
         self.names.insert(ctx.id(), name);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let Message::Text(text) = msg else { return };
-        let from = self.names.get(&ctx.id()).map(String::as_str).unwrap_or("?");
+        let from = self.names.get(ctx.id()).map(String::as_str).unwrap_or("?");
         let json = format!(r#"{{"type":"message","from":{},"text":{}}}"#, json_str(from), json_str(text));
-        ctx.broadcast(Message::Text(&json), Some(ctx.id()));
+        ctx.publish_others(LOBBY, Message::Text(&json));
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, _status: &CloseStatus) {
-        if let Some(name) = self.names.remove(&ctx.id()) {
-            ctx.broadcast(Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&name))), None);
+        // The connection has already left its topics.
+        if let Some(name) = self.names.remove(ctx.id()) {
+            ctx.publish(LOBBY, Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&name))));
         }
     }
+}
+
+const LOBBY: &str = "lobby";
+
+/// Lines typed on the terminal go to everyone as announcements, from this thread through the server handle.
+fn announce_from_stdin(handle: ServerHandle) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            let json = format!(r#"{{"type":"message","from":"server","text":{}}}"#, json_str(line.trim()));
+            handle.publish(LOBBY, Message::Text(&json));
+        }
+    });
 }
 
 fn main() {
@@ -125,9 +148,14 @@ fn main() {
     if let Some(pem) = pem {
         config = config.tls_pem(pem, passphrase.as_deref());
     }
+    let router = Router::new().exact("/ws", Chat::default()).prefix("/", Pages);
     let mut server =
-        Server::bind(&addr, config, Chat::default()).unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
-    println!("chat: open {scheme}://{}/ in a browser", server.local_addr());
+        Server::bind(&addr, config, router).unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
+    announce_from_stdin(server.handle());
+    println!(
+        "chat: open {scheme}://{}/ in a browser (metrics at /metrics; lines typed here are announced)",
+        server.local_addr()
+    );
     if let Err(e) = server.run() {
         die(&e.to_string());
     }

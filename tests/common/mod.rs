@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use wskit::frame::{write_client_frame, OpCode};
-use wskit::{Config, Ctx, Handler, Message, Server, StopHandle};
+use wskit::{Config, Ctx, Handler, Message, Server, ServerHandle};
 
 /// Echoes every message.
 pub struct Echo;
@@ -24,7 +24,8 @@ impl Handler for Echo {
 /// A server running on its own thread, stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
-    stop: StopHandle,
+    /// Sends, publishes, reads metrics and stops from the test's thread.
+    pub handle: ServerHandle,
     count: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,14 +38,14 @@ impl TestServer {
         let published = count.clone();
         let thread = std::thread::spawn(move || {
             let mut server = Server::bind("127.0.0.1:0", config, make()).expect("bind");
-            tx.send((server.local_addr(), server.stop_handle())).unwrap();
+            tx.send((server.local_addr(), server.handle())).unwrap();
             while !server.is_stopped() {
                 server.poll_once(Some(Duration::from_millis(20))).expect("poll");
                 published.store(server.connection_count(), Ordering::SeqCst);
             }
         });
-        let (addr, stop) = rx.recv().expect("server started");
-        TestServer { addr, stop, count, thread: Some(thread) }
+        let (addr, handle) = rx.recv().expect("server started");
+        TestServer { addr, handle, count, thread: Some(thread) }
     }
 
     /// An echo server.
@@ -64,10 +65,39 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.stop.stop();
+        self.handle.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A tungstenite client with extra request headers (`Origin`, `Sec-WebSocket-Protocol`, ...); the handshake
+/// error (with the HTTP status) when the server refuses.
+pub fn ws_connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>, tungstenite::handshake::client::Response),
+    tungstenite::Error,
+> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            tungstenite::http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tungstenite::connect(req)
+}
+
+/// The HTTP status of a refused `ws_connect`.
+pub fn refused_status(r: Result<impl Sized, tungstenite::Error>) -> u16 {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an open connection"),
     }
 }
 

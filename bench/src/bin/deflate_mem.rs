@@ -61,7 +61,7 @@ fn main() {
         let (_, ev) = conn.read(&mut h, now);
         assert!(matches!(ev, Some(Event::Upgrade(_))));
         drop(ev);
-        conn.accept(None, true).unwrap();
+        conn.accept(None, true, Instant::now()).unwrap();
         let n = conn.out().len();
         conn.consume_out(n);
         let idle = LIVE.load(Ordering::Relaxed) - before;
