@@ -1208,6 +1208,61 @@ mod tests {
         );
     }
 
+    /// Keepalive, idle and lifetime on virtual time: no clock is read, deadlines go out and time comes in.
+    #[test]
+    fn liveness_deadlines_on_virtual_time() {
+        let s = Duration::from_secs;
+        let cfg = Arc::new(Config::new().liveness(Some(s(100)), Some(s(10)), s(5), Some(s(1000))));
+        let t0 = Instant::now();
+        let mut c = Connection::new(cfg, t0);
+        let mut head = HEAD.to_vec();
+        assert!(matches!(c.read(&mut head, t0).1, Some(Event::Upgrade(_))));
+        c.accept(None, false, t0).unwrap();
+        c.consume_out(c.out().len());
+        assert_eq!(c.next_deadline(), Some(t0 + s(10)), "the ping is due first");
+        c.handle_timeout(t0 + s(10));
+        assert_eq!(c.out(), [0x89, 5, b'w', b's', b'k', b'i', b't']);
+        c.consume_out(7);
+        assert_eq!(c.next_deadline(), Some(t0 + s(15)), "then the answer");
+        // The peer says anything at t0+12: alive again; the next ping is due 10 s later.
+        let mut pong = Vec::new();
+        write_client_frame(&mut pong, true, 0, OpCode::Pong, [1, 2, 3, 4], b"wskit");
+        let _ = c.read(&mut pong, t0 + s(12));
+        assert_eq!(c.next_deadline(), Some(t0 + s(22)));
+        c.handle_timeout(t0 + s(22));
+        c.consume_out(c.out().len());
+        // This one goes unanswered: 1011 at t0+27.
+        c.handle_timeout(t0 + s(27));
+        assert_eq!(&c.out()[..4], [0x88, 24, 0x03, 0xf3]);
+        assert!(!c.is_open());
+        c.consume_out(c.out().len());
+
+        // Idle (no keepalive) and lifetime.
+        let cfg = Arc::new(Config::new().liveness(Some(s(30)), None, s(5), Some(s(50))));
+        let mut c = Connection::new(cfg.clone(), t0);
+        let mut head = HEAD.to_vec();
+        let _ = c.read(&mut head, t0);
+        c.accept(None, false, t0).unwrap();
+        c.consume_out(c.out().len());
+        let mut ping = Vec::new();
+        write_client_frame(&mut ping, true, 0, OpCode::Ping, [1, 2, 3, 4], b"");
+        let _ = c.read(&mut ping.clone(), t0 + s(25));
+        c.consume_out(c.out().len());
+        assert_eq!(c.next_deadline(), Some(t0 + s(50)), "lifetime before idle (t0+55)");
+        c.handle_timeout(t0 + s(50));
+        assert_eq!(&c.out()[..4], [0x88, 29, 0x03, 0xe9]);
+        assert_eq!(c.close_status(), CloseStatus::TimedOut(TimeoutKind::Lifetime));
+        let mut c = Connection::new(cfg, t0);
+        let _ = c.read(&mut HEAD.to_vec(), t0);
+        c.accept(None, false, t0).unwrap();
+        c.consume_out(c.out().len());
+        c.handle_timeout(t0 + s(29));
+        assert!(c.is_open());
+        c.handle_timeout(t0 + s(30));
+        assert_eq!(c.close_status(), CloseStatus::TimedOut(TimeoutKind::Idle));
+        assert_eq!(c.close_status().code(), CloseCode::GOING_AWAY);
+    }
+
     #[test]
     fn every_split_point_gives_the_same_transcript() {
         let data = session();

@@ -259,12 +259,32 @@ pub(crate) struct Refusal {
     pub(crate) body: Vec<u8>,
 }
 
+/// What became of a message handed to [`Ctx::send`] and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Queued; the connection's queue is under the high-water mark.
+    Queued,
+    /// Queued, but the connection's queue is over the high-water mark (`write_high_water`): the peer reads
+    /// slower than we send. Slow down until [`Handler::on_drain`]; past `max_queued_bytes` it is dropped.
+    Backpressure,
+    /// Not queued: the connection is not open, or the message was droppable and the queue over the high-water
+    /// mark.
+    Dropped,
+}
+
 /// The connection object handed to every callback: who the connection is, and the commands it may give.
 pub struct Ctx<'a> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) queue: &'a mut Commands,
     pub(crate) metrics: &'a crate::metrics::Metrics,
+    /// (generation, queued bytes) of every open connection by slot, as of the last flush.
+    pub(crate) table: &'a [(u32, usize)],
+    pub(crate) high_water: usize,
+    /// Bytes this callback queued to its own connection.
+    pub(crate) pending_self: usize,
+    /// The connection is gone (`on_close`): sends are dropped.
+    pub(crate) closed: bool,
     pub(crate) decision: Option<Refusal>,
     pub(crate) protocol: Option<String>,
     pub(crate) accepted: bool,
@@ -282,8 +302,51 @@ impl<'a> Ctx<'a> {
         peer: SocketAddr,
         queue: &'a mut Commands,
         metrics: &'a crate::metrics::Metrics,
+        table: &'a [(u32, usize)],
+        high_water: usize,
     ) -> Self {
-        Ctx { id, peer, queue, metrics, decision: None, protocol: None, accepted: false }
+        Ctx {
+            id,
+            peer,
+            queue,
+            metrics,
+            table,
+            high_water,
+            pending_self: 0,
+            closed: false,
+            decision: None,
+            protocol: None,
+            accepted: false,
+        }
+    }
+
+    /// Bytes queued for `to` (as of the last flush, plus what this callback queued to itself), or `None` if it is
+    /// not open.
+    fn queued_for(&self, to: ConnId) -> Option<usize> {
+        let (key, gen) = ((to.0 & 0xffff_ffff) as usize, (to.0 >> 32) as u32);
+        let listed = self.table.get(key).filter(|(g, _)| *g == gen).map(|(_, q)| *q);
+        if to == self.id {
+            // During `on_open` the connection is not listed yet, but sends to it go out after the 101.
+            return (!self.closed).then(|| listed.unwrap_or(0) + self.pending_self);
+        }
+        listed
+    }
+
+    fn queue_message(&mut self, to: ConnId, msg: Message<'_>, droppable: bool) -> SendStatus {
+        let Some(queued) = self.queued_for(to) else { return SendStatus::Dropped };
+        if droppable && queued > self.high_water {
+            return SendStatus::Dropped;
+        }
+        let (start, end) = self.queue.push_bytes(msg.as_bytes());
+        self.queue.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
+        if to == self.id {
+            self.pending_self += end - start;
+        }
+        if queued + (end - start) > self.high_water {
+            SendStatus::Backpressure
+        } else {
+            SendStatus::Queued
+        }
     }
 
     /// The server's counters and gauges (to serve them on `/metrics`, say).
@@ -310,21 +373,25 @@ impl<'a> Ctx<'a> {
     }
 
     /// Sends a text message to this connection.
-    pub fn send_text(&mut self, text: &str) {
-        self.send_to(self.id, Message::Text(text));
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.send_to(self.id, Message::Text(text))
     }
     /// Sends a binary message to this connection.
-    pub fn send_binary(&mut self, data: &[u8]) {
-        self.send_to(self.id, Message::Binary(data));
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.send_to(self.id, Message::Binary(data))
     }
     /// Sends a message (text or binary) to this connection.
-    pub fn send(&mut self, msg: Message<'_>) {
-        self.send_to(self.id, msg);
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        self.send_to(self.id, msg)
     }
     /// Sends a message to any connection.
-    pub fn send_to(&mut self, to: ConnId, msg: Message<'_>) {
-        let (start, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
+    pub fn send_to(&mut self, to: ConnId, msg: Message<'_>) -> SendStatus {
+        self.queue_message(to, msg, false)
+    }
+    /// Sends a message that may be skipped: when the connection's queue is over the high-water mark it is not
+    /// queued ([`SendStatus::Dropped`]) — for updates that a later one supersedes (positions, prices).
+    pub fn send_droppable(&mut self, to: ConnId, msg: Message<'_>) -> SendStatus {
+        self.queue_message(to, msg, true)
     }
     /// Sends one raw frame to this connection (the seed's "write raw frame"; the caller fragments).
     pub fn send_frame(&mut self, fin: bool, op: OpCode, payload: &[u8]) {

@@ -1,5 +1,5 @@
 //! Admission policy applied to an upgrade request before the handler sees it: the `Origin` allow-list and the
-//! subprotocol choice. Pure functions over the request and the [`Config`](crate::Config); the shell adds the
+//! subprotocol choice. Pure functions over the request and the [`Config`]; the shell adds the
 //! connection limits (503 server-wide, 429 per IP), which need its counters.
 //!
 //! The order of checks in the server: connection limit (503), per-IP limit (429), origin (403), strict

@@ -8,7 +8,7 @@
 //! use wskit::{router::Router, Ctx, Handler, Message};
 //! struct Echo;
 //! impl Handler for Echo {
-//!     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) { ctx.send(msg) }
+//!     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) { ctx.send(msg); }
 //! }
 //! struct Chat;
 //! impl Handler for Chat {}

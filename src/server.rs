@@ -220,6 +220,15 @@ impl ServerHandle {
     }
 }
 
+/// An entry of the timer heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The connection's earliest deadline (handshake, message, keepalive, idle, lifetime, close, linger, drain).
+    Conn { key: usize, gen: u32 },
+    /// A handler timer.
+    Handler { seq: u64, conn: u64, token: u64 },
+}
+
 /// What [`Server::shutdown`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -273,7 +282,8 @@ pub struct Server {
     pbuf: Vec<u8>,
     #[cfg(feature = "tls")]
     tls_config: Option<Arc<rustls::ServerConfig>>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Every deadline, connection and handler timers alike, in one heap (stale entries are skipped when popped).
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     dirty: Vec<usize>,
     shared: Arc<Shared>,
     accept_paused: Option<Instant>,
@@ -282,12 +292,13 @@ pub struct Server {
     per_ip: HashMap<IpAddr, u32>,
     /// Subscribers of each topic.
     topics: HashMap<Box<str>, Vec<ConnId>>,
-    /// Handler timers: (when, sequence, connection, token), and the live sequence and period of each.
-    user_timers: BinaryHeap<Reverse<(Instant, u64, u64, u64)>>,
+    /// The live sequence number and period of each handler timer, by (connection, token).
     timer_live: HashMap<(u64, u64), (u64, Option<Duration>)>,
     timer_seq: u64,
     /// Shutdown under way: counts how connections end.
     shutdown: Option<ShutdownReport>,
+    /// (generation, queued bytes) of each open connection by slot, for the send statuses handlers get.
+    table: Vec<(u32, usize)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -358,6 +369,13 @@ fn split_id(id: u64) -> (usize, u32) {
 }
 
 /// The slot `id` names, if that connection still exists (a reused slot has another generation).
+fn set_table(table: &mut Vec<(u32, usize)>, key: usize, v: (u32, usize)) {
+    if table.len() <= key {
+        table.resize(key + 1, (0, 0));
+    }
+    table[key] = v;
+}
+
 /// Takes `id` off `topic`'s subscriber list (the list goes when empty).
 fn unsubscribe(topics: &mut HashMap<Box<str>, Vec<ConnId>>, topic: &str, id: ConnId) {
     if let Some(subs) = topics.get_mut(topic) {
@@ -473,10 +491,10 @@ impl Server {
             open: 0,
             per_ip: HashMap::new(),
             topics: HashMap::new(),
-            user_timers: BinaryHeap::new(),
             timer_live: HashMap::new(),
             timer_seq: 0,
             shutdown: None,
+            table: Vec::new(),
         })
     }
 
@@ -595,8 +613,8 @@ impl Server {
     /// server in its own `Poll` ([`Server`] is a mio `Source` on Unix) bounds its wait with this.
     pub fn next_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
-        let mut wake_at = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        for t in [self.accept_paused, self.user_timers.peek().map(|Reverse((t, ..))| *t)].into_iter().flatten() {
+        let mut wake_at = self.timers.peek().map(|Reverse((t, _))| *t);
+        if let Some(t) = self.accept_paused {
             wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }
         wake_at.map(|t| t.saturating_duration_since(now))
@@ -633,7 +651,6 @@ impl Server {
             self.accept(now);
         }
         self.fire_timers(now);
-        self.fire_user_timers(now);
         self.finish_turn(now);
         self.ready.len()
     }
@@ -743,6 +760,26 @@ impl Server {
         self.mark_dirty(key);
         self.finish_turn(now);
         Ok(id)
+    }
+
+    /// [`Server::adopt`] for a socket whose request head another HTTP server already parsed: the request
+    /// target (`/chat?room=1`) and its headers are enough (a GET over HTTP/1.1 is assumed); nothing after the
+    /// head may have been read from the socket.
+    pub fn adopt_parsed(
+        &mut self,
+        sock: std::net::TcpStream,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<ConnId> {
+        let mut head = format!("GET {target} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "header with a line break or colon"));
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.adopt(sock, head.as_bytes())
     }
 
     fn mark_dirty(&mut self, key: usize) {
@@ -857,7 +894,7 @@ impl Server {
         self.mark_dirty(key);
         let mut off = 0;
         loop {
-            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, open, per_ip, shared, .. } = self;
+            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, open, per_ip, shared, table, .. } = self;
             let input = if plain { pbuf } else { rbuf };
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
@@ -870,7 +907,7 @@ impl Server {
                 }
                 continue;
             };
-            let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics);
+            let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics, table, config.write_high_water);
             let mut panicked = false;
             match ev {
                 Event::Upgrade(req) => {
@@ -921,6 +958,7 @@ impl Server {
                             Metrics::add(&m.open, 1);
                             Metrics::add(&m.opened, 1);
                             shared.set_live(key, slot.gen);
+                            set_table(table, key, (slot.gen, 0));
                             if slot.conn.deflate_params().is_some() {
                                 slot.deflate = true;
                                 *contexts += 1;
@@ -995,7 +1033,7 @@ impl Server {
         if self.queue.cmds.is_empty() {
             return;
         }
-        let Server { slots, queue, dirty, shared, pool, topics, user_timers, timer_live, timer_seq, .. } = self;
+        let Server { slots, queue, dirty, shared, pool, topics, timers, timer_live, timer_seq, .. } = self;
         let m = &shared.metrics;
         let sent = |n: usize| {
             Metrics::add(&m.messages_out, 1);
@@ -1093,7 +1131,7 @@ impl Server {
                     if slot_of(slots, to).is_some() {
                         *timer_seq += 1;
                         timer_live.insert((to.0, token), (*timer_seq, repeat.then_some(after)));
-                        user_timers.push(Reverse((now + after, *timer_seq, to.0, token)));
+                        timers.push(Reverse((now + after, Timer::Handler { seq: *timer_seq, conn: to.0, token })));
                     }
                 }
                 Cmd::CancelTimer { to, token } => {
@@ -1105,35 +1143,31 @@ impl Server {
         queue.clear();
     }
 
-    /// Calls `on_timer` for the handler timers that are due.
-    fn fire_user_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((t, seq, conn, token))) = self.user_timers.peek() {
-            if t > now {
-                break;
-            }
-            self.user_timers.pop();
-            let Some(&(live_seq, every)) = self.timer_live.get(&(conn, token)) else { continue };
-            if live_seq != seq {
-                continue; // replaced or cancelled
-            }
-            let id = ConnId(conn);
-            let Some((key, slot)) = slot_of(&mut self.slots, id).filter(|(_, s)| s.opened) else {
-                self.timer_live.remove(&(conn, token));
-                continue;
-            };
-            match every {
-                Some(d) => self.user_timers.push(Reverse((now + d, seq, conn, token))),
-                None => {
-                    self.timer_live.remove(&(conn, token));
-                }
-            }
-            let peer = slot.peer;
-            let mut ctx = Ctx::new(id, peer, &mut self.queue, &self.shared.metrics);
-            let handler = &mut self.handler;
-            guarded(id, "on_timer", || handler.on_timer(&mut ctx, token));
-            self.mark_dirty(key);
-            self.apply_commands(now);
+    /// Calls `on_timer` for a handler timer that is due, unless it was replaced or cancelled, or its connection
+    /// is gone.
+    fn fire_handler_timer(&mut self, now: Instant, seq: u64, conn: u64, token: u64) {
+        let Some(&(live_seq, every)) = self.timer_live.get(&(conn, token)) else { return };
+        if live_seq != seq {
+            return; // replaced or cancelled
         }
+        let id = ConnId(conn);
+        let Some((key, slot)) = slot_of(&mut self.slots, id).filter(|(_, s)| s.opened) else {
+            self.timer_live.remove(&(conn, token));
+            return;
+        };
+        match every {
+            Some(d) => self.timers.push(Reverse((now + d, Timer::Handler { seq, conn, token }))),
+            None => {
+                self.timer_live.remove(&(conn, token));
+            }
+        }
+        let peer = slot.peer;
+        let mut ctx =
+            Ctx::new(id, peer, &mut self.queue, &self.shared.metrics, &self.table, self.config.write_high_water);
+        let handler = &mut self.handler;
+        guarded(id, "on_timer", || handler.on_timer(&mut ctx, token));
+        self.mark_dirty(key);
+        self.apply_commands(now);
     }
 
     /// Writes what the connection has queued; the bytes written, or `None` if the socket failed.
@@ -1178,6 +1212,9 @@ impl Server {
             if queued as u64 != slot.queued {
                 Metrics::add(&m.queued_bytes, queued as u64);
                 Metrics::sub(&m.queued_bytes, std::mem::replace(&mut slot.queued, queued as u64));
+                if slot.opened {
+                    set_table(&mut self.table, key, (slot.gen, queued));
+                }
             }
             if queued > self.config.max_queued_bytes && !slot.conn.is_finished() {
                 // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
@@ -1193,7 +1230,8 @@ impl Server {
             } else if slot.over_high && queued <= self.config.write_high_water / 4 && slot.opened {
                 slot.over_high = false;
                 let id = conn_id(key, slot.gen);
-                let mut ctx = Ctx::new(id, slot.peer, &mut self.queue, &self.shared.metrics);
+                let hw = self.config.write_high_water;
+                let mut ctx = Ctx::new(id, slot.peer, &mut self.queue, &self.shared.metrics, &self.table, hw);
                 let handler = &mut self.handler;
                 guarded(id, "on_drain", || handler.on_drain(&mut ctx));
                 // Anything it sent makes this connection dirty again and is flushed in this same loop.
@@ -1247,7 +1285,7 @@ impl Server {
     }
 
     fn notify_close(&mut self, key: usize) {
-        let Server { slots, handler, queue, open, per_ip, shared, shutdown, topics, config, .. } = self;
+        let Server { slots, handler, queue, open, per_ip, shared, shutdown, topics, config, table, .. } = self;
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
@@ -1265,6 +1303,7 @@ impl Server {
             }
         }
         shared.set_live(key, 0);
+        set_table(table, key, (0, 0));
         let m = &shared.metrics;
         Metrics::sub(&m.open, 1);
         match &status {
@@ -1287,7 +1326,8 @@ impl Server {
         if !config.prod {
             log::debug!(target: "wskit::server", "{} {} closed: {status:?}", conn_id(key, slot.gen), slot.peer);
         }
-        let mut ctx = Ctx::new(conn_id(key, slot.gen), slot.peer, queue, &shared.metrics);
+        let mut ctx = Ctx::new(conn_id(key, slot.gen), slot.peer, queue, &shared.metrics, table, 0);
+        ctx.closed = true;
         let id = ctx.id;
         guarded(id, "on_close", || handler.on_close(&mut ctx, &status));
         self.apply_commands(Instant::now());
@@ -1317,17 +1357,24 @@ impl Server {
         if let Some(d) = next {
             if slot.scheduled.map_or(true, |s| d < s) {
                 slot.scheduled = Some(d);
-                self.timers.push(Reverse((d, key, slot.gen)));
+                self.timers.push(Reverse((d, Timer::Conn { key, gen: slot.gen })));
             }
         }
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((t, key, gen))) = self.timers.peek().copied() {
+        while let Some(Reverse((t, timer))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            let (key, gen) = match timer {
+                Timer::Conn { key, gen } => (key, gen),
+                Timer::Handler { seq, conn, token } => {
+                    self.fire_handler_timer(now, seq, conn, token);
+                    continue;
+                }
+            };
             let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == gen) else {
                 continue;
             };

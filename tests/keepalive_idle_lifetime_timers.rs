@@ -99,8 +99,12 @@ impl Handler for Ticker {
                     ctx.cancel_timer(1);
                 }
             }
-            2 => ctx.send_text("once"),
-            other => ctx.send_text(&format!("unexpected {other}")),
+            2 => {
+                ctx.send_text("once");
+            }
+            other => {
+                ctx.send_text(&format!("unexpected {other}"));
+            }
         }
     }
 }

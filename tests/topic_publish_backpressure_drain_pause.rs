@@ -1,5 +1,5 @@
 //! Topics (subscribe, unsubscribe, publish from a callback and from another thread, order kept), the outbound
-//! policy (on_drain after back-pressure; a peer that never reads is dropped at `max_queued_bytes` while the
+//! policy (send statuses, droppable messages, on_drain after back-pressure; a peer that never reads is dropped at `max_queued_bytes` while the
 //! others get everything) and pausing / resuming reads on one connection without stalling the others.
 
 mod common;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tungstenite::Message as T;
 use wskit::frame::OpCode;
 use wskit::handshake::Request;
-use wskit::{Config, Ctx, Handler, Message};
+use wskit::{Config, Ctx, Handler, Message, SendStatus};
 
 /// `?room=NAME` subscribes to NAME; a text message is published to the room, `leave` unsubscribes.
 struct Rooms;
@@ -72,14 +72,22 @@ fn topic_publish_reaches_subscribers_only_in_order() {
     assert_eq!(text(&mut a), "still");
 }
 
-/// On `go`, queues 8 MiB to this connection; says `drained` from `on_drain`.
+/// On `go`, queues 8 MiB to this connection and reports the send statuses it got; says `drained` from
+/// `on_drain`.
 struct Flood;
 impl Handler for Flood {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, _msg: Message<'_>) {
         let chunk = vec![7u8; 64 * 1024];
+        let (mut queued, mut pressed) = (0, 0);
         for _ in 0..128 {
-            ctx.send_binary(&chunk);
+            match ctx.send_binary(&chunk) {
+                SendStatus::Queued => queued += 1,
+                SendStatus::Backpressure => pressed += 1,
+                SendStatus::Dropped => panic!("an open connection"),
+            }
         }
+        let skipped = ctx.send_droppable(ctx.id(), Message::Text("a droppable update"));
+        ctx.send_text(&format!("queued {queued}, back-pressure {pressed}, droppable {skipped:?}"));
     }
     fn on_drain(&mut self, ctx: &mut Ctx<'_>) {
         ctx.send_text("drained");
@@ -97,6 +105,8 @@ fn backpressure_then_drain_callback() {
     for _ in 0..128 {
         assert_eq!(ws.read().unwrap().len(), 64 * 1024);
     }
+    // 1 MiB high-water mark: sixteen 64 KiB messages fill it exactly; the 17th is over it.
+    assert_eq!(text(&mut ws), "queued 16, back-pressure 112, droppable Dropped");
     assert_eq!(text(&mut ws), "drained");
     assert!(wait_until(Duration::from_secs(5), || server
         .handle

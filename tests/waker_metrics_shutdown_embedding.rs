@@ -175,6 +175,19 @@ fn embedding_in_the_callers_poll_and_adopting_a_socket() {
             head.push(b[0]);
         }
         server.adopt(sock, &head).unwrap();
+        // A second one whose request the other server parsed into a target and headers.
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            sock.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let text = String::from_utf8(head).unwrap();
+        let mut lines = text.lines();
+        let target = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
+        let headers: Vec<(&str, &str)> =
+            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim())).collect();
+        server.adopt_parsed(sock, &target, &headers).unwrap();
         let mut events = Events::with_capacity(16);
         while !server.is_stopped() {
             poll.poll(&mut events, server.next_timeout().or(Some(Duration::from_millis(50)))).unwrap();
@@ -184,11 +197,14 @@ fn embedding_in_the_callers_poll_and_adopting_a_socket() {
     let (addr, handle) = rx.recv().unwrap();
     // First the handed-over one (the server thread waits for it before running its loop).
     let (mut adopted, _) = ws_connect(&format!("ws://{other_addr}/handed-over"), &[]).unwrap();
+    let (mut parsed, _) = ws_connect(&format!("ws://{other_addr}/parsed?by=other"), &[]).unwrap();
     let (mut ws, _) = ws_connect(&format!("ws://{addr}/"), &[]).unwrap();
     ws.send(T::text("through the caller's poll")).unwrap();
     assert_eq!(ws.read().unwrap(), T::text("through the caller's poll"));
     adopted.send(T::text("adopted")).unwrap();
     assert_eq!(adopted.read().unwrap(), T::text("adopted"));
+    parsed.send(T::text("parsed elsewhere")).unwrap();
+    assert_eq!(parsed.read().unwrap(), T::text("parsed elsewhere"));
     handle.stop();
     thread.join().unwrap();
 }
