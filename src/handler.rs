@@ -206,6 +206,9 @@ pub(crate) enum Cmd {
     Publish {
         text: bool,
         except: Option<ConnId>,
+        /// Where it was published: here (`Local`, forwarded to the other loops and the bridge), on another loop,
+        /// or by the bridge (both delivered here only).
+        origin: Origin,
         start: usize,
         mid: usize,
         end: usize,
@@ -227,6 +230,14 @@ pub(crate) enum Cmd {
         on: bool,
     },
     Stop,
+}
+
+/// Where a publish came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Local,
+    Loop,
+    Bridge,
 }
 
 /// The command queue: commands plus one arena for their bytes, reused from turn to turn (no allocation per send
@@ -328,6 +339,10 @@ impl<'a> Ctx<'a> {
         if to == self.id {
             // During `on_open` the connection is not listed yet, but sends to it go out after the 101.
             return (!self.closed).then(|| listed.unwrap_or(0) + self.pending_self);
+        }
+        if (to.0 >> 56) != (self.id.0 >> 56) {
+            // On a sibling loop of a cluster: handed to that loop, which knows its queue.
+            return Some(listed.unwrap_or(0));
         }
         listed
     }
@@ -448,13 +463,27 @@ impl<'a> Ctx<'a> {
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
         let (start, mid) = self.queue.push_bytes(topic.as_bytes());
         let (_, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, start, mid, end });
+        self.queue.cmds.push(Cmd::Publish {
+            text: msg.is_text(),
+            except: None,
+            origin: Origin::Local,
+            start,
+            mid,
+            end,
+        });
     }
     /// [`Ctx::publish`] to every subscriber but this connection.
     pub fn publish_others(&mut self, topic: &str, msg: Message<'_>) {
         let (start, mid) = self.queue.push_bytes(topic.as_bytes());
         let (_, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Publish { text: msg.is_text(), except: Some(self.id), start, mid, end });
+        self.queue.cmds.push(Cmd::Publish {
+            text: msg.is_text(),
+            except: Some(self.id),
+            origin: Origin::Local,
+            start,
+            mid,
+            end,
+        });
     }
     /// Stops reading from this connection's socket, so TCP pushes back on the client; nobody else is affected.
     /// Takes effect at the next read: messages already received in the same read are still delivered.

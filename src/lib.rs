@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod deflate;
@@ -11,9 +12,11 @@ pub mod handshake;
 pub mod mask;
 pub mod metrics;
 pub mod policy;
+pub mod redis;
 pub mod utf8;
 
 pub use close::CloseCode;
+pub use cluster::{Bridge, Cluster, ClusterHandle};
 pub use config::Config;
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};

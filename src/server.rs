@@ -17,12 +17,13 @@
 //!   RFC 6455 §7.1.1), then input is discarded until the peer's FIN or the close timeout, so a refusal or a close
 //!   frame is never destroyed by a reset.
 
+use crate::cluster::Group;
 use crate::config::Config;
 use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 use crate::deflate::{DeflatePool, PreparedMessage};
 use crate::error::ConfigError;
 use crate::error::SendError;
-use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler};
+use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler, Origin};
 use crate::metrics::{Metrics, Refusal as Why};
 use crate::CloseCode;
 use mio::net::{TcpListener, TcpStream};
@@ -108,7 +109,7 @@ impl Slot {
 }
 
 /// What the loop shares with other threads.
-struct Shared {
+pub(crate) struct Shared {
     stop: AtomicBool,
     waker: Waker,
     /// Commands from [`ServerHandle`]s, carried out at the loop's next turn.
@@ -121,7 +122,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn push(&self, f: impl FnOnce(&mut Commands)) {
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub(crate) fn push(&self, f: impl FnOnce(&mut Commands)) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = inbox.cmds.is_empty();
         f(&mut inbox);
@@ -148,7 +152,7 @@ impl Shared {
 /// out at its next turn, in order.
 #[derive(Clone)]
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -175,7 +179,7 @@ impl ServerHandle {
         self.shared.push(|q| {
             let (start, mid) = q.push_bytes(topic.as_bytes());
             let (_, end) = q.push_bytes(msg.as_bytes());
-            q.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, start, mid, end });
+            q.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, origin: Origin::Local, start, mid, end });
         });
     }
     /// Sends a message to every open connection.
@@ -299,6 +303,10 @@ pub struct Server {
     shutdown: Option<ShutdownReport>,
     /// (generation, queued bytes) of each open connection by slot, for the send statuses handlers get.
     table: Vec<(u32, usize)>,
+    /// This loop's index among its siblings (in the top 8 bits of every generation, so ids are global).
+    loop_index: u32,
+    /// The sibling loops and the broker bridge, when this loop is one of a [`crate::Cluster`].
+    group: Option<Arc<Group>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -377,13 +385,16 @@ fn set_table(table: &mut Vec<(u32, usize)>, key: usize, v: (u32, usize)) {
 }
 
 /// Takes `id` off `topic`'s subscriber list (the list goes when empty).
-fn unsubscribe(topics: &mut HashMap<Box<str>, Vec<ConnId>>, topic: &str, id: ConnId) {
+fn unsubscribe(topics: &mut HashMap<Box<str>, Vec<ConnId>>, topic: &str, id: ConnId, group: Option<&Group>) {
     if let Some(subs) = topics.get_mut(topic) {
         if let Some(i) = subs.iter().position(|s| *s == id) {
             subs.swap_remove(i);
         }
         if subs.is_empty() {
             topics.remove(topic);
+            if let Some(g) = group {
+                g.interest(topic, false);
+            }
         }
     }
 }
@@ -444,6 +455,31 @@ impl Server {
         Self::bind_inner(addr, config, Some(tls), Box::new(handler))
     }
 
+    /// A loop of a [`crate::Cluster`]: its listener (bound with `SO_REUSEPORT`), index and group.
+    pub(crate) fn for_cluster(
+        listener: std::net::TcpListener,
+        config: Config,
+        #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
+        handler: Box<dyn Handler>,
+        index: u32,
+        group: Arc<Group>,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener);
+        #[cfg(feature = "tls")]
+        let mut server = Self::with_listener(listener, config, tls, handler)?;
+        #[cfg(not(feature = "tls"))]
+        let mut server = Self::with_listener(listener, config, (), handler)?;
+        server.loop_index = index;
+        server.group = Some(group);
+        Ok(server)
+    }
+
+    /// This loop's handle as a group member sees it.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     fn bind_inner(
         addr: impl ToSocketAddrs,
         config: Config,
@@ -455,7 +491,25 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        let mut listener = TcpListener::bind(addr)?;
+        let listener = TcpListener::bind(addr)?;
+        Self::with_listener(
+            listener,
+            config,
+            #[cfg(feature = "tls")]
+            tls,
+            #[cfg(not(feature = "tls"))]
+            _tls,
+            handler,
+        )
+    }
+
+    fn with_listener(
+        mut listener: TcpListener,
+        config: Config,
+        #[cfg(feature = "tls")] tls: Option<Arc<rustls::ServerConfig>>,
+        #[cfg(not(feature = "tls"))] _tls: (),
+        handler: Box<dyn Handler>,
+    ) -> io::Result<Server> {
         let local = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -495,6 +549,8 @@ impl Server {
             timer_seq: 0,
             shutdown: None,
             table: Vec::new(),
+            loop_index: 0,
+            group: None,
         })
     }
 
@@ -690,9 +746,9 @@ impl Server {
         let _ = sock.set_nodelay(true);
         let entry = self.slots.vacant_entry();
         let key = entry.key();
-        // Generation 0 is never used: the live table marks an empty slot with it.
-        self.next_gen = self.next_gen.wrapping_add(1).max(1);
-        let gen = self.next_gen;
+        // A 24-bit counter under the loop index; 0 is never used (the live table marks an empty slot with it).
+        self.next_gen = (self.next_gen.wrapping_add(1) & 0x00ff_ffff).max(1);
+        let gen = self.loop_index << 24 | self.next_gen;
         #[cfg(feature = "tls")]
         let tls = match &self.tls_config {
             Some(c) => match crate::tls::TlsLayer::new(c.clone()) {
@@ -1033,7 +1089,10 @@ impl Server {
         if self.queue.cmds.is_empty() {
             return;
         }
-        let Server { slots, queue, dirty, shared, pool, topics, timers, timer_live, timer_seq, .. } = self;
+        let Server {
+            slots, queue, dirty, shared, pool, topics, timers, timer_live, timer_seq, group, loop_index, ..
+        } = self;
+        let group = group.as_deref();
         let m = &shared.metrics;
         let sent = |n: usize| {
             Metrics::add(&m.messages_out, 1);
@@ -1061,6 +1120,9 @@ impl Server {
                             Err(e) => log::debug!(target: "wskit::server", "send to {to}: {e}"),
                         }
                         touch(key, slot);
+                    } else if let Some(g) = group.filter(|_| (to.0 >> 56) as u32 != *loop_index) {
+                        // A connection of a sibling loop: its queue carries the message on.
+                        g.send_to_loop(to, text, &queue.arena[start..end]);
                     }
                 }
                 Cmd::Frame { to, fin, op, start, end } => {
@@ -1078,6 +1140,9 @@ impl Server {
                             log::debug!(target: "wskit::server", "close {to}: {e}");
                         }
                         touch(key, slot);
+                    } else if let Some(g) = group.filter(|_| (to.0 >> 56) as u32 != *loop_index) {
+                        let reason = std::str::from_utf8(&queue.arena[start..end]).unwrap_or("");
+                        g.close_on_loop(to, code, reason);
                     }
                 }
                 Cmd::Broadcast { text, except, start, end } => {
@@ -1098,17 +1163,24 @@ impl Server {
                     match (on, subscribed) {
                         (true, None) => {
                             slot.topics.push(topic.into());
-                            topics.entry(topic.into()).or_default().push(to);
+                            let subs = topics.entry(topic.into()).or_default();
+                            subs.push(to);
+                            if let (1, Some(g)) = (subs.len(), group) {
+                                g.interest(topic, true);
+                            }
                         }
                         (false, Some(i)) => {
                             slot.topics.swap_remove(i);
-                            unsubscribe(topics, topic, to);
+                            unsubscribe(topics, topic, to, group);
                         }
                         _ => {}
                     }
                 }
-                Cmd::Publish { text, except, start, mid, end } => {
+                Cmd::Publish { text, except, origin, start, mid, end } => {
                     let Ok(topic) = std::str::from_utf8(&queue.arena[start..mid]) else { continue };
+                    if let (Origin::Local, Some(g)) = (origin, group) {
+                        g.forward(*loop_index as usize, topic, text, except, &queue.arena[mid..end]);
+                    }
                     let Some(subs) = topics.get(topic) else { continue };
                     let mut prepared = PreparedMessage::new(text, &queue.arena[mid..end]);
                     for &id in subs.iter().filter(|id| Some(**id) != except) {
@@ -1285,7 +1357,7 @@ impl Server {
     }
 
     fn notify_close(&mut self, key: usize) {
-        let Server { slots, handler, queue, open, per_ip, shared, shutdown, topics, config, table, .. } = self;
+        let Server { slots, handler, queue, open, per_ip, shared, shutdown, topics, config, table, group, .. } = self;
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
@@ -1321,7 +1393,7 @@ impl Server {
             }
         }
         for topic in std::mem::take(&mut slot.topics) {
-            unsubscribe(topics, &topic, conn_id(key, slot.gen));
+            unsubscribe(topics, &topic, conn_id(key, slot.gen), group.as_deref());
         }
         if !config.prod {
             log::debug!(target: "wskit::server", "{} {} closed: {status:?}", conn_id(key, slot.gen), slot.peer);

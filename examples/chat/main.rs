@@ -1,14 +1,18 @@
-// Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]]
+// Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]] [--loops N]
+//      [--redis redis://127.0.0.1:6379]
 // Then open http://127.0.0.1:1337/ in two browser tabs, pick a name in each, and talk.
 //
 // The page and the WebSocket share one port and one loop, split by a `Router`: the page, the favicon and
 // `/metrics` (Prometheus text) are plain HTTP; `/ws` is the chat socket. Every user subscribes to the topic
 // `lobby`; each text message is published to the others in a small JSON object with the sender's name; joins
 // and leaves are announced; lines typed on the terminal are published from another thread through a
-// `ServerHandle`.
+// `ClusterHandle`. With --redis, several chat processes bridged by one Redis form one room (each process lists
+// only its own users in the welcome message); --loops N runs N event loops on one port.
 
 use std::process::exit;
-use wskit::{CloseStatus, Config, ConnData, Ctx, Handler, Message, Response, Router, Server, ServerHandle};
+use std::sync::{Arc, OnceLock};
+use wskit::redis::{RedisBridge, RedisOptions};
+use wskit::{Bridge, CloseStatus, Cluster, ClusterHandle, Config, ConnData, Ctx, Handler, Message, Response, Router};
 
 const PAGE: &str = include_str!("index.html");
 
@@ -53,15 +57,18 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The page, the favicon and the server's metrics (Prometheus text) over plain HTTP.
-struct Pages;
+/// The page, the favicon and the server's metrics (Prometheus text, every loop and the bridge) over plain HTTP.
+struct Pages(Arc<OnceLock<ClusterHandle>>);
 
 impl Handler for Pages {
     fn on_http(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) -> Option<Response> {
         Some(match req.path() {
             "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", PAGE),
             "/favicon.ico" => Response::new(204, "text/plain", ""),
-            "/metrics" => Response::new(200, "text/plain; version=0.0.4", ctx.metrics().to_prometheus()),
+            "/metrics" => {
+                let text = self.0.get().map_or_else(|| ctx.metrics().to_prometheus(), ClusterHandle::metrics_text);
+                Response::new(200, "text/plain; version=0.0.4", text)
+            }
             _ => Response::new(404, "text/plain; charset=utf-8", "not found\n"),
         })
     }
@@ -119,7 +126,7 @@ impl Handler for Chat {
 const LOBBY: &str = "lobby";
 
 /// Lines typed on the terminal go to everyone as announcements, from this thread through the server handle.
-fn announce_from_stdin(handle: ServerHandle) {
+fn announce_from_stdin(handle: ClusterHandle) {
     std::thread::spawn(move || {
         for line in std::io::stdin().lines().map_while(Result::ok) {
             let json = format!(r#"{{"type":"message","from":"server","text":{}}}"#, json_str(line.trim()));
@@ -129,9 +136,10 @@ fn announce_from_stdin(handle: ServerHandle) {
 }
 
 fn main() {
-    const USAGE: &str = "usage: chat [--addr HOST:PORT] [--pem FILE [--passphrase P]]";
+    const USAGE: &str =
+        "usage: chat [--addr HOST:PORT] [--pem FILE [--passphrase P]] [--loops N] [--redis redis://HOST:PORT]";
     let mut addr = "127.0.0.1:1337".to_string();
-    let (mut pem, mut passphrase) = (None, None);
+    let (mut pem, mut passphrase, mut redis, mut loops) = (None, None, None, 1);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value; {USAGE}")));
@@ -139,6 +147,8 @@ fn main() {
             "--addr" => addr = value(),
             "--pem" => pem = Some(value()),
             "--passphrase" => passphrase = Some(value()),
+            "--redis" => redis = Some(value()),
+            "--loops" => loops = value().parse().unwrap_or_else(|_| die(USAGE)),
             "-h" | "--help" => die(USAGE),
             other => die(&format!("unknown argument {other}; {USAGE}")),
         }
@@ -148,15 +158,22 @@ fn main() {
     if let Some(pem) = pem {
         config = config.tls_pem(pem, passphrase.as_deref());
     }
-    let router = Router::new().exact("/ws", Chat::default()).prefix("/", Pages);
-    let mut server =
-        Server::bind(&addr, config, router).unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
-    announce_from_stdin(server.handle());
+    let bridge: Option<Arc<dyn Bridge>> = redis.map(|url: String| {
+        let opts = RedisOptions::from_url(&url).unwrap_or_else(|e| die(&e.to_string()));
+        Arc::new(RedisBridge::connect(opts).unwrap_or_else(|e| die(&e.to_string()))) as Arc<dyn Bridge>
+    });
+    let handle = Arc::new(OnceLock::new());
+    let for_loops = handle.clone();
+    let factory = move |_| Router::new().exact("/ws", Chat::default()).prefix("/", Pages(for_loops.clone()));
+    let cluster = Cluster::bind_bridged(&addr, config, loops, bridge, factory)
+        .unwrap_or_else(|e| die(&format!("cannot serve on {addr}: {e}")));
+    let _ = handle.set(cluster.handle());
+    announce_from_stdin(cluster.handle());
     println!(
         "chat: open {scheme}://{}/ in a browser (metrics at /metrics; lines typed here are announced)",
-        server.local_addr()
+        cluster.local_addr()
     );
-    if let Err(e) = server.run() {
+    if let Err(e) = cluster.join() {
         die(&e.to_string());
     }
 }

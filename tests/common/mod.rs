@@ -337,3 +337,107 @@ macro_rules! child_server_entry {
         }
     };
 }
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An example built by `cargo test` (examples are built next to the test binaries), checked to be newer than
+/// its source.
+pub fn example_binary(name: &str, sources: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
+    assert!(p.exists(), "{} not built: run the whole `cargo test`, which builds the examples", p.display());
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+    for src in sources {
+        let changed = std::fs::metadata(project_root().join(src)).and_then(|m| m.modified()).unwrap();
+        assert!(built >= changed, "{} is older than {src}: run the whole `cargo test`", p.display());
+    }
+    p
+}
+
+/// A child process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real `redis-server` (Debian's) on a free loopback port, without persistence; killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// The Redis `.ci/run` started (`WSKIT_REDIS_PORT`), else one of our own.
+    pub fn shared() -> RedisServer {
+        match std::env::var("WSKIT_REDIS_PORT").ok().and_then(|p| p.parse().ok()) {
+            Some(port) => {
+                assert_eq!(
+                    redis_call(port, &["PING"]).as_deref(),
+                    Some("+PONG"),
+                    "no Redis on WSKIT_REDIS_PORT={port}"
+                );
+                RedisServer { port, child: None }
+            }
+            None => Self::start(),
+        }
+    }
+    /// A Redis of our own (to kill and restart).
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer { port: free_port(), child: None };
+        r.restart();
+        r
+    }
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    /// Kills it (as a crash would).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+    /// Starts it again on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("WSKIT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (`.ci/run` installs Debian's redis-server): {e}"));
+        self.child = Some(Child(child));
+        let port = self.port;
+        assert!(wait_until(Duration::from_secs(10), || redis_call(port, &["PING"]).is_some_and(|r| r == "+PONG")));
+    }
+}
+
+/// Sends one command to Redis on `port` and returns the first line of the reply (enough for PING, PUBLISH,
+/// and the integer answers of PUBSUB NUMSUB).
+pub fn redis_call(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_string)
+}
+
+/// Subscribers Redis counts on `channel` (`PUBSUB NUMSUB`).
+pub fn redis_numsub(port: u16, channel: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let cmd = format!("*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n", channel.len());
+    s.write_all(cmd.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().last()?.strip_prefix(':')?.parse().ok()
+}

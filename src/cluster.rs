@@ -1,0 +1,451 @@
+//! One loop per core, and topics across loops and machines.
+//!
+//! A [`Cluster`] runs N [`Server`] loops on N threads. Each has its own `mio::Poll`, slab and listening socket,
+//! all bound to one address with `SO_REUSEPORT`, so the kernel spreads new connections over them; nothing on a
+//! loop's hot path takes a lock. What crosses loops goes through the receiving loop's command queue and waker:
+//!
+//! * **Topics span loops.** A publish on a loop is delivered to that loop's subscribers and queued once to every
+//!   other loop (each serialises and compresses it once for its own subscribers) and to the [`Bridge`], if any.
+//!   Queues are FIFO, so one publisher's messages to a topic arrive in order everywhere.
+//! * **Connection ids are global**: the loop index is in the top 8 bits of the generation, so a
+//!   [`ClusterHandle`] (or a handler on another loop) addresses any connection.
+//! * **A bridge joins nodes** (processes, machines): the cluster tells it which topics have local subscribers
+//!   ([`Bridge::interest`]), hands it each local publish ([`Bridge::publish`]), and it delivers what other nodes
+//!   publish through [`Inbound::deliver`]. [`crate::redis::RedisBridge`] does this over Redis pub/sub.
+
+use crate::config::Config;
+use crate::conn::Message;
+use crate::error::SendError;
+use crate::handler::{Cmd, ConnId, Handler, Origin};
+use crate::metrics::Metrics;
+use crate::server::{Server, ServerHandle, Shared, ShutdownReport};
+use crate::CloseCode;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Carries topics between nodes (processes or machines). Implementations MUST NOT block the caller: the loops
+/// call [`Bridge::publish`] and [`Bridge::interest`] on their own threads.
+pub trait Bridge: Send + Sync {
+    /// Begins bridging; what other nodes publish is handed to `inbound`.
+    fn start(&self, inbound: Inbound) -> io::Result<()>;
+    /// A message published on this node, for the other nodes.
+    fn publish(&self, topic: &str, text: bool, payload: &[u8]);
+    /// This node now has (`on`) or no longer has local subscribers to `topic`.
+    fn interest(&self, topic: &str, on: bool);
+    /// The bridge's own metrics in the Prometheus text format (appended to the cluster's).
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+    /// Stops bridging (called when the cluster shuts down).
+    fn stop(&self) {}
+}
+
+/// The loops of one node, as the loops and the bridge see them.
+pub(crate) struct Group {
+    loops: OnceLock<Vec<Arc<Shared>>>,
+    /// How many loops have local subscribers, by topic.
+    interest: Mutex<HashMap<Box<str>, u32>>,
+    bridge: Option<Arc<dyn Bridge>>,
+}
+
+fn queue_publish(shared: &Shared, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8], origin: Origin) {
+    shared.push(|q| {
+        let (start, mid) = q.push_bytes(topic.as_bytes());
+        let (_, end) = q.push_bytes(payload);
+        q.cmds.push(Cmd::Publish { text, except, origin, start, mid, end });
+    });
+}
+
+impl Group {
+    /// A publish made on loop `from`: queued to every other loop and handed to the bridge.
+    pub(crate) fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]) {
+        if let Some(loops) = self.loops.get() {
+            for (i, l) in loops.iter().enumerate() {
+                if i != from {
+                    queue_publish(l, topic, text, except, payload, Origin::Loop);
+                }
+            }
+        }
+        if let Some(b) = &self.bridge {
+            b.publish(topic, text, payload);
+        }
+    }
+
+    /// A loop gained its first or lost its last subscriber to `topic`.
+    pub(crate) fn interest(&self, topic: &str, on: bool) {
+        let mut map = self.interest.lock().unwrap_or_else(|p| p.into_inner());
+        let node_changed = if on {
+            let n = map.entry(topic.into()).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match map.get_mut(topic) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    map.remove(topic);
+                    true
+                }
+                None => false,
+            }
+        };
+        if node_changed {
+            if let Some(b) = &self.bridge {
+                b.interest(topic, on);
+            }
+        }
+    }
+
+    /// Topics with local subscribers on this node now.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        self.interest.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|k| k.to_string()).collect()
+    }
+
+    /// A handler's send to a connection of another loop.
+    pub(crate) fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]) {
+        if let Some(l) = self.loop_of(to) {
+            l.push(|q| {
+                let (start, end) = q.push_bytes(payload);
+                q.cmds.push(Cmd::Message { to, text, start, end });
+            });
+        }
+    }
+
+    /// A handler's close of a connection of another loop.
+    pub(crate) fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str) {
+        if let Some(l) = self.loop_of(to) {
+            l.push(|q| {
+                let (start, end) = q.push_bytes(reason.as_bytes());
+                q.cmds.push(Cmd::Close { to, code, start, end });
+            });
+        }
+    }
+
+    fn loop_of(&self, id: ConnId) -> Option<&Arc<Shared>> {
+        self.loops.get()?.get((id.0 >> 56) as usize)
+    }
+}
+
+/// How a bridge hands messages from other nodes to this node's subscribers.
+#[derive(Clone)]
+pub struct Inbound {
+    group: Arc<Group>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound").finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Delivers a message another node published to the subscribers of `topic` on every loop here (it is not
+    /// bridged again).
+    pub fn deliver(&self, topic: &str, msg: Message<'_>) {
+        if let Some(loops) = self.group.loops.get() {
+            for l in loops {
+                queue_publish(l, topic, msg.is_text(), None, msg.as_bytes(), Origin::Bridge);
+            }
+        }
+    }
+    /// The topics this node has local subscribers to (a bridge resubscribes to them after reconnecting).
+    pub fn topics(&self) -> Vec<String> {
+        self.group.topics()
+    }
+}
+
+/// A `Send + Sync` handle to every loop of a [`Cluster`].
+#[derive(Clone)]
+pub struct ClusterHandle {
+    group: Arc<Group>,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle").field("loops", &self.loops().len()).finish()
+    }
+}
+
+impl ClusterHandle {
+    fn loops(&self) -> &[Arc<Shared>] {
+        self.group.loops.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// The handle of loop `i`.
+    pub fn loop_handle(&self, i: usize) -> Option<ServerHandle> {
+        self.loops().get(i).map(|s| ServerHandle { shared: s.clone() })
+    }
+    /// How many loops run.
+    pub fn loop_count(&self) -> usize {
+        self.loops().len()
+    }
+    /// Sends to a connection on whichever loop holds it.
+    pub fn send(&self, to: ConnId, msg: Message<'_>) -> Result<(), SendError> {
+        let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;
+        ServerHandle { shared: l.clone() }.send(to, msg)
+    }
+    /// Starts the closing handshake on a connection on whichever loop holds it.
+    pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;
+        ServerHandle { shared: l.clone() }.close(to, code, reason)
+    }
+    /// Whether the connection is open.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.group.loop_of(id).is_some_and(|l| ServerHandle { shared: l.clone() }.is_open(id))
+    }
+    /// Publishes to a topic's subscribers on every loop and, through the bridge, on every node.
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        if let Some(first) = self.loops().first() {
+            queue_publish(first, topic, msg.is_text(), None, msg.as_bytes(), Origin::Local);
+        }
+    }
+    /// Sends to every open connection of every loop of this node.
+    pub fn broadcast(&self, msg: Message<'_>) {
+        for l in self.loops() {
+            ServerHandle { shared: l.clone() }.broadcast(msg);
+        }
+    }
+    /// Stops every loop.
+    pub fn stop(&self) {
+        for l in self.loops() {
+            ServerHandle { shared: l.clone() }.stop();
+        }
+        if let Some(b) = &self.group.bridge {
+            b.stop();
+        }
+    }
+    /// Graceful shutdown of every loop ([`Server::shutdown`]); [`Cluster::join`] returns the reports.
+    pub fn shutdown(&self, grace: Duration) {
+        for l in self.loops() {
+            ServerHandle { shared: l.clone() }.shutdown(grace);
+        }
+        if let Some(b) = &self.group.bridge {
+            b.stop();
+        }
+    }
+    /// Loop `i`'s metrics.
+    pub fn loop_metrics(&self, i: usize) -> Option<&Metrics> {
+        self.loops().get(i).map(|s| s.metrics())
+    }
+    /// Every loop's metrics in the Prometheus text format: each sample summed over the loops, followed by the
+    /// same sample per loop (label `loop`), then the bridge's metrics.
+    pub fn metrics_text(&self) -> String {
+        let texts: Vec<String> = self.loops().iter().map(|s| s.metrics().to_prometheus()).collect();
+        let mut out = aggregate(&texts);
+        if let Some(b) = &self.group.bridge {
+            out.push_str(&b.metrics_text());
+        }
+        out
+    }
+}
+
+/// Sums samples with the same name and labels over several renderings of the same metric families, and lists
+/// each loop's value with a `loop` label after the sum.
+fn aggregate(texts: &[String]) -> String {
+    let Some(first) = texts.first() else { return String::new() };
+    let per: Vec<Vec<&str>> = texts.iter().map(|t| t.lines().collect()).collect();
+    let mut out = String::with_capacity(first.len() * (texts.len() + 1));
+    let mut i = 0;
+    let lines = &per[0];
+    while i < lines.len() {
+        if lines[i].starts_with('#') {
+            out.push_str(lines[i]);
+            out.push('\n');
+            i += 1;
+            continue;
+        }
+        // A run of samples of one family.
+        let start = i;
+        while i < lines.len() && !lines[i].starts_with('#') {
+            i += 1;
+        }
+        for (j, line) in lines.iter().enumerate().take(i).skip(start) {
+            let (name, _) = line.rsplit_once(' ').unwrap_or((line, ""));
+            let sum: f64 = per.iter().filter_map(|p| p.get(j)?.rsplit_once(' ')?.1.parse::<f64>().ok()).sum();
+            out.push_str(&format!("{name} {sum}\n"));
+        }
+        for (l, p) in per.iter().enumerate() {
+            for line in p.iter().take(i).skip(start) {
+                let (name, v) = line.rsplit_once(' ').unwrap_or((line, "0"));
+                let labelled = match name.split_once('{') {
+                    Some((n, rest)) => format!("{n}{{loop=\"{l}\",{rest}"),
+                    None => format!("{name}{{loop=\"{l}\"}}"),
+                };
+                out.push_str(&format!("{labelled} {v}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// N loops on N threads sharing one address (`SO_REUSEPORT`), with topics across them and, with a
+/// [`Bridge`], across nodes.
+pub struct Cluster {
+    handle: ClusterHandle,
+    local: SocketAddr,
+    threads: Vec<JoinHandle<io::Result<Option<ShutdownReport>>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("local", &self.local).field("loops", &self.threads.len()).finish()
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+impl Cluster {
+    /// Starts `loops` loops (at least one) on `addr`; `factory(i)` builds loop `i`'s handler on its thread.
+    pub fn bind<H, F>(addr: impl ToSocketAddrs, config: Config, loops: usize, factory: F) -> io::Result<Cluster>
+    where
+        H: Handler + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        Self::bind_bridged(addr, config, loops, None, factory)
+    }
+
+    /// [`Cluster::bind`] with a bridge to other nodes.
+    pub fn bind_bridged<H, F>(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        loops: usize,
+        bridge: Option<Arc<dyn Bridge>>,
+        factory: F,
+    ) -> io::Result<Cluster>
+    where
+        H: Handler + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let loops = loops.clamp(1, 256);
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        #[cfg(feature = "tls")]
+        let tls =
+            crate::tls_config::server_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+        let first = reuseport_listener(addr)?;
+        let local = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..loops {
+            listeners.push(reuseport_listener(local)?);
+        }
+        let group = Arc::new(Group { loops: OnceLock::new(), interest: Mutex::new(HashMap::new()), bridge });
+        let factory = Arc::new(factory);
+        let ready = Arc::new(Barrier::new(loops + 1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(loops);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (config, group, factory, ready, tx) =
+                (config.clone(), group.clone(), factory.clone(), ready.clone(), tx.clone());
+            #[cfg(feature = "tls")]
+            let tls = tls.clone();
+            let t = std::thread::Builder::new().name(format!("wskit-loop-{i}")).spawn(move || {
+                let handler = Box::new(factory(i));
+                #[cfg(feature = "tls")]
+                let made = Server::for_cluster(listener, config, tls, handler, i as u32, group);
+                #[cfg(not(feature = "tls"))]
+                let made = Server::for_cluster(listener, config, handler, i as u32, group);
+                let mut server = match made {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send((i, Err(io::Error::new(e.kind(), e.to_string()))));
+                        ready.wait();
+                        return Err(e);
+                    }
+                };
+                let _ = tx.send((i, Ok(server.shared())));
+                // Serve only once every loop knows its siblings.
+                ready.wait();
+                server.run()
+            })?;
+            threads.push(t);
+        }
+        drop(tx);
+        let mut shared: Vec<Option<Arc<Shared>>> = vec![None; loops];
+        let mut failed = None;
+        for _ in 0..loops {
+            match rx.recv() {
+                Ok((i, Ok(s))) => shared[i] = Some(s),
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(_) => failed = Some(io::Error::other("a loop thread died while starting")),
+            }
+        }
+        let all: Vec<Arc<Shared>> = shared.into_iter().flatten().collect();
+        let _ = group.loops.set(all);
+        ready.wait();
+        let handle = ClusterHandle { group: group.clone() };
+        if let Some(e) = failed {
+            handle.stop();
+            return Err(e);
+        }
+        if let Some(b) = &group.bridge {
+            if let Err(e) = b.start(Inbound { group: group.clone() }) {
+                handle.stop();
+                return Err(e);
+            }
+        }
+        Ok(Cluster { handle, local, threads })
+    }
+
+    /// The address every loop listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A handle to every loop, usable from any thread.
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for every loop to return ([`ClusterHandle::stop`] or [`ClusterHandle::shutdown`]); the shutdown
+    /// reports summed over the loops.
+    pub fn join(self) -> io::Result<ShutdownReport> {
+        let mut total = ShutdownReport::default();
+        let mut error = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(Some(r))) => {
+                    total.closed_cleanly += r.closed_cleanly;
+                    total.closed_otherwise += r.closed_otherwise;
+                    total.dropped_at_deadline += r.dropped_at_deadline;
+                    total.bytes_unsent += r.bytes_unsent;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => error = Some(e),
+                Err(_) => error = Some(io::Error::other("a loop thread panicked")),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn aggregate_sums_and_labels_each_loop() {
+        let a = "# HELP x X.\n# TYPE x counter\nx 1\n# HELP y Y.\n# TYPE y counter\ny{k=\"a\"} 2\ny{k=\"b\"} 3\n";
+        let b = "# HELP x X.\n# TYPE x counter\nx 10\n# HELP y Y.\n# TYPE y counter\ny{k=\"a\"} 20\ny{k=\"b\"} 30\n";
+        let out = super::aggregate(&[a.to_string(), b.to_string()]);
+        let expected = "# HELP x X.\n# TYPE x counter\nx 11\nx{loop=\"0\"} 1\nx{loop=\"1\"} 10\n# HELP y Y.\n# TYPE y counter\ny{k=\"a\"} 22\ny{k=\"b\"} 33\ny{loop=\"0\",k=\"a\"} 2\ny{loop=\"0\",k=\"b\"} 3\ny{loop=\"1\",k=\"a\"} 20\ny{loop=\"1\",k=\"b\"} 30\n";
+        assert_eq!(out, expected);
+    }
+}
