@@ -1,12 +1,13 @@
 // Run: cargo run --release --example echo -- --addr 127.0.0.1:9001 [--max-payload BYTES] [--max-frames N]
-//      [--no-deflate] [--pem FILE --passphrase P]
+//      [--no-deflate] [--pem FILE --passphrase P] [--loops N]
 //
 // Echoes every message as received: text as text, binary as binary. This is the server the Autobahn|Testsuite
 // runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
 // allowed unless `--max-frames` is given. permessage-deflate is negotiated unless `--no-deflate` is given.
+// `--loops N` runs N event loops on N threads sharing the port (a `Cluster`).
 
 use std::process::exit;
-use wskit::{Config, Ctx, Handler, Message, Server};
+use wskit::{Cluster, Config, Ctx, Handler, Message, Server};
 
 struct Echo;
 
@@ -17,7 +18,7 @@ impl Handler for Echo {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("echo: {msg}\nusage: echo [--addr HOST:PORT] [--max-payload BYTES] [--max-frames N] [--no-deflate] [--pem FILE [--passphrase P]]");
+    eprintln!("echo: {msg}\nusage: echo [--addr HOST:PORT] [--max-payload BYTES] [--max-frames N] [--no-deflate] [--pem FILE [--passphrase P]] [--loops N]");
     exit(2)
 }
 
@@ -26,6 +27,7 @@ fn main() {
     let mut config = Config::new().max_frames_per_message(usize::MAX);
     let mut pem: Option<String> = None;
     let mut passphrase: Option<String> = None;
+    let mut loops = 1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
@@ -42,6 +44,7 @@ fn main() {
             "--no-deflate" => config = config.deflate(false),
             "--pem" => pem = Some(value()),
             "--passphrase" => passphrase = Some(value()),
+            "--loops" => loops = value().parse().unwrap_or_else(|_| usage("--loops takes a number")),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -50,6 +53,18 @@ fn main() {
     if let Some(p) = pem {
         config.ssl_cert = Some(p.into());
         config.ssl_passphrase = passphrase;
+    }
+    if loops > 1 {
+        let cluster = Cluster::bind(&addr, config, loops, |_| Echo).unwrap_or_else(|e| {
+            eprintln!("echo: cannot serve on {addr}: {e}");
+            exit(1)
+        });
+        println!("echo: listening on {scheme}://{} ({loops} loops)", cluster.local_addr());
+        if let Err(e) = cluster.join() {
+            eprintln!("echo: {e}");
+            exit(1);
+        }
+        return;
     }
     let mut server = match Server::bind(&addr, config, Echo) {
         Ok(s) => s,
