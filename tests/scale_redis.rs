@@ -193,3 +193,16 @@ fn two_chat_processes_form_one_room_through_redis() {
     alice.send(T::text("hi bob")).unwrap();
     assert_eq!(bob.read().unwrap(), T::text(r#"{"type":"message","from":"alice","text":"hi bob"}"#));
 }
+
+#[test]
+fn redis_down_at_start_is_a_clear_error() {
+    let bin = example_binary("broadcast", &["examples/broadcast.rs"]);
+    let dead = free_port(); // nothing listens there
+    let out = Command::new(bin)
+        .args(["--addr", &format!("127.0.0.1:{}", free_port()), "--redis", &format!("redis://127.0.0.1:{dead}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("redis at 127.0.0.1:{dead}")) && err.contains("refused"), "{err}");
+}
