@@ -168,6 +168,9 @@ struct Rx {
     ctrl_lent: bool,
     /// `out` holds the 101 answer: free its buffer once written (an idle connection keeps none).
     release_out: bool,
+    /// The framing is lost (a header that cannot be decoded) or a second fault came while closing: every later
+    /// byte is discarded, however the input is split.
+    discard: bool,
 }
 
 impl Rx {
@@ -259,6 +262,14 @@ pub struct Connection {
     deflate: Option<Box<DeflateState>>,
     /// Idle, keepalive and lifetime clocks; only when one of them is configured.
     live: Option<Box<Liveness>>,
+    /// Control frames (pongs, keepalive pings) waiting for the next frame boundary of `out`, so they never wait
+    /// behind megabytes of queued data.
+    ctrl: Vec<u8>,
+    /// Part of `ctrl` has been written (its head frame is in flight).
+    ctrl_started: bool,
+    /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
+    /// `usize::MAX` before the upgrade, when `out` holds HTTP.
+    frame_left: usize,
 }
 
 /// The clocks of an open connection's liveness timers.
@@ -319,18 +330,58 @@ impl Connection {
             status: None,
             deflate: None,
             live: None,
+            ctrl: Vec::new(),
+            ctrl_started: false,
+            frame_left: usize::MAX,
         }
     }
 
     // ── output ──────────────────────────────────────────────────────────────────────────────────────────────
 
-    /// Bytes that MUST be written to the peer, in order. After writing `n` of them call [`Connection::consume_out`].
+    /// Bytes that MUST be written to the peer next. After writing `n` of them call [`Connection::consume_out`], then
+    /// ask again: a control frame queued meanwhile goes out at the next frame boundary, so the slice may end at
+    /// one.
     pub fn out(&self) -> &[u8] {
-        &self.out
+        if self.ctrl.is_empty() {
+            &self.out
+        } else if self.frame_left == 0 || self.out.is_empty() {
+            &self.ctrl
+        } else {
+            &self.out[..self.frame_left.min(self.out.len())]
+        }
+    }
+
+    /// Appends everything queued for the peer to `into`, in wire order, and clears the queue (for callers that
+    /// write to a buffer rather than a socket: tests, fuzzing, a TLS layer with room to spare).
+    pub fn drain_out(&mut self, into: &mut Vec<u8>) {
+        loop {
+            let n = self.out().len();
+            if n == 0 {
+                return;
+            }
+            into.extend_from_slice(self.out());
+            self.consume_out(n);
+        }
+    }
+
+    /// Bytes queued for the peer in all.
+    pub fn queued(&self) -> usize {
+        self.out.len() + self.ctrl.len()
     }
 
     /// Drops the first `n` bytes of [`Connection::out`] (they were written).
     pub fn consume_out(&mut self, n: usize) {
+        if !self.ctrl.is_empty() && (self.frame_left == 0 || self.out.is_empty()) {
+            if n >= self.ctrl.len() {
+                self.ctrl = Vec::new();
+                self.ctrl_started = false;
+            } else if n > 0 {
+                self.ctrl.drain(..n);
+                self.ctrl_started = true;
+            }
+            return;
+        }
+        self.advance_frames(n);
         if n >= self.out.len() {
             self.out.clear();
             // No large buffer is kept, nor the one that carried the handshake answer.
@@ -346,6 +397,46 @@ impl Connection {
         }
     }
 
+    /// Moves the frame-boundary tracker over `n` bytes about to be dropped from the head of `out` (whole frames are
+    /// always appended, so a boundary is always followed by a complete header).
+    fn advance_frames(&mut self, mut n: usize) {
+        if self.frame_left == usize::MAX {
+            return;
+        }
+        let mut pos = 0;
+        while n > 0 && pos < self.out.len() {
+            if self.frame_left == 0 {
+                let h = &self.out[pos..];
+                self.frame_left = match h[1] & 0x7f {
+                    126 => 4 + u16::from_be_bytes([h[2], h[3]]) as usize,
+                    127 => 10 + u64::from_be_bytes(h[2..10].try_into().unwrap_or_default()) as usize,
+                    len => 2 + len as usize,
+                };
+            }
+            let t = self.frame_left.min(n);
+            self.frame_left -= t;
+            n -= t;
+            pos += t;
+        }
+    }
+
+    /// Queues a control frame, in order with the other control frames, ahead of queued data at its next frame
+    /// boundary. Waiting control frames are bounded (1 KiB): past that, the ones not yet started are replaced by the newest (RFC 6455
+    /// §5.5.2 lets a pong answer only the most recent ping), so a ping flood costs no memory.
+    fn queue_control(&mut self, op: OpCode, payload: &[u8]) {
+        if self.frame_left == usize::MAX {
+            write_frame(&mut self.out, true, 0, op, payload);
+            return;
+        }
+        if self.ctrl.len() >= 1024 {
+            if self.ctrl_started {
+                return; // a frame is half written; the next ping gets the pong
+            }
+            self.ctrl.clear();
+        }
+        write_frame(&mut self.ctrl, true, 0, op, payload);
+    }
+
     /// Whether the shell should read from the socket: the connection expects input and its outbound queue is
     /// below the high-water mark (so a peer that never reads is not fed without bound).
     pub fn wants_read(&self) -> bool {
@@ -355,12 +446,12 @@ impl Connection {
 
     /// Whether bytes wait in [`Connection::out`].
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || !self.ctrl.is_empty()
     }
 
     /// True once the connection is over and `out` is written (or abandoned): the shell MUST close the socket.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, State::Closed { .. }) && self.out.is_empty()
+        matches!(self.state, State::Closed { .. }) && self.out.is_empty() && self.ctrl.is_empty()
     }
 
     /// Whether the WebSocket is open (handshake done, no close sent or received).
@@ -416,6 +507,8 @@ impl Connection {
         let params = deflate.filter(|_| allow_deflate);
         let ext = params.map(|p| p.response());
         handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
+        // The 101 head counts as one unit: the first frame boundary is right after it.
+        self.frame_left = self.out.len();
         self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
         self.state = State::Open(Rx { release_out: true, ..Rx::default() });
         let c = &self.config;
@@ -544,7 +637,11 @@ impl Connection {
         if opcode.is_control() && (payload.len() > MAX_CONTROL_PAYLOAD || !fin) {
             return Err(SendError::ControlTooLong);
         }
-        write_frame(&mut self.out, fin, 0, opcode, payload);
+        if matches!(opcode, OpCode::Ping | OpCode::Pong) {
+            self.queue_control(opcode, payload);
+        } else {
+            write_frame(&mut self.out, fin, 0, opcode, payload);
+        }
         Ok(())
     }
 
@@ -575,6 +672,7 @@ impl Connection {
     /// Ends the connection at once without a closing handshake (an abrupt drop; the shell closes TCP).
     pub fn abort(&mut self, now: Instant) {
         self.out.clear();
+        self.ctrl.clear();
         self.state = State::Closed { linger: now };
     }
 
@@ -637,6 +735,7 @@ impl Connection {
             {
                 self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Handshake)));
                 self.out.clear();
+                self.ctrl.clear();
                 self.state = State::Closed { linger: now };
             }
             State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
@@ -649,9 +748,14 @@ impl Connection {
                     self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
                 }
                 self.out.clear();
+                self.ctrl.clear();
                 self.state = State::Closed { linger: now };
             }
-            State::Closed { linger } if now >= *linger => self.out.clear(),
+            State::Closed { linger } if now >= *linger => {
+                self.out.clear();
+                self.ctrl.clear();
+                self.ctrl_started = false;
+            }
             _ => {}
         }
     }
@@ -669,7 +773,9 @@ impl Connection {
         } else {
             if l.ping_deadline.is_none() && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
                 l.ping_deadline = Some(now + c.ping_timeout);
-                let _ = self.send_frame(true, OpCode::Ping, b"wskit");
+                if self.is_open() {
+                    self.queue_control(OpCode::Ping, b"wskit");
+                }
             }
             None
         };
@@ -768,7 +874,11 @@ impl Connection {
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
         };
         rx.release_lent();
+        if rx.discard {
+            return (input.len(), None);
+        }
         let mut pos = 0;
+        let mut desync = false;
         let ready = loop {
             if let Some(f) = &mut rx.frame {
                 if f.remaining > 0 && pos == input.len() {
@@ -815,6 +925,12 @@ impl Connection {
                             inf.reset();
                         }
                     }
+                    // The first fault in the inflated stream wins, whatever the split: what came out (up to the
+                    // limit, which every split produces) is validated before a corrupt or oversized tail counts.
+                    let valid_end = msg.buf.len().min(max_msg.saturating_add(1)).max(start);
+                    if msg.text && msg.utf8.feed(&msg.buf[start..valid_end]).is_err() {
+                        break Ready::Error(ProtocolError::InvalidUtf8);
+                    }
                     match result {
                         Err(InflateError::TooBig) => {
                             let size = msg.buf.len() as u64;
@@ -822,9 +938,6 @@ impl Connection {
                         }
                         Err(InflateError::Corrupt) => break Ready::Error(ProtocolError::InvalidCompressedData),
                         Ok(()) => {}
-                    }
-                    if msg.text && msg.utf8.feed(&msg.buf[start..]).is_err() {
-                        break Ready::Error(ProtocolError::InvalidUtf8);
                     }
                 } else {
                     if msg.text && msg.utf8.feed(chunk).is_err() {
@@ -854,7 +967,10 @@ impl Connection {
                 match decode_header(&rx.hdr[..n]) {
                     Ok(Status::Complete((h, _))) => (h, 0),
                     Ok(Status::Partial) => unreachable!("the header is whole"),
-                    Err(e) => break Ready::Error(e),
+                    Err(e) => {
+                        desync = true;
+                        break Ready::Error(e);
+                    }
                 }
             } else {
                 match decode_header(&input[pos..]) {
@@ -866,7 +982,10 @@ impl Connection {
                         pos = input.len();
                         break Ready::None;
                     }
-                    Err(e) => break Ready::Error(e),
+                    Err(e) => {
+                        desync = true;
+                        break Ready::Error(e);
+                    }
                 }
             };
             pos += used;
@@ -982,11 +1101,21 @@ impl Connection {
             Ready::BufControl { op } => self.control(op, Payload::Ctrl, pos, now),
             Ready::Error(e) => {
                 self.fail(e.clone(), now);
+                if desync && !closing {
+                    // No frame boundary can be trusted after an undecodable header, so the peer's close could not
+                    // be read: send ours and close TCP without waiting for it (the shell drains until FIN).
+                    self.state = State::Closed { linger: now + self.config.close_timeout };
+                } else if closing {
+                    // A fault while closing ends reading: drop this input and all that follows.
+                    if let State::ClosingByUs { rx, .. } = &mut self.state {
+                        rx.discard = true;
+                    }
+                }
                 if closing {
-                    // A fault while closing: stop reading; it is not reported a second time.
+                    // It is not reported a second time.
                     return (input.len(), None);
                 }
-                (pos, Some(Event::Error(e)))
+                (if desync { input.len() } else { pos }, Some(Event::Error(e)))
             }
         }
     }
@@ -1011,7 +1140,7 @@ impl Connection {
         match op {
             OpCode::Ping | OpCode::Pong => {
                 if op == OpCode::Ping && !closing {
-                    write_frame(&mut self.out, true, 0, OpCode::Pong, data);
+                    self.queue_control(OpCode::Pong, data);
                 }
                 let data: &'a [u8] = match payload {
                     Payload::Input(d) => d,
@@ -1139,9 +1268,7 @@ mod tests {
                 if upgraded {
                     c.accept(None, true, Instant::now()).unwrap();
                 }
-                written.extend_from_slice(c.out());
-                let len = c.out().len();
-                c.consume_out(len);
+                c.drain_out(&mut written);
                 if off == total {
                     // One more call: an event may still be due with no bytes left (a zero-length frame).
                     let (_, ev) = c.read(&mut [], now);

@@ -8,6 +8,8 @@ pub mod conn;
 pub mod deflate;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod mask;
 pub mod metrics;

@@ -39,6 +39,12 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
+/// Plaintext encrypted ahead of the socket at most (wss), so control frames are not queued behind megabytes of
+/// ciphertext.
+#[cfg(feature = "tls")]
+const TLS_BATCH: usize = 256 * 1024;
+/// Reads of one connection per loop turn at most (1 MiB with the 128 KiB buffer) before the others get theirs.
+const READS_PER_TURN: usize = 8;
 /// The shared read buffer: large enough that a burst of 16 KiB messages is read in one `recv`.
 const READ_BUF: usize = 128 * 1024;
 /// How long to wait before accepting again after `accept` failed (descriptor exhaustion).
@@ -73,6 +79,8 @@ struct Slot {
     queued: u64,
     /// Topics this connection is subscribed to.
     topics: Vec<Box<str>>,
+    /// Its read burst was cut at `READS_PER_TURN`: read on at the next turn.
+    deferred: bool,
 }
 
 impl Slot {
@@ -94,7 +102,7 @@ impl Slot {
     }
     /// Bytes waiting for the peer in both layers.
     fn queued(&self) -> usize {
-        self.conn.out().len() + self.tls_pending()
+        self.conn.queued() + self.tls_pending()
     }
     /// Over, with everything written (the TLS `close_notify` included).
     fn finished(&self) -> bool {
@@ -303,6 +311,8 @@ pub struct Server {
     shutdown: Option<ShutdownReport>,
     /// (generation, queued bytes) of each open connection by slot, for the send statuses handlers get.
     table: Vec<(u32, usize)>,
+    /// Connections whose read burst was cut short, to read on next turn.
+    deferred: Vec<usize>,
     /// This loop's index among its siblings (in the top 8 bits of every generation, so ids are global).
     loop_index: u32,
     /// The sibling loops and the broker bridge, when this loop is one of a [`crate::Cluster`].
@@ -549,6 +559,7 @@ impl Server {
             timer_seq: 0,
             shutdown: None,
             table: Vec::new(),
+            deferred: Vec::new(),
             loop_index: 0,
             group: None,
         })
@@ -604,6 +615,9 @@ impl Server {
         let mut timeout = self.next_timeout();
         if let Some(m) = max_wait {
             timeout = Some(timeout.map_or(m, |t| t.min(m)));
+        }
+        if !self.deferred.is_empty() {
+            timeout = Some(Duration::ZERO);
         }
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -677,6 +691,15 @@ impl Server {
     }
 
     fn handle_events(&mut self, now: Instant) -> usize {
+        // Reads cut short last turn go first (their sockets raise no new edge for data already there).
+        for key in std::mem::take(&mut self.deferred) {
+            if let Some(slot) = self.slots.get_mut(key) {
+                slot.deferred = false;
+                if slot.read_ready {
+                    self.do_read(key, now);
+                }
+            }
+        }
         self.ready.clear();
         for ev in self.events.iter() {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
@@ -782,6 +805,7 @@ impl Server {
             over_high: false,
             queued: 0,
             topics: Vec::new(),
+            deferred: false,
         });
         let m = &self.shared.metrics;
         Metrics::add(&m.accepted, 1);
@@ -848,10 +872,21 @@ impl Server {
     }
 
     fn do_read(&mut self, key: usize, now: Instant) {
+        let mut reads = 0;
         loop {
             let Some(slot) = self.slots.get_mut(key) else {
                 return;
             };
+            if reads == READS_PER_TURN {
+                // Fairness: a client that keeps its socket full gets this much per turn; the rest waits for the
+                // next turn (which does not sleep) so everyone else is served in between.
+                if !slot.deferred {
+                    slot.deferred = true;
+                    self.deferred.push(key);
+                }
+                return;
+            }
+            reads += 1;
             if slot.draining.is_some() {
                 // Discard until the peer's FIN.
                 match slot.sock.read(&mut self.rbuf) {
@@ -1242,26 +1277,51 @@ impl Server {
         self.apply_commands(now);
     }
 
-    /// Writes what the connection has queued; the bytes written, or `None` if the socket failed.
+    /// Writes what the connection has queued, until the socket is full; the bytes written, or `None` if the socket
+    /// failed. The core hands out its queue a frame boundary at a time when a control frame waits, so a pong
+    /// overtakes queued data at the next boundary; under TLS at most [`TLS_BATCH`] bytes are encrypted ahead of
+    /// the socket for the same reason.
     fn flush(slot: &mut Slot) -> Option<usize> {
-        #[cfg(feature = "tls")]
-        if let Some(tls) = slot.tls.as_mut() {
-            // Plaintext goes through TLS; after the WebSocket close, close_notify goes before TCP closes.
-            if slot.conn.wants_write() {
-                tls.send(slot.conn.out());
-                let n = slot.conn.out().len();
-                slot.conn.consume_out(n);
+        let mut written = 0;
+        loop {
+            #[cfg(feature = "tls")]
+            if let Some(tls) = slot.tls.as_mut() {
+                while tls.out().len() < TLS_BATCH && slot.conn.wants_write() {
+                    let data = slot.conn.out();
+                    if data.is_empty() {
+                        break;
+                    }
+                    let n = data.len().min(TLS_BATCH - tls.out().len());
+                    tls.send(&data[..n]);
+                    slot.conn.consume_out(n);
+                }
+                // After the WebSocket close, close_notify goes before TCP closes.
+                if slot.conn.is_finished() {
+                    tls.close_notify();
+                }
+                let len = tls.out().len();
+                if len == 0 {
+                    return Some(written);
+                }
+                let n = write_burst(&mut slot.sock, tls.out())?;
+                tls.consume_out(n);
+                written += n;
+                if n < len {
+                    return Some(written);
+                }
+                continue;
             }
-            if slot.conn.is_finished() {
-                tls.close_notify();
+            let len = slot.conn.out().len();
+            if len == 0 {
+                return Some(written);
             }
-            let n = write_burst(&mut slot.sock, tls.out())?;
-            tls.consume_out(n);
-            return Some(n);
+            let n = write_burst(&mut slot.sock, slot.conn.out())?;
+            slot.conn.consume_out(n);
+            written += n;
+            if n < len {
+                return Some(written);
+            }
         }
-        let n = write_burst(&mut slot.sock, slot.conn.out())?;
-        slot.conn.consume_out(n);
-        Some(n)
     }
 
     /// Flushes, closes and re-arms every connection touched this turn.
@@ -1322,7 +1382,7 @@ impl Server {
                 }
                 slot.interest = want;
             }
-            let resume = slot.read_ready && slot.wants_read(self.config.write_high_water);
+            let resume = slot.read_ready && !slot.deferred && slot.wants_read(self.config.write_high_water);
             self.schedule(key);
             if resume {
                 self.do_read(key, now);

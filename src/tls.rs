@@ -202,9 +202,9 @@ mod tests {
                     None => {}
                 }
             }
-            server.send(conn.out());
-            let n = conn.out().len();
-            conn.consume_out(n);
+            let mut plain = Vec::new();
+            conn.drain_out(&mut plain);
+            server.send(&plain);
             // server → client
             let mut wire = server.out().to_vec();
             server.consume_out(wire.len());

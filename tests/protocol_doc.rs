@@ -73,8 +73,8 @@ fn feed(c: &mut Connection, input: &[u8]) -> (Vec<String>, Vec<u8>) {
             break;
         }
     }
-    let out = c.out().to_vec();
-    c.consume_out(out.len());
+    let mut out = Vec::new();
+    c.drain_out(&mut out);
     (evs, out)
 }
 

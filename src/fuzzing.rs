@@ -1,0 +1,182 @@
+//! The checks behind the cargo-fuzz targets in `fuzz/` (each target is one call), also replayed by
+//! `tests/fuzz_regressions.rs` on every crash input ever found. Each takes arbitrary bytes and panics only when
+//! wskit breaks a promise: a panic inside wskit, or a result that depends on how the input was split.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use crate::deflate::{negotiate, parse_offers, DeflateConfig};
+use crate::frame::{decode_header, encode_header, Status};
+use crate::handshake::{validate_upgrade, HeadReader};
+use crate::{Config, Connection, Event, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn head_verdict(data: &[u8], cuts: &[usize]) -> String {
+    let mut head = HeadReader::default();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&data.len())) {
+        let end = end.clamp(start, data.len());
+        match head.feed(&data[start..end], 1024) {
+            Ok(Status::Partial) => start = end,
+            Ok(Status::Complete(n)) => {
+                return match head.parse(&data[start..end], n) {
+                    Ok(req) => format!("ok {} {:?} {:?}", start + n, req.uri(), validate_upgrade(&req)),
+                    Err(e) => format!("bad {e:?}"),
+                }
+            }
+            Err(e) => return format!("err {e:?}"),
+        }
+    }
+    "partial".to_string()
+}
+
+/// The request-head reader and validation: split feeding agrees with one-shot feeding.
+pub fn handshake(data: &[u8]) {
+    let Some((&step, data)) = data.split_first() else { return };
+    let step = step as usize % 17 + 1;
+    let cuts: Vec<usize> = (step..data.len()).step_by(step).collect();
+    assert_eq!(head_verdict(data, &[]), head_verdict(data, &cuts), "split feeding disagrees with one-shot feeding");
+}
+
+/// The frame-header decoder: decode(encode(h)) == h, and the minimal form re-encodes to the same bytes.
+pub fn frame(data: &[u8]) {
+    if let Ok(Status::Complete((h, n))) = decode_header(data) {
+        assert!(n <= data.len() && n >= 2);
+        let mut out = [0u8; 14];
+        let m = encode_header(h.fin, h.rsv, h.opcode, h.mask, h.len, &mut out);
+        match decode_header(&out[..m]) {
+            Ok(Status::Complete((h2, m2))) => {
+                assert_eq!(m2, m);
+                assert_eq!((h2.fin, h2.rsv, h2.opcode, h2.mask, h2.len), (h.fin, h.rsv, h.opcode, h.mask, h.len));
+            }
+            other => panic!("re-encoded header does not decode: {other:?}"),
+        }
+        if m == n {
+            assert_eq!(&out[..m], &data[..n], "minimal form re-encodes to the same bytes");
+        }
+    }
+}
+
+fn transcript(config: &Arc<Config>, data: &[u8], step: usize) -> (Vec<String>, Vec<u8>) {
+    let t0 = Instant::now();
+    let mut c = Connection::new(config.clone(), t0);
+    let mut evs = Vec::new();
+    let mut out = Vec::new();
+    for (i, chunk) in data.chunks(step.max(1)).enumerate() {
+        let now = t0 + Duration::from_millis(i as u64);
+        let mut buf = chunk.to_vec();
+        let total = buf.len();
+        let mut off = 0;
+        while off < total {
+            let (n, ev) = c.read(&mut buf[off..], now);
+            off += n;
+            let mut accept = false;
+            match ev {
+                None if n == 0 => break,
+                None => {}
+                Some(Event::Upgrade(_)) => {
+                    evs.push("upgrade".to_string());
+                    accept = true;
+                }
+                Some(Event::Message(Message::Text(t))) => evs.push(format!("text {t:?}")),
+                Some(Event::Message(Message::Binary(b))) => evs.push(format!("binary {b:?}")),
+                Some(e) => evs.push(format!("{e:?}")),
+            }
+            if accept {
+                let _ = c.accept(None, true, now);
+            }
+            c.debug_check_invariants();
+        }
+        c.drain_out(&mut out);
+        c.reclaim();
+    }
+    (evs, out)
+}
+
+/// The whole per-connection state machine after a valid upgrade (permessage-deflate offered or not): the events
+/// and the bytes written do not depend on how the input is split.
+pub fn connection(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let (flags, step, body) = (data[0], data[1] as usize % 31 + 1, &data[2..]);
+    let deflate = flags & 1 != 0;
+    let mut cfg = Config::new().max_payload_size(64 * 1024).max_message_size(256 * 1024).deflate(deflate);
+    cfg.deflate.min_size = 0;
+    let cfg = Arc::new(cfg);
+    let ext = match (deflate, flags & 2 != 0) {
+        (false, _) => "",
+        (true, true) => {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits; server_max_window_bits=10\r\n"
+        }
+        (true, false) => "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+    };
+    let mut stream = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n"
+    )
+    .into_bytes();
+    stream.extend_from_slice(body);
+    let one = transcript(&cfg, &stream, stream.len());
+    let split = transcript(&cfg, &stream, step);
+    assert_eq!(one.0, split.0, "events depend on the split");
+    assert_eq!(one.1, split.1, "output depends on the split");
+}
+
+/// The extension-header parser and negotiation (an answer is itself an acceptable offer), and the inflater (the
+/// limit holds within one step; inflating in pieces equals inflating at once).
+pub fn deflate(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    if sel & 1 == 0 {
+        let text = String::from_utf8_lossy(rest);
+        let offers = parse_offers(text.split('\n'));
+        let cfg = DeflateConfig { enabled: true, ..DeflateConfig::default() };
+        if let Some(p) = negotiate(&offers, &cfg) {
+            let answer = p.response();
+            assert!(answer.starts_with("permessage-deflate"));
+            assert!(negotiate(&parse_offers(std::iter::once(answer.as_str())), &cfg).is_some(), "{answer}");
+        }
+    } else {
+        inflate_pieces(sel, rest);
+    }
+}
+
+#[cfg(not(feature = "deflate"))]
+fn inflate_pieces(_sel: u8, _rest: &[u8]) {}
+
+#[cfg(feature = "deflate")]
+fn inflate_pieces(sel: u8, rest: &[u8]) {
+    {
+        use crate::deflate::{Inflater, INFLATE_STEP};
+        let limit = 1 << 16;
+        let window = 9 + (sel >> 1) % 7;
+        let mut inf = Inflater::new(window);
+        let mut whole = Vec::new();
+        let r1 = inf.inflate(rest, &mut whole, limit).and_then(|_| inf.finish(&mut whole, limit));
+        assert!(whole.len() <= limit + INFLATE_STEP);
+        let mut inf = Inflater::new(window);
+        let mut pieces = Vec::new();
+        let mut r2 = Ok(());
+        for chunk in rest.chunks(7) {
+            r2 = inf.inflate(chunk, &mut pieces, limit);
+            if r2.is_err() {
+                break;
+            }
+        }
+        let r2 = r2.and_then(|_| inf.finish(&mut pieces, limit));
+        if r1.is_ok() && r2.is_ok() {
+            assert_eq!(whole, pieces, "inflating in pieces differs");
+        }
+    }
+}
+
+/// The TLS byte transform fed arbitrary ciphertext: an error (with its alert queued), never a panic.
+#[cfg(feature = "tls")]
+pub fn tls(config: Arc<rustls::ServerConfig>, data: &[u8]) {
+    let mut layer = crate::tls::TlsLayer::new(config).expect("a server connection");
+    let mut plain = Vec::new();
+    for chunk in data.chunks(512) {
+        if layer.receive(chunk, &mut plain).is_err() {
+            break;
+        }
+    }
+    let _ = layer.out();
+}
