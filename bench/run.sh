@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh [REPS] [SECS]: echo throughput of wskit against the raw mio echo (the ceiling), side by side in
-# one run. Servers are pinned to core 0 and the load client to core 1; scenarios and servers are interleaved so
+# bench/run.sh [REPS] [SECS]: echo throughput of wskit against the raw mio echo (the ceiling) and the Rust peers
+# (fastwebsockets, tokio-tungstenite, each on a current-thread tokio runtime), side by side in one run. Servers are pinned to core 0 and the load client to core 1; scenarios and servers are interleaved so
 # machine noise hits all alike; each cell is the median of REPS runs. Reports msgs/s and server CPU µs per
 # message (from /proc/PID/stat). Also measures wskit over wss (--tls).
 set -euo pipefail
@@ -13,6 +13,8 @@ declare -A servers=(
   [wskit]="target/release/examples/echo --no-deflate --addr"
   [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --addr"
   [raw-mio]="target/release/raw_echo"
+  [fastwebsockets]="target/release/peer_fastwebsockets"
+  [tokio-tungstenite]="target/release/peer_tungstenite"
 )
 scenarios=("100 20" "10 1024" "200 16384")
 out=$(mktemp)
@@ -20,7 +22,7 @@ port=9300
 for rep in $(seq "$reps"); do
   for sc in "${scenarios[@]}"; do
     set -- $sc; conns=$1 size=$2
-    for name in raw-mio wskit wskit-wss; do
+    for name in raw-mio wskit fastwebsockets tokio-tungstenite wskit-wss; do
       port=$((port + 1))
       taskset -c 0 ${servers[$name]} 127.0.0.1:$port > /dev/null 2>&1 &
       pid=$!
@@ -49,7 +51,7 @@ print("| scenario | server | msgs/s (median) | vs raw mio | server CPU µs/msg (
 print("|---|---|---:|---:|---:|")
 for c, s in [("100", "20"), ("10", "1024"), ("200", "16384")]:
     raw = statistics.median(r for r, _ in rows[(c, s, "raw-mio")])
-    for name in ("raw-mio", "wskit", "wskit-wss"):
+    for name in ("raw-mio", "wskit", "fastwebsockets", "tokio-tungstenite", "wskit-wss"):
         v = rows[(c, s, name)]
         rate = statistics.median(r for r, _ in v); cpu = statistics.median(x for _, x in v)
         print(f"| {c} × {s} B | {name} | {rate:,.0f} | {rate/raw:.2f}× | {cpu:.2f} |")
