@@ -42,11 +42,7 @@ async fn main() {
             while let Ok(frame) = ws.read_frame().await {
                 match frame.opcode {
                     OpCode::Close => return,
-                    OpCode::Text | OpCode::Binary => {
-                        if ws.write_frame(frame).await.is_err() {
-                            return;
-                        }
-                    }
+                    OpCode::Text | OpCode::Binary if ws.write_frame(frame).await.is_err() => return,
                     _ => {}
                 }
             }
