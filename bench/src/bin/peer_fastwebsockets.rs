@@ -40,10 +40,12 @@ async fn main() {
             }
             let mut ws = FragmentCollector::new(WebSocket::after_handshake(sock, Role::Server));
             while let Ok(frame) = ws.read_frame().await {
-                match frame.opcode {
-                    OpCode::Close => return,
-                    OpCode::Text | OpCode::Binary if ws.write_frame(frame).await.is_err() => return,
-                    _ => {}
+                let op = frame.opcode;
+                if op == OpCode::Close {
+                    return;
+                }
+                if matches!(op, OpCode::Text | OpCode::Binary) && ws.write_frame(frame).await.is_err() {
+                    return;
                 }
             }
         });
