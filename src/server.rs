@@ -81,6 +81,8 @@ struct Slot {
     topics: Vec<Box<str>>,
     /// Its read burst was cut at `READS_PER_TURN`: read on at the next turn.
     deferred: bool,
+    /// The peer's FIN has been announced (EPOLLRDHUP): read until EOF instead of stopping at a short read.
+    read_closed: bool,
 }
 
 impl Slot {
@@ -278,7 +280,7 @@ impl StopHandle {
 pub struct Server {
     poll: Poll,
     events: Events,
-    ready: Vec<(usize, bool, bool)>,
+    ready: Vec<(usize, bool, bool, bool)>,
     listener: TcpListener,
     local: SocketAddr,
     config: Arc<Config>,
@@ -703,10 +705,11 @@ impl Server {
         self.ready.clear();
         for ev in self.events.iter() {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            self.ready.push((ev.token().0, readable, ev.is_writable() || ev.is_write_closed()));
+            let closed = ev.is_read_closed() || ev.is_error();
+            self.ready.push((ev.token().0, readable, ev.is_writable() || ev.is_write_closed(), closed));
         }
         for i in 0..self.ready.len() {
-            let (token, readable, writable) = self.ready[i];
+            let (token, readable, writable, closed) = self.ready[i];
             match Token(token) {
                 LISTENER => self.accept(now),
                 WAKER => self.take_inbox(now),
@@ -716,7 +719,11 @@ impl Server {
                         continue; // a stale event for a slot that was reused
                     }
                     if readable {
-                        self.slots[key].read_ready = true;
+                        let slot = &mut self.slots[key];
+                        slot.read_ready = true;
+                        // The peer's FIN came with this edge: read through to it even after a short read, since
+                        // no further edge will announce it.
+                        slot.read_closed |= closed;
                         self.do_read(key, now);
                     }
                     if writable {
@@ -806,6 +813,7 @@ impl Server {
             queued: 0,
             topics: Vec::new(),
             deferred: false,
+            read_closed: false,
         });
         let m = &self.shared.metrics;
         Metrics::add(&m.accepted, 1);
@@ -920,10 +928,10 @@ impl Server {
                         }
                     }
                     if short {
-                        if let Some(s) = self.slots.get_mut(key) {
+                        if let Some(s) = self.slots.get_mut(key).filter(|s| !s.read_closed) {
                             s.read_ready = false;
+                            return;
                         }
-                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

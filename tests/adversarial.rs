@@ -129,3 +129,17 @@ fn huge_declared_lengths_are_refused_at_the_header_on_many_connections() {
     }
     echo_ok(server.addr);
 }
+
+#[test]
+fn a_half_closed_client_still_gets_its_answer_then_the_connection_ends() {
+    let server = TestServer::echo(Config::new());
+    for _ in 0..20 {
+        let mut c = raw_client(server.addr);
+        c.write_all(&client_frame(true, OpCode::Text, b"last words")).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_frame(&mut c).unwrap().2, b"last words");
+        assert!(reads_eof(&mut c));
+    }
+    assert!(wait_until(Duration::from_secs(5), || server.connections() == 0));
+    echo_ok(server.addr);
+}
