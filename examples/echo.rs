@@ -55,27 +55,23 @@ fn main() {
         config.ssl_passphrase = passphrase;
     }
     if loops > 1 {
-        let cluster = Cluster::bind(&addr, config, loops, |_| Echo).unwrap_or_else(|e| {
-            eprintln!("echo: cannot serve on {addr}: {e}");
-            exit(1)
-        });
+        let cluster = Cluster::bind(&addr, config, loops, |_| Echo)
+            .unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
         println!("echo: listening on {scheme}://{} ({loops} loops)", cluster.local_addr());
         if let Err(e) = cluster.join() {
-            eprintln!("echo: {e}");
-            exit(1);
+            fail(&e.to_string());
         }
         return;
     }
-    let mut server = match Server::bind(&addr, config, Echo) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("echo: cannot serve on {addr}: {e}");
-            exit(1)
-        }
-    };
+    let mut server =
+        Server::bind(&addr, config, Echo).unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
     println!("echo: listening on {scheme}://{}", server.local_addr());
     if let Err(e) = server.run() {
-        eprintln!("echo: {e}");
-        exit(1);
+        fail(&e.to_string());
     }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("echo: {msg}");
+    exit(1)
 }

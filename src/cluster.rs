@@ -16,9 +16,9 @@
 use crate::config::Config;
 use crate::conn::Message;
 use crate::error::SendError;
-use crate::handler::{Cmd, ConnId, Handler, Origin};
+use crate::handler::{ConnId, Handler, Origin};
 use crate::metrics::Metrics;
-use crate::server::{Server, ServerHandle, Shared, ShutdownReport};
+use crate::server::{Server, ServerHandle, ShutdownReport};
 use crate::CloseCode;
 use std::collections::HashMap;
 use std::io;
@@ -46,18 +46,14 @@ pub trait Bridge: Send + Sync {
 
 /// The loops of one node, as the loops and the bridge see them.
 pub(crate) struct Group {
-    loops: OnceLock<Vec<Arc<Shared>>>,
+    loops: OnceLock<Vec<ServerHandle>>,
     /// How many loops have local subscribers, by topic.
     interest: Mutex<HashMap<Box<str>, u32>>,
     bridge: Option<Arc<dyn Bridge>>,
 }
 
-fn queue_publish(shared: &Shared, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8], origin: Origin) {
-    shared.push(|q| {
-        let (start, mid) = q.push_bytes(topic.as_bytes());
-        let (_, end) = q.push_bytes(payload);
-        q.cmds.push(Cmd::Publish { text, except, origin, start, mid, end });
-    });
+fn queue_publish(l: &ServerHandle, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8], origin: Origin) {
+    l.shared.push(|q| q.publish(topic, text, except, origin, payload));
 }
 
 impl Group {
@@ -110,25 +106,19 @@ impl Group {
     /// A handler's send to a connection of another loop.
     pub(crate) fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]) {
         if let Some(l) = self.loop_of(to) {
-            l.push(|q| {
-                let (start, end) = q.push_bytes(payload);
-                q.cmds.push(Cmd::Message { to, text, start, end });
-            });
+            l.shared.push(|q| q.message(to, text, payload));
         }
     }
 
     /// A handler's close of a connection of another loop.
     pub(crate) fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str) {
         if let Some(l) = self.loop_of(to) {
-            l.push(|q| {
-                let (start, end) = q.push_bytes(reason.as_bytes());
-                q.cmds.push(Cmd::Close { to, code, start, end });
-            });
+            l.shared.push(|q| q.close(to, code, reason));
         }
     }
 
-    fn loop_of(&self, id: ConnId) -> Option<&Arc<Shared>> {
-        self.loops.get()?.get((id.0 >> 56) as usize)
+    fn loop_of(&self, id: ConnId) -> Option<&ServerHandle> {
+        self.loops.get()?.get(id.loop_index() as usize)
     }
 }
 
@@ -173,12 +163,12 @@ impl std::fmt::Debug for ClusterHandle {
 }
 
 impl ClusterHandle {
-    fn loops(&self) -> &[Arc<Shared>] {
+    fn loops(&self) -> &[ServerHandle] {
         self.group.loops.get().map(Vec::as_slice).unwrap_or(&[])
     }
     /// The handle of loop `i`.
     pub fn loop_handle(&self, i: usize) -> Option<ServerHandle> {
-        self.loops().get(i).map(|s| ServerHandle { shared: s.clone() })
+        self.loops().get(i).cloned()
     }
     /// How many loops run.
     pub fn loop_count(&self) -> usize {
@@ -187,16 +177,16 @@ impl ClusterHandle {
     /// Sends to a connection on whichever loop holds it.
     pub fn send(&self, to: ConnId, msg: Message<'_>) -> Result<(), SendError> {
         let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;
-        ServerHandle { shared: l.clone() }.send(to, msg)
+        l.send(to, msg)
     }
     /// Starts the closing handshake on a connection on whichever loop holds it.
     pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
         let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;
-        ServerHandle { shared: l.clone() }.close(to, code, reason)
+        l.close(to, code, reason)
     }
     /// Whether the connection is open.
     pub fn is_open(&self, id: ConnId) -> bool {
-        self.group.loop_of(id).is_some_and(|l| ServerHandle { shared: l.clone() }.is_open(id))
+        self.group.loop_of(id).is_some_and(|l| l.is_open(id))
     }
     /// Publishes to a topic's subscribers on every loop and, through the bridge, on every node.
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
@@ -207,13 +197,13 @@ impl ClusterHandle {
     /// Sends to every open connection of every loop of this node.
     pub fn broadcast(&self, msg: Message<'_>) {
         for l in self.loops() {
-            ServerHandle { shared: l.clone() }.broadcast(msg);
+            l.broadcast(msg);
         }
     }
     /// Stops every loop.
     pub fn stop(&self) {
         for l in self.loops() {
-            ServerHandle { shared: l.clone() }.stop();
+            l.stop();
         }
         if let Some(b) = &self.group.bridge {
             b.stop();
@@ -222,7 +212,7 @@ impl ClusterHandle {
     /// Graceful shutdown of every loop ([`Server::shutdown`]); [`Cluster::join`] returns the reports.
     pub fn shutdown(&self, grace: Duration) {
         for l in self.loops() {
-            ServerHandle { shared: l.clone() }.shutdown(grace);
+            l.shutdown(grace);
         }
         if let Some(b) = &self.group.bridge {
             b.stop();
@@ -369,7 +359,7 @@ impl Cluster {
                         return Err(e);
                     }
                 };
-                let _ = tx.send((i, Ok(server.shared())));
+                let _ = tx.send((i, Ok(server.handle())));
                 // Serve only once every loop knows its siblings.
                 ready.wait();
                 server.run()
@@ -377,7 +367,7 @@ impl Cluster {
             threads.push(t);
         }
         drop(tx);
-        let mut shared: Vec<Option<Arc<Shared>>> = vec![None; loops];
+        let mut shared: Vec<Option<ServerHandle>> = vec![None; loops];
         let mut failed = None;
         for _ in 0..loops {
             match rx.recv() {
@@ -386,7 +376,7 @@ impl Cluster {
                 Err(_) => failed = Some(io::Error::other("a loop thread died while starting")),
             }
         }
-        let all: Vec<Arc<Shared>> = shared.into_iter().flatten().collect();
+        let all: Vec<ServerHandle> = shared.into_iter().flatten().collect();
         let _ = group.loops.set(all);
         ready.wait();
         let handle = ClusterHandle { group: group.clone() };

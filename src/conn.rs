@@ -406,11 +406,10 @@ impl Connection {
         let mut pos = 0;
         while n > 0 && pos < self.out.len() {
             if self.frame_left == 0 {
-                let h = &self.out[pos..];
-                self.frame_left = match h[1] & 0x7f {
-                    126 => 4 + u16::from_be_bytes([h[2], h[3]]) as usize,
-                    127 => 10 + u64::from_be_bytes(h[2..10].try_into().unwrap_or_default()) as usize,
-                    len => 2 + len as usize,
+                // Our own frames, so the header decodes; were it not to, the rest counts as one unit.
+                self.frame_left = match decode_header(&self.out[pos..]) {
+                    Ok(Status::Complete((h, used))) => used + h.len as usize,
+                    _ => self.out.len() - pos,
                 };
             }
             let t = self.frame_left.min(n);

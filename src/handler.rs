@@ -21,11 +21,23 @@ impl ConnId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+    /// The slot in its loop's connection table (low 32 bits).
+    pub(crate) fn slot(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    /// The generation that tells this connection from earlier ones in the same slot (high 32 bits).
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    /// The index of its loop in a cluster (the top 8 bits of the generation).
+    pub(crate) fn loop_index(self) -> u32 {
+        (self.0 >> 56) as u32
+    }
 }
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}.{}", self.0 & 0xffff_ffff, self.0 >> 32)
+        write!(f, "#{}.{}", self.slot(), self.generation())
     }
 }
 
@@ -254,6 +266,27 @@ impl Commands {
         self.arena.extend_from_slice(b);
         (start, self.arena.len())
     }
+    /// Queues a message to one connection (for a callback, a `ServerHandle` or a sibling loop alike).
+    pub(crate) fn message(&mut self, to: ConnId, text: bool, payload: &[u8]) {
+        let (start, end) = self.push_bytes(payload);
+        self.cmds.push(Cmd::Message { to, text, start, end });
+    }
+    /// Queues the closing handshake of one connection.
+    pub(crate) fn close(&mut self, to: ConnId, code: CloseCode, reason: &str) {
+        let (start, end) = self.push_bytes(reason.as_bytes());
+        self.cmds.push(Cmd::Close { to, code, start, end });
+    }
+    /// Queues a message to every open connection but `except`.
+    pub(crate) fn broadcast(&mut self, text: bool, except: Option<ConnId>, payload: &[u8]) {
+        let (start, end) = self.push_bytes(payload);
+        self.cmds.push(Cmd::Broadcast { text, except, start, end });
+    }
+    /// Queues a publish to a topic's subscribers.
+    pub(crate) fn publish(&mut self, topic: &str, text: bool, except: Option<ConnId>, origin: Origin, payload: &[u8]) {
+        let (start, mid) = self.push_bytes(topic.as_bytes());
+        let (_, end) = self.push_bytes(payload);
+        self.cmds.push(Cmd::Publish { text, except, origin, start, mid, end });
+    }
     pub(crate) fn clear(&mut self) {
         self.cmds.clear();
         self.arena.clear();
@@ -334,13 +367,12 @@ impl<'a> Ctx<'a> {
     /// Bytes queued for `to` (as of the last flush, plus what this callback queued to itself), or `None` if it is
     /// not open.
     fn queued_for(&self, to: ConnId) -> Option<usize> {
-        let (key, gen) = ((to.0 & 0xffff_ffff) as usize, (to.0 >> 32) as u32);
-        let listed = self.table.get(key).filter(|(g, _)| *g == gen).map(|(_, q)| *q);
+        let listed = self.table.get(to.slot()).filter(|(g, _)| *g == to.generation()).map(|(_, q)| *q);
         if to == self.id {
             // During `on_open` the connection is not listed yet, but sends to it go out after the 101.
             return (!self.closed).then(|| listed.unwrap_or(0) + self.pending_self);
         }
-        if (to.0 >> 56) != (self.id.0 >> 56) {
+        if to.loop_index() != self.id.loop_index() {
             // On a sibling loop of a cluster: handed to that loop, which knows its queue.
             return Some(listed.unwrap_or(0));
         }
@@ -352,12 +384,12 @@ impl<'a> Ctx<'a> {
         if droppable && queued > self.high_water {
             return SendStatus::Dropped;
         }
-        let (start, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
+        let len = msg.as_bytes().len();
+        self.queue.message(to, msg.is_text(), msg.as_bytes());
         if to == self.id {
-            self.pending_self += end - start;
+            self.pending_self += len;
         }
-        if queued + (end - start) > self.high_water {
+        if queued + len > self.high_water {
             SendStatus::Backpressure
         } else {
             SendStatus::Queued
@@ -423,14 +455,12 @@ impl<'a> Ctx<'a> {
     }
     /// Starts the closing handshake on any connection.
     pub fn close_conn(&mut self, to: ConnId, code: CloseCode, reason: &str) {
-        let (start, end) = self.queue.push_bytes(reason.as_bytes());
-        self.queue.cmds.push(Cmd::Close { to, code, start, end });
+        self.queue.close(to, code, reason);
     }
     /// Sends a message to every open connection, except `except`; it is compressed at most once per distinct
     /// deflate window among the receivers.
     pub fn broadcast(&mut self, msg: Message<'_>, except: Option<ConnId>) {
-        let (start, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Broadcast { text: msg.is_text(), except, start, end });
+        self.queue.broadcast(msg.is_text(), except, msg.as_bytes());
     }
     /// In `on_open`: refuse the upgrade with this HTTP status and body.
     pub fn reject(&mut self, status: u16, body: &str) {
@@ -461,29 +491,11 @@ impl<'a> Ctx<'a> {
     /// Sends a message to every subscriber of `topic` (this connection too, if subscribed). It is compressed at
     /// most once per distinct deflate window among them; messages published to one topic arrive in order.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) {
-        let (start, mid) = self.queue.push_bytes(topic.as_bytes());
-        let (_, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Publish {
-            text: msg.is_text(),
-            except: None,
-            origin: Origin::Local,
-            start,
-            mid,
-            end,
-        });
+        self.queue.publish(topic, msg.is_text(), None, Origin::Local, msg.as_bytes());
     }
     /// [`Ctx::publish`] to every subscriber but this connection.
     pub fn publish_others(&mut self, topic: &str, msg: Message<'_>) {
-        let (start, mid) = self.queue.push_bytes(topic.as_bytes());
-        let (_, end) = self.queue.push_bytes(msg.as_bytes());
-        self.queue.cmds.push(Cmd::Publish {
-            text: msg.is_text(),
-            except: Some(self.id),
-            origin: Origin::Local,
-            start,
-            mid,
-            end,
-        });
+        self.queue.publish(topic, msg.is_text(), Some(self.id), Origin::Local, msg.as_bytes());
     }
     /// Stops reading from this connection's socket, so TCP pushes back on the client; nobody else is affected.
     /// Takes effect at the next read: messages already received in the same read are still delivered.

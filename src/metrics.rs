@@ -85,6 +85,14 @@ fn code_slot(code: u16) -> usize {
     CODES.iter().position(|&c| c == code).unwrap_or(CODES.len() - 1)
 }
 
+fn refusal_slot(why: Refusal) -> usize {
+    REFUSALS.iter().position(|(r, _)| *r == why).unwrap_or(0)
+}
+
+fn timeout_slot(kind: TimeoutKind) -> usize {
+    TIMEOUTS.iter().position(|(k, _)| *k == kind).unwrap_or(0)
+}
+
 impl Metrics {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
@@ -94,7 +102,7 @@ impl Metrics {
     }
     /// Counts a refused upgrade and its status.
     pub(crate) fn refused(&self, why: Refusal, status: u16) {
-        let i = REFUSALS.iter().position(|(r, _)| *r == why).unwrap_or(0);
+        let i = refusal_slot(why);
         Self::add(&self.refused[i], 1);
         self.handshake_failed(status);
     }
@@ -110,7 +118,7 @@ impl Metrics {
     }
     /// Counts a timeout.
     pub(crate) fn timed_out(&self, kind: TimeoutKind) {
-        let i = TIMEOUTS.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        let i = timeout_slot(kind);
         Self::add(&self.timeouts[i], 1);
     }
     /// Records how long one loop turn took.
@@ -124,12 +132,12 @@ impl Metrics {
     }
     /// Upgrades refused for `why` so far.
     pub fn refusals(&self, why: Refusal) -> u64 {
-        let i = REFUSALS.iter().position(|(r, _)| *r == why).unwrap_or(0);
+        let i = refusal_slot(why);
         self.refused[i].load(Relaxed)
     }
     /// Timeouts of `kind` so far.
     pub fn timeouts(&self, kind: TimeoutKind) -> u64 {
-        let i = TIMEOUTS.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        let i = timeout_slot(kind);
         self.timeouts[i].load(Relaxed)
     }
     /// Connections that ended with `code`, by who closed first.

@@ -37,7 +37,7 @@ impl<T> Default for ConnData<T> {
 }
 
 fn parts(id: ConnId) -> (usize, u32) {
-    ((id.0 & 0xffff_ffff) as usize, (id.0 >> 32) as u32)
+    (id.slot(), id.generation())
 }
 
 impl<T> ConnData<T> {

@@ -132,9 +132,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
     pub(crate) fn push(&self, f: impl FnOnce(&mut Commands)) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = inbox.cmds.is_empty();
@@ -143,6 +140,10 @@ impl Shared {
         if was_empty {
             let _ = self.waker.wake();
         }
+    }
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
     }
     fn is_live(&self, id: ConnId) -> bool {
         let (key, gen) = split_id(id.0);
@@ -178,26 +179,16 @@ impl ServerHandle {
         if !self.shared.is_live(to) {
             return Err(SendError::NotOpen);
         }
-        self.shared.push(|q| {
-            let (start, end) = q.push_bytes(msg.as_bytes());
-            q.cmds.push(Cmd::Message { to, text: msg.is_text(), start, end });
-        });
+        self.shared.push(|q| q.message(to, msg.is_text(), msg.as_bytes()));
         Ok(())
     }
     /// Publishes a message to a topic's subscribers (see [`Ctx::publish`]).
     pub fn publish(&self, topic: &str, msg: Message<'_>) {
-        self.shared.push(|q| {
-            let (start, mid) = q.push_bytes(topic.as_bytes());
-            let (_, end) = q.push_bytes(msg.as_bytes());
-            q.cmds.push(Cmd::Publish { text: msg.is_text(), except: None, origin: Origin::Local, start, mid, end });
-        });
+        self.shared.push(|q| q.publish(topic, msg.is_text(), None, Origin::Local, msg.as_bytes()));
     }
     /// Sends a message to every open connection.
     pub fn broadcast(&self, msg: Message<'_>) {
-        self.shared.push(|q| {
-            let (start, end) = q.push_bytes(msg.as_bytes());
-            q.cmds.push(Cmd::Broadcast { text: msg.is_text(), except: None, start, end });
-        });
+        self.shared.push(|q| q.broadcast(msg.is_text(), None, msg.as_bytes()));
     }
     /// Starts the closing handshake on a connection; [`SendError::NotOpen`] if it is not open now.
     pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
@@ -207,10 +198,7 @@ impl ServerHandle {
         if !self.shared.is_live(to) {
             return Err(SendError::NotOpen);
         }
-        self.shared.push(|q| {
-            let (start, end) = q.push_bytes(reason.as_bytes());
-            q.cmds.push(Cmd::Close { to, code, start, end });
-        });
+        self.shared.push(|q| q.close(to, code, reason));
         Ok(())
     }
     /// Whether the connection is open now.
@@ -219,8 +207,7 @@ impl ServerHandle {
     }
     /// Asks the loop to return from [`Server::run`] at its next turn.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.waker.wake();
+        self.shared.request_stop();
     }
     /// The loop's counters and gauges.
     pub fn metrics(&self) -> &Metrics {
@@ -271,8 +258,7 @@ impl std::fmt::Debug for StopHandle {
 impl StopHandle {
     /// Asks the loop to return from [`Server::run`] at its next turn.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.waker.wake();
+        self.shared.request_stop();
     }
 }
 
@@ -485,11 +471,6 @@ impl Server {
         server.loop_index = index;
         server.group = Some(group);
         Ok(server)
-    }
-
-    /// This loop's handle as a group member sees it.
-    pub(crate) fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
     }
 
     fn bind_inner(
@@ -1163,7 +1144,7 @@ impl Server {
                             Err(e) => log::debug!(target: "wskit::server", "send to {to}: {e}"),
                         }
                         touch(key, slot);
-                    } else if let Some(g) = group.filter(|_| (to.0 >> 56) as u32 != *loop_index) {
+                    } else if let Some(g) = group.filter(|_| to.loop_index() != *loop_index) {
                         // A connection of a sibling loop: its queue carries the message on.
                         g.send_to_loop(to, text, &queue.arena[start..end]);
                     }
@@ -1183,7 +1164,7 @@ impl Server {
                             log::debug!(target: "wskit::server", "close {to}: {e}");
                         }
                         touch(key, slot);
-                    } else if let Some(g) = group.filter(|_| (to.0 >> 56) as u32 != *loop_index) {
+                    } else if let Some(g) = group.filter(|_| to.loop_index() != *loop_index) {
                         let reason = std::str::from_utf8(&queue.arena[start..end]).unwrap_or("");
                         g.close_on_loop(to, code, reason);
                     }

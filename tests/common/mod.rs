@@ -415,9 +415,9 @@ impl RedisServer {
     }
 }
 
-/// Sends one command to Redis on `port` and returns the first line of the reply (enough for PING, PUBLISH,
-/// and the integer answers of PUBSUB NUMSUB).
-pub fn redis_call(port: u16, args: &[&str]) -> Option<String> {
+/// Sends one command to Redis on `port` and returns the reply as text (what one read brings: enough for the
+/// short answers the tests ask for).
+fn redis_reply(port: u16, args: &[&str]) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut cmd = format!("*{}\r\n", args.len());
@@ -427,17 +427,15 @@ pub fn redis_call(port: u16, args: &[&str]) -> Option<String> {
     s.write_all(cmd.as_bytes()).ok()?;
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).ok()?;
-    String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_string)
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The first line of Redis's reply to one command (enough for PING and PUBLISH).
+pub fn redis_call(port: u16, args: &[&str]) -> Option<String> {
+    redis_reply(port, args)?.lines().next().map(str::to_string)
 }
 
 /// Subscribers Redis counts on `channel` (`PUBSUB NUMSUB`).
 pub fn redis_numsub(port: u16, channel: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let cmd = format!("*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n", channel.len());
-    s.write_all(cmd.as_bytes()).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().last()?.strip_prefix(':')?.parse().ok()
+    redis_reply(port, &["PUBSUB", "NUMSUB", channel])?.lines().last()?.strip_prefix(':')?.parse().ok()
 }
