@@ -409,6 +409,36 @@ impl Config {
         self.max_message_size.unwrap_or(self.max_payload_size)
     }
 
+    /// The most heap memory one connection can make wskit hold, whatever its peer sends, as a function of this
+    /// configuration: the formula of `docs/robustness.md`, part by part. It assumes the handler sends a
+    /// connection at most what it received from it in the same loop turn (an echo, a reply); sends on top of that
+    /// (broadcasts, publishes) are bounded by `max_queued_bytes` at the end of each turn. Kernel socket buffers are
+    /// not counted. `tls` adds a wss connection's TLS state.
+    ///
+    /// ```
+    /// let bound = wskit::Config::new().memory_bound(false);
+    /// assert!(bound.total() < 40 << 20); // the defaults: ~35 MiB, nearly all of it the outbound queue's
+    /// assert!(bound.total() - bound.outbound < 2 << 20);
+    /// ```
+    pub fn memory_bound(&self, tls: bool) -> MemoryBound {
+        const KIB: usize = 1024;
+        let deflate = self.deflate.enabled;
+        MemoryBound {
+            slot: KIB,
+            handshake: self.max_handshake_bytes + KIB,
+            message: 2 * self.effective_max_message_size() + if deflate { 64 * KIB } else { 0 },
+            inflate: if deflate { 40 * KIB } else { 0 },
+            compressor: if deflate && !self.deflate.server_no_context_takeover {
+                (4 << self.deflate.server_max_window_bits) + 136 * KIB
+            } else {
+                0
+            },
+            control: 2 * KIB,
+            outbound: 2 * (self.max_queued_bytes.max(self.write_high_water) + 8 * 128 * KIB),
+            tls: if tls { 320 * KIB } else { 0 },
+        }
+    }
+
     /// Checks the values together; a server runs this once at start.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_payload_size == 0 {
@@ -483,5 +513,42 @@ mod tests {
         assert_eq!(e.key, "timeout");
         let e = Config::from_pairs([("max_payload_size", "10"), ("max_message_size", "5")]).unwrap_err();
         assert_eq!(e.key, "max_message_size");
+    }
+}
+
+/// What one connection can hold at most, part by part, in bytes ([`Config::memory_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    /// The slot, the connection's state and its buffers' headers (an idle connection measures ~0.6 KiB).
+    pub slot: usize,
+    /// While handshaking: the request head (`max_handshake_bytes`) and the answer.
+    pub handshake: usize,
+    /// The message being assembled: a growing buffer may be twice the message limit, plus one inflate step
+    /// (64 KiB) past it when compressed.
+    pub message: usize,
+    /// The inflate context (a client that does not offer `client_max_window_bits` compresses with a 32 KiB
+    /// window).
+    pub inflate: usize,
+    /// A compressor of its own, without `server_no_context_takeover` (zlib: 4 << window bits + 136 KiB of hash
+    /// tables and state); pooled per loop otherwise.
+    pub compressor: usize,
+    /// Control frames waiting apart from data (pongs coalesce past 1 KiB).
+    pub control: usize,
+    /// The outbound queue: reading stops at `write_high_water` and the connection is dropped past
+    /// `max_queued_bytes` at the end of a turn, in which at most 8 reads of 128 KiB are answered; the queue's
+    /// buffer may be twice its length.
+    pub outbound: usize,
+    /// wss: rustls' buffers and up to 256 KiB of ciphertext ahead of the socket.
+    pub tls: usize,
+}
+
+impl MemoryBound {
+    /// The bound: the handshake and the open connection's parts are never held at once.
+    pub fn total(&self) -> usize {
+        self.slot
+            + self.handshake.max(self.message + self.inflate + self.compressor)
+            + self.control
+            + self.outbound
+            + self.tls
     }
 }

@@ -19,7 +19,7 @@ pub mod utf8;
 
 pub use close::CloseCode;
 pub use cluster::{Bridge, Cluster, ClusterHandle};
-pub use config::Config;
+pub use config::{Config, MemoryBound};
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
 pub mod handler;

@@ -1467,6 +1467,31 @@ impl Server {
                 m.timed_out(TimeoutKind::Handshake);
             }
             let _ = self.poll.registry().deregister(&mut slot.sock);
+            self.compact_timers();
+        }
+    }
+
+    /// Drops the heap's stale entries (connections gone, deadlines moved earlier, handler timers replaced or
+    /// cancelled) once they outnumber the live ones by far. Entries are otherwise skipped only when they come due,
+    /// so a churn of short connections would leave one per connection for up to the longest deadline (tens of
+    /// seconds): memory that grew with the connection rate, not with the connections held. Amortised O(1) per
+    /// removal.
+    fn compact_timers(&mut self) {
+        let live = self.slots.len() + self.timer_live.len();
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let (slots, timer_live) = (&self.slots, &mut self.timer_live);
+        timer_live.retain(|(conn, _), _| {
+            let (key, gen) = split_id(*conn);
+            slots.get(key).is_some_and(|s| s.gen == gen)
+        });
+        self.timers.retain(|Reverse((t, timer))| match *timer {
+            Timer::Conn { key, gen } => slots.get(key).is_some_and(|s| s.gen == gen && s.scheduled == Some(*t)),
+            Timer::Handler { seq, conn, token } => timer_live.get(&(conn, token)).is_some_and(|&(live, _)| live == seq),
+        });
+        if self.timers.capacity() > 4 * self.timers.len() + 1024 {
+            self.timers.shrink_to(2 * self.timers.len() + 1024);
         }
     }
 

@@ -282,6 +282,17 @@ impl ChildServer {
 
     /// With `open_files`, the child runs under that `ulimit -n`.
     pub fn start_limited(max_payload: usize, open_files: Option<u32>) -> ChildServer {
+        Self::start_with(max_payload, open_files, "", None)
+    }
+
+    /// The full form: `pairs` are more config keys (`key=value;key=value`, read by [`Config::set`]); with
+    /// `stats`, the child writes the number of sockets it holds to that file every 50 ms.
+    pub fn start_with(
+        max_payload: usize,
+        open_files: Option<u32>,
+        pairs: &str,
+        stats: Option<&std::path::Path>,
+    ) -> ChildServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let exe = std::env::current_exe().unwrap();
@@ -296,6 +307,8 @@ impl ChildServer {
         let child = cmd
             .args(["--exact", "child_echo_server", "--nocapture", "--test-threads", "1"])
             .env("WSKIT_CHILD_ECHO", format!("{addr} {max_payload}"))
+            .env("WSKIT_CHILD_CONFIG", pairs)
+            .env("WSKIT_CHILD_STATS", stats.map(|p| p.display().to_string()).unwrap_or_default())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -322,9 +335,37 @@ pub fn child_echo_server() {
     let Ok(spec) = std::env::var("WSKIT_CHILD_ECHO") else { return };
     let (addr, max) = spec.split_once(' ').unwrap();
     let max: usize = max.parse().unwrap();
-    let config = Config::new().max_payload_size(max).max_message_size(max).max_frames_per_message(usize::MAX);
+    let mut config = Config::new().max_payload_size(max).max_message_size(max).max_frames_per_message(usize::MAX);
+    for pair in std::env::var("WSKIT_CHILD_CONFIG").unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap();
+        config.set(k, v).unwrap();
+    }
     let mut server = Server::bind(addr, config, Echo).unwrap();
-    server.run().unwrap();
+    let stats = std::env::var("WSKIT_CHILD_STATS").unwrap_or_default();
+    if stats.is_empty() {
+        server.run().unwrap();
+        return;
+    }
+    let tmp = format!("{stats}.tmp");
+    let mut last = Instant::now();
+    loop {
+        server.poll_once(Some(Duration::from_millis(50))).unwrap();
+        if last.elapsed() >= Duration::from_millis(50) {
+            last = Instant::now();
+            std::fs::write(&tmp, server.connection_count().to_string()).unwrap();
+            std::fs::rename(&tmp, &stats).unwrap();
+        }
+    }
+}
+
+/// The count a child started with a stats file last wrote.
+pub fn child_connections(stats: &std::path::Path) -> Option<usize> {
+    std::fs::read_to_string(stats).ok()?.trim().parse().ok()
+}
+
+/// Open file descriptors of another process.
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Declares the `child_echo_server` test that [`ChildServer`] runs.
