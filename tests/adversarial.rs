@@ -143,3 +143,46 @@ fn a_half_closed_client_still_gets_its_answer_then_the_connection_ends() {
     assert!(wait_until(Duration::from_secs(5), || server.connections() == 0));
     echo_ok(server.addr);
 }
+
+#[test]
+fn ten_thousand_connections_from_one_address_meet_the_per_ip_limit() {
+    let server = TestServer::echo(Config::new().max_connections(0, 100));
+    let mut held = Vec::new();
+    let (mut upgraded, mut refused) = (0, 0);
+    // In waves of 1,000, so the test needs ~2,000 descriptors at a time, not 20,000.
+    for _ in 0..10 {
+        let mut wave: Vec<TcpStream> = (0..1000)
+            .map(|_| {
+                let mut s = TcpStream::connect(server.addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(upgrade_request("/").as_bytes()).unwrap();
+                s
+            })
+            .collect();
+        for mut s in wave.drain(..) {
+            let head = read_head(&mut s);
+            if head.starts_with("HTTP/1.1 101") {
+                upgraded += 1;
+                held.push(s);
+            } else {
+                assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((upgraded, refused), (100, 9900));
+    assert_eq!(server.handle.metrics().refusals(wskit::metrics::Refusal::PerIp), 9900);
+    // Another address is served at once, and the 100 still are.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&server.addr.into()).unwrap();
+    let mut other: TcpStream = other.into();
+    other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    other.write_all(upgrade_request("/").as_bytes()).unwrap();
+    assert!(read_head(&mut other).starts_with("HTTP/1.1 101"));
+    other.write_all(&client_frame(true, OpCode::Text, b"from elsewhere")).unwrap();
+    assert_eq!(read_frame(&mut other).unwrap().2, b"from elsewhere");
+    let last = held.last_mut().unwrap();
+    last.write_all(&client_frame(true, OpCode::Text, b"one of the 100")).unwrap();
+    assert_eq!(read_frame(last).unwrap().2, b"one of the 100");
+}
