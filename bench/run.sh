@@ -1,59 +1,122 @@
 #!/usr/bin/env bash
-# bench/run.sh [REPS] [SECS]: echo throughput of wskit against the raw mio echo (the ceiling) and the Rust peers
-# (fastwebsockets, tokio-tungstenite, each on a current-thread tokio runtime), side by side in one run. Servers are pinned to core 0 and the load client to core 1; scenarios and servers are interleaved so
-# machine noise hits all alike; each cell is the median of REPS runs. Reports msgs/s and server CPU µs per
-# message (from /proc/PID/stat). Also measures wskit over wss (--tls).
+# bench/run.sh [REPS] [SECS] [--smoke]: wskit side by side with the Rust peers (fastwebsockets, tokio-tungstenite,
+# tokio-websockets, sockudo-ws, each on a current-thread tokio runtime with TCP_NODELAY) and a raw mio echo that
+# validates nothing (the ceiling), in one run on this machine.
+#
+# - Echo throughput: N connections, one message in flight each (bench/src/bin/load.rs). Servers pinned to core 0,
+#   the load to core 1; scenarios and servers interleaved so machine noise hits all alike; each cell the median of
+#   REPS runs: msgs/s, server CPU µs per message (/proc/PID/stat), round-trip p99.
+# - permessage-deflate (wskit with and without context takeover vs sockudo-ws with it; the wire ratio achieved)
+#   and wss (wskit vs tokio-tungstenite on tokio-rustls).
+# - System calls per message (strace -c -f on a shorter run), bytes per idle connection (ΔRSS over IDLE
+#   connections), and a new client's echo latency while they are held.
+# Writes target/bench/results.csv, target/bench/summary.md and target/bench/results.svg (msgs/s as a ratio of the
+# raw echo, and CPU µs per message). `--smoke` runs every part for a fraction of a second (CI checks the harness).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=${1:-3} secs=${2:-3}
+smoke=0
+pos=()
+for a in "$@"; do
+  if [[ $a == --smoke ]]; then smoke=1; else pos+=("$a"); fi
+done
+reps=${pos[0]:-3} secs=${pos[1]:-3} warm=1 idle_n=${IDLE:-10000}
+if ((smoke)); then reps=1 secs=0.3 warm=0.2 idle_n=200; fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build -q --release --example echo
 cargo build -q --release -p wskit-bench
+out=target/bench; mkdir -p "$out"
+csv=$out/results.csv
+echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle" > "$csv"
 tck=$(getconf CLK_TCK)
+big=$((64 << 20))  # every server accepts 64 MiB messages (the tokio peers' default)
 declare -A servers=(
-  [wskit]="target/release/examples/echo --no-deflate --addr"
-  [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --addr"
-  [raw-mio]="target/release/raw_echo"
-  [fastwebsockets]="target/release/peer_fastwebsockets"
-  [tokio-tungstenite]="target/release/peer_tungstenite"
+  [raw-mio]="target/release/raw_echo ADDR"
+  [wskit]="target/release/examples/echo --no-deflate --max-payload $big --addr ADDR"
+  [fastwebsockets]="target/release/peer_fastwebsockets ADDR"
+  [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
+  [tokio-websockets]="target/release/peer_tokio_websockets ADDR"
+  [sockudo-ws]="target/release/peer_sockudo ADDR"
+  [wskit-deflate]="target/release/examples/echo --max-payload $big --addr ADDR"
+  [wskit-deflate-ctx]="target/release/examples/echo --max-payload $big --set deflate_server_no_context_takeover=false --addr ADDR"
+  [sockudo-ws-deflate]="target/release/peer_sockudo ADDR --deflate"
+  [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --addr ADDR"
+  [tokio-tungstenite-wss]="target/release/peer_tungstenite ADDR --pem tests/data/localhost.pem"
 )
-scenarios=("100 20" "10 1024" "200 16384")
-out=$(mktemp)
-port=9300
+plain=(raw-mio wskit fastwebsockets tokio-tungstenite tokio-websockets sockudo-ws)
+# scenario = "conns size kind"; kind: plain, deflate or wss (with the servers run for it).
+scenarios=("100 20 plain" "10 1024 plain" "200 16384 plain" "1000 100 plain" "10 1048576 plain"
+  "100 1024 deflate" "10 16384 deflate" "100 20 wss" "200 16384 wss")
+if ((smoke)); then scenarios=("100 20 plain" "10 1048576 plain" "100 1024 deflate" "100 20 wss"); fi
+servers_for() {
+  case $1 in
+    plain) echo "${plain[@]}" ;;
+    deflate) echo "wskit-deflate wskit-deflate-ctx sockudo-ws-deflate tokio-websockets" ;;
+    wss) echo "wskit-wss tokio-tungstenite-wss" ;;
+  esac
+}
+port=$((20000 + RANDOM % 20000))
+start_server() { # name -> sets $pid, $addr
+  port=$((port + 1)); addr=127.0.0.1:$port
+  # shellcheck disable=SC2086
+  taskset -c 0 ${servers[$1]//ADDR/$addr} > /dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.05; done
+  echo "server $1 did not start" >&2; exit 1
+}
+stop_server() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
+field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<" $2"; }
+
 for rep in $(seq "$reps"); do
   for sc in "${scenarios[@]}"; do
-    set -- $sc; conns=$1 size=$2
-    for name in raw-mio wskit fastwebsockets tokio-tungstenite wskit-wss; do
-      port=$((port + 1))
-      taskset -c 0 ${servers[$name]} 127.0.0.1:$port > /dev/null 2>&1 &
-      pid=$!
-      sleep 0.3
-      tls=(); [[ $name == *wss ]] && tls=(--tls --ca tests/data/localhost-cert.pem)
-      before=$(awk '{print $14+$15}' /proc/$pid/stat)
-      line=$(taskset -c 1 target/release/load --addr 127.0.0.1:$port --conns "$conns" --size "$size" --secs "$secs" --warmup 1 "${tls[@]}")
-      after=$(awk '{print $14+$15}' /proc/$pid/stat)
-      kill $pid; wait $pid 2>/dev/null || true
-      rate=$(sed 's/.*msgs_per_s=\([0-9]*\).*/\1/' <<<"$line")
-      msgs=$(sed 's/.* msgs=\([0-9]*\) .*/\1/' <<<"$line")
-      # CPU covers the warm-up second too; messages are counted after it: scale to the same span.
-      cpu_us=$(python3 -c "print(f'{($after-$before)/$tck*1e6/max($msgs,1)*$secs/($secs+1):.2f}')")
-      echo "$name $conns $size $rate $cpu_us" >> "$out"
-      printf '%-10s %4s x %-6s rep %s: %8s msgs/s  %6s µs CPU/msg\n' "$name" "$conns" "$size" "$rep" "$rate" "$cpu_us" >&2
+    read -r conns size kind <<<"$sc"
+    for name in $(servers_for "$kind"); do
+      start_server "$name"
+      extra=(--latency)
+      [[ $kind == wss ]] && extra+=(--tls --ca tests/data/localhost-cert.pem)
+      [[ $kind == deflate ]] && extra+=(--deflate)
+      before=$(awk '{print $14+$15}' "/proc/$pid/stat")
+      line=$(taskset -c 1 target/release/load --addr "$addr" --conns "$conns" --size "$size" --secs "$secs" --warmup "$warm" "${extra[@]}")
+      after=$(awk '{print $14+$15}' "/proc/$pid/stat")
+      stop_server
+      rate=$(field msgs_per_s "$line") msgs=$(field msgs "$line") p99=$(field p99_us "$line")
+      ratio=$(field wire_ratio "$line"); ratio=${ratio:-1}
+      # CPU covers the warm-up too; messages are counted after it: scale to the same span.
+      cpu=$(python3 -c "print(f'{($after-$before)/$tck*1e6/max($msgs,1)*$secs/($secs+$warm):.2f}')")
+      echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,," >> "$csv"
+      printf '%-22s %5s x %-8s %-7s rep %s: %8s msgs/s %7s µs CPU/msg  p99 %6s µs  wire %s\n' \
+        "$name" "$conns" "$size" "$kind" "$rep" "$rate" "$cpu" "$p99" "$ratio" >&2
     done
   done
 done
-python3 - "$out" <<'PY'
-import sys, statistics, collections
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    name, c, s, rate, cpu = line.split()
-    rows[(c, s, name)].append((int(rate), float(cpu)))
-print("| scenario | server | msgs/s (median) | vs raw mio | server CPU µs/msg (median) |")
-print("|---|---|---:|---:|---:|")
-for c, s in [("100", "20"), ("10", "1024"), ("200", "16384")]:
-    raw = statistics.median(r for r, _ in rows[(c, s, "raw-mio")])
-    for name in ("raw-mio", "wskit", "fastwebsockets", "tokio-tungstenite", "wskit-wss"):
-        v = rows[(c, s, name)]
-        rate = statistics.median(r for r, _ in v); cpu = statistics.median(x for _, x in v)
-        print(f"| {c} × {s} B | {name} | {rate:,.0f} | {rate/raw:.2f}× | {cpu:.2f} |")
-PY
-rm -f "$out"
+
+# System calls per echoed message at 100 × 20 B (strace slows the server; the ratio is what counts).
+sys_secs=2; ((smoke)) && sys_secs=0.3
+for name in "${plain[@]}"; do
+  start_server "$name"
+  strace -f -c -o "$out/strace-$name.txt" -p "$pid" 2>/dev/null &
+  spid=$!
+  sleep 0.5
+  line=$(taskset -c 1 target/release/load --addr "$addr" --conns 100 --size 20 --secs "$sys_secs" --warmup 0)
+  kill -INT "$spid"; wait "$spid" 2>/dev/null || true
+  stop_server
+  calls=$(awk '$NF=="total" {print $(NF-2)}' "$out/strace-$name.txt")
+  msgs=$(field msgs "$line")
+  per=$(python3 -c "print(f'{${calls:-0}/max(${msgs:-0},1):.2f}')")
+  echo "syscalls 100 x 20,$name,1,,,,,$per," >> "$csv"
+  printf '%-22s syscalls per message: %s (%s calls, %s msgs)\n' "$name" "$per" "${calls:-0}" "${msgs:-0}" >&2
+done
+
+# Bytes per idle connection and a new client's echo latency while they are held.
+for name in "${plain[@]}"; do
+  start_server "$name"
+  sleep 0.2
+  line=$(taskset -c 1 target/release/load --addr "$addr" --idle "$idle_n" --server-pid "$pid")
+  stop_server
+  echo "idle $idle_n,$name,1,,,$(field new_p99_us "$line"),,,$(field bytes_per_idle "$line")" >> "$csv"
+  printf '%-22s idle: %s B per connection over %s; new client p50/p99/max %s/%s/%s µs\n' "$name" \
+    "$(field bytes_per_idle "$line")" "$idle_n" "$(field new_p50_us "$line")" "$(field new_p99_us "$line")" \
+    "$(field new_max_us "$line")" >&2
+done
+
+python3 bench/report.py "$csv" "$out/summary.md" "$out/results.svg"
+cat "$out/summary.md"

@@ -1,10 +1,11 @@
 // Run: cargo run --release --example echo -- --addr 127.0.0.1:9001 [--max-payload BYTES] [--max-frames N]
-//      [--no-deflate] [--pem FILE --passphrase P] [--loops N]
+//      [--no-deflate] [--pem FILE --passphrase P] [--loops N] [--set KEY=VALUE]...
 //
 // Echoes every message as received: text as text, binary as binary. This is the server the Autobahn|Testsuite
 // runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
 // allowed unless `--max-frames` is given. permessage-deflate is negotiated unless `--no-deflate` is given.
-// `--loops N` runs N event loops on N threads sharing the port (a `Cluster`).
+// `--loops N` runs N event loops on N threads sharing the port (a `Cluster`). `--set` sets any configuration key
+// (`Config::set`), e.g. `--set deflate_server_no_context_takeover=false`.
 
 use std::process::exit;
 use wskit::{Cluster, Config, Ctx, Handler, Message, Server};
@@ -18,7 +19,7 @@ impl Handler for Echo {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("echo: {msg}\nusage: echo [--addr HOST:PORT] [--max-payload BYTES] [--max-frames N] [--no-deflate] [--pem FILE [--passphrase P]] [--loops N]");
+    eprintln!("echo: {msg}\nusage: echo [--addr HOST:PORT] [--max-payload BYTES] [--max-frames N] [--no-deflate] [--pem FILE [--passphrase P]] [--loops N] [--set KEY=VALUE]...");
     exit(2)
 }
 
@@ -42,6 +43,11 @@ fn main() {
                 config = config.max_frames_per_message(n);
             }
             "--no-deflate" => config = config.deflate(false),
+            "--set" => {
+                let pair = value();
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| usage("--set takes key=value"));
+                config.set(k, v).unwrap_or_else(|e| usage(&e.to_string()));
+            }
             "--pem" => pem = Some(value()),
             "--passphrase" => passphrase = Some(value()),
             "--loops" => loops = value().parse().unwrap_or_else(|_| usage("--loops takes a number")),

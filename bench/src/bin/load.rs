@@ -1,8 +1,16 @@
 //! One-thread load generator (the uWebSockets `load_test` method): N connections, each with one masked binary
 //! message in flight; as soon as a connection has its echo back it sends the next one.
 //!
-//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency] [--tls --ca cert.pem]`
-//! prints `msgs/s` (and p50/p99/p99.9 round-trip latency with `--latency`) as one `key=value` line.
+//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency] [--tls --ca cert.pem] [--deflate]`
+//! prints `msgs/s` (and p50/p99/p99.9 round-trip latency with `--latency`) as one `key=value` line. Answers are
+//! parsed frame by frame, so compressed answers of any length count. With `--deflate` the client offers
+//! permessage-deflate (`client_no_context_takeover`, so one compressed text serves every send) and sends a
+//! JSON-like text; it falls back to plain text if the server declines, and reports the answers' wire bytes per
+//! message as `wire_ratio`.
+//!
+//! `load --addr … --idle 10000 [--server-pid PID]` opens that many connections (from 127.0.0.2, 127.0.0.3, … so
+//! ports do not run out), holds them idle, reports the server's RSS growth per connection, then times a new
+//! client's handshake and 200 echoes (`new_p50_us`, `new_p99_us`, `new_max_us`).
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -16,8 +24,47 @@ struct Client {
     tls: Option<rustls::ClientConnection>,
     handshaken: bool,
     head: Vec<u8>,
-    pending: usize,
+    frames: Frames,
     sent_at: Instant,
+}
+
+/// Counts whole messages in the server's byte stream without keeping payloads: a header is gathered (at most
+/// 14 bytes), then its payload is skipped.
+#[derive(Default)]
+struct Frames {
+    hdr: Vec<u8>,
+    skip: u64,
+    fin: bool,
+}
+
+impl Frames {
+    /// Feeds bytes; returns the messages completed.
+    fn feed(&mut self, mut data: &[u8]) -> usize {
+        let mut done = 0;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                if self.skip == 0 && self.fin {
+                    done += 1;
+                }
+                continue;
+            }
+            self.hdr.push(data[0]);
+            data = &data[1..];
+            if let Ok(wskit::frame::Status::Complete((h, _))) = wskit::frame::decode_header(&self.hdr) {
+                self.hdr.clear();
+                let data_frame = !h.opcode.is_control();
+                self.fin = h.fin && data_frame;
+                self.skip = h.len;
+                if h.len == 0 && self.fin {
+                    done += 1;
+                }
+            }
+        }
+        done
+    }
 }
 
 fn frame(size: usize) -> Vec<u8> {
@@ -27,14 +74,33 @@ fn frame(size: usize) -> Vec<u8> {
     v
 }
 
-fn response_len(size: usize) -> usize {
-    size + if size < 126 {
-        2
-    } else if size < 65536 {
-        4
-    } else {
-        10
+/// A compressible JSON-like text of `size` bytes; `seed` varies the ids so successive messages differ.
+fn text(size: usize, seed: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size + 64);
+    let mut i = seed * 7919;
+    while v.len() < size {
+        v.extend_from_slice(
+            format!(r#"{{"id":{i},"user":"user{}","text":"hello from the load client"}},"#, i % 37).as_bytes(),
+        );
+        i += 1;
     }
+    v.truncate(size);
+    v
+}
+
+fn deflated_frame(size: usize, seed: usize) -> Vec<u8> {
+    let mut z = Vec::new();
+    wskit::deflate::Compressor::new(6, 15).compress(&text(size, seed), &mut z);
+    let mut v = Vec::new();
+    wskit::frame::write_client_frame(&mut v, true, 0b100, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &z);
+    v
+}
+
+fn text_frame(size: usize, seed: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    let t = text(size, seed);
+    wskit::frame::write_client_frame(&mut v, true, 0, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &t);
+    v
 }
 
 /// Writes `data` through TLS (if any) and flushes what can go now; the socket is non-blocking, so a full buffer
@@ -98,20 +164,103 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
 }
 
+fn upgrade_request(addr: SocketAddr, deflate: bool) -> String {
+    let ext = if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" } else { "" };
+    format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n"
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A blocking client: connect (from `from`, if given), upgrade, and return the socket.
+fn blocking_client(addr: SocketAddr, from: Option<std::net::IpAddr>) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(ip) = from {
+        sock.bind(&SocketAddr::new(ip, 0).into()).expect("bind a loopback source address");
+    }
+    sock.connect(&addr.into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_nodelay(true).unwrap();
+    s.write_all(upgrade_request(addr, false).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed during the handshake");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "handshake refused");
+    s
+}
+
+/// `--idle N`: N idle connections, the server's RSS per connection, and a new client's latency meanwhile.
+fn idle(addr: SocketAddr, n: usize, server_pid: Option<u32>) {
+    let before = server_pid.map(rss_kib).unwrap_or(0);
+    let t = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        // 127.0.0.2, .3, …: 20,000 connections per source address at most.
+        let ip = std::net::Ipv4Addr::new(127, 0, (2 + i / 20_000 / 250) as u8, (2 + (i / 20_000) % 250) as u8);
+        held.push(blocking_client(addr, Some(ip.into())));
+    }
+    let open_secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server_pid.map(rss_kib).unwrap_or(0);
+    let per_conn = (after.saturating_sub(before)) * 1024 / n.max(1) as u64;
+    let t = Instant::now();
+    let mut c = blocking_client(addr, None);
+    let handshake_us = t.elapsed().as_micros();
+    let msg = frame(20);
+    let mut buf = [0u8; 64];
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        c.write_all(&msg).unwrap();
+        let mut got = 0;
+        while got < 22 {
+            got += c.read(&mut buf[got..22]).unwrap();
+        }
+        samples.push(t.elapsed().as_micros() as u64);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    samples.sort_unstable();
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "idle={n} open_secs={open_secs:.1} rss_before_kib={before} rss_after_kib={after} bytes_per_idle={per_conn} \
+         new_handshake_us={handshake_us} new_p50_us={} new_p99_us={} new_max_us={}",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    drop(held);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let addr: SocketAddr = arg(&args, "--addr", "127.0.0.1:9001".parse().unwrap());
+    if let Some(n) = args.windows(2).find(|w| w[0] == "--idle").and_then(|w| w[1].parse().ok()) {
+        return idle(addr, n, args.windows(2).find(|w| w[0] == "--server-pid").and_then(|w| w[1].parse().ok()));
+    }
     let conns: usize = arg(&args, "--conns", 100);
     let size: usize = arg(&args, "--size", 20);
     let secs: f64 = arg(&args, "--secs", 5.0);
     let warmup: f64 = arg(&args, "--warmup", 1.0);
     let latency = args.iter().any(|a| a == "--latency");
+    let deflate = args.iter().any(|a| a == "--deflate");
     let tls = args.iter().any(|a| a == "--tls").then(|| tls_config(&arg(&args, "--ca", String::new())));
-    let msg = frame(size);
-    let expect = response_len(size);
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
+    // With deflate, 64 different texts in turn (a server keeping its compression context cannot just repeat
+    // one message's back-references).
+    let plain: Vec<Vec<u8>> = if deflate { (0..64).map(|i| text_frame(size, i)).collect() } else { vec![frame(size)] };
+    let compressed: Vec<Vec<u8>> = if deflate { (0..64).map(|i| deflated_frame(size, i)).collect() } else { vec![] };
+    let mut turn = 0usize;
+    let mut negotiated = false;
+    let request = upgrade_request(addr, deflate);
 
     let mut poll = Poll::new().unwrap();
     let mut clients = Vec::with_capacity(conns);
@@ -125,17 +274,25 @@ fn main() {
             rustls::ClientConnection::new(cfg.clone(), rustls::pki_types::ServerName::try_from("localhost").unwrap())
                 .unwrap()
         });
-        let mut c = Client { sock, tls, handshaken: false, head: Vec::new(), pending: 0, sent_at: Instant::now() };
+        let mut c = Client {
+            sock,
+            tls,
+            handshaken: false,
+            head: Vec::new(),
+            frames: Frames::default(),
+            sent_at: Instant::now(),
+        };
         send(&mut c, request.as_bytes());
         clients.push(c);
     }
     let mut events = Events::with_capacity(4096);
     let mut buf = vec![0u8; 1 << 20];
-    let mut plain = Vec::new();
+    let mut plain_buf = Vec::new();
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
     let mut count: u64 = 0;
+    let mut wire: u64 = 0;
     let mut samples: Vec<u32> = Vec::new();
     let mut open = 0usize;
     while Instant::now() < end {
@@ -151,30 +308,38 @@ fn main() {
                         let mut data = &buf[..n];
                         if let Some(tls) = &mut c.tls {
                             let mut rd = data;
-                            plain.clear();
+                            plain_buf.clear();
                             while !rd.is_empty() {
                                 tls.read_tls(&mut rd).unwrap();
                                 tls.process_new_packets().expect("TLS");
                             }
-                            let _ = tls.reader().read_to_end(&mut plain);
+                            let _ = tls.reader().read_to_end(&mut plain_buf);
                             flush_tls(tls, &mut c.sock);
-                            data = &plain;
+                            data = &plain_buf;
                         }
                         if !c.handshaken {
                             c.head.extend_from_slice(data);
                             let Some(p) = c.head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
                             assert!(c.head.starts_with(b"HTTP/1.1 101"), "handshake refused");
+                            negotiated = deflate
+                                && String::from_utf8_lossy(&c.head[..p])
+                                    .to_ascii_lowercase()
+                                    .contains("permessage-deflate");
                             c.handshaken = true;
                             open += 1;
-                            let extra = c.head.len() - (p + 4);
-                            c.pending = extra;
+                            let extra = c.head[p + 4..].to_vec();
                             data = &[];
+                            c.frames.feed(&extra);
                             c.sent_at = now;
-                            send(c, &msg);
+                            turn += 1;
+                            let msg = if negotiated { &compressed[turn % 64] } else { &plain[turn % plain.len()] };
+                            send(c, msg);
                         }
-                        c.pending += data.len();
-                        while c.pending >= expect {
-                            c.pending -= expect;
+                        if measuring {
+                            wire += data.len() as u64;
+                        }
+                        let done = c.frames.feed(data);
+                        for _ in 0..done {
                             if measuring {
                                 count += 1;
                                 if latency {
@@ -183,7 +348,9 @@ fn main() {
                                 }
                             }
                             c.sent_at = now;
-                            send(c, &msg);
+                            turn += 1;
+                            let msg = if negotiated { &compressed[turn % 64] } else { &plain[turn % plain.len()] };
+                            send(c, msg);
                         }
                         if n < buf.len() {
                             break;
@@ -197,6 +364,13 @@ fn main() {
     }
     let rate = count as f64 / secs;
     let mut line = format!("conns={conns} open={open} size={size} msgs={count} msgs_per_s={rate:.0}");
+    if deflate {
+        line += &format!(
+            " deflate={} wire_ratio={:.3}",
+            u8::from(negotiated),
+            wire as f64 / count.max(1) as f64 / size as f64
+        );
+    }
     if latency && !samples.is_empty() {
         samples.sort_unstable();
         let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];

@@ -25,7 +25,11 @@ fn main() {
     let mut out = Vec::with_capacity(256 * 1024);
     println!("raw_echo: listening on ws://{addr}");
     loop {
-        poll.poll(&mut events, None).unwrap();
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue, // e.g. strace attaching
+            Err(e) => panic!("poll: {e}"),
+        }
         for ev in events.iter() {
             if ev.token() == Token(usize::MAX) {
                 while let Ok((mut sock, _)) = listener.accept() {
@@ -38,8 +42,7 @@ fn main() {
             }
             let key = ev.token().0;
             let mut close = false;
-            loop {
-                let Some(c) = conns.get_mut(key) else { break };
+            while let Some(c) = conns.get_mut(key) {
                 match c.sock.read(&mut buf) {
                     Ok(0) => {
                         close = true;

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""bench/report.py RESULTS.csv SUMMARY.md PLOT.svg: medians, ratios and a plot from bench/run.sh's CSV."""
+import csv, statistics, sys, collections
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+cells = collections.defaultdict(list)
+for r in rows:
+    cells[(r["scenario"], r["server"])].append(r)
+scen_order = list(dict.fromkeys(r["scenario"] for r in rows))
+
+def med(rs, key):
+    v = [float(r[key]) for r in rs if r[key] not in ("", None)]
+    return statistics.median(v) if v else None
+
+out = []
+out.append("| scenario | server | msgs/s | vs raw mio | vs best Rust peer | server CPU µs/msg | p99 µs | wire bytes / payload |")
+out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+plot = []
+for sc in scen_order:
+    if sc.startswith(("syscalls", "idle")):
+        continue
+    names = [s for (c, s) in cells if c == sc]
+    rate = {s: med(cells[(sc, s)], "msgs_per_s") for s in names}
+    raw = rate.get("raw-mio")
+    # Peers of the same kind: with deflate, the peers that negotiated it; over wss, the wss peers.
+    kind = sc.split()[-1]
+    same = [s for s in names if not s.startswith(("wskit", "raw"))]
+    if kind == "deflate":
+        same = [s for s in same if s.endswith("-deflate")]
+    best_peer = max((rate[s] for s in same), default=None)
+    for s in names:
+        rs = cells[(sc, s)]
+        r, cpu, p99, wire = rate[s], med(rs, "cpu_us_per_msg"), med(rs, "p99_us"), med(rs, "wire_ratio")
+        vs_raw = f"{r / raw:.2f}×" if raw else "—"
+        vs_peer = f"{r / best_peer:.2f}×" if best_peer and s.startswith("wskit") else "—"
+        out.append(f"| {sc} | {s} | {r:,.0f} | {vs_raw} | {vs_peer} | {cpu:.2f} | {p99:,.0f} | {wire:.3f} |")
+        plot.append((sc, s, r / raw if raw else None, cpu))
+out.append("")
+out.append("| server | syscalls per echoed message (100 × 20 B) | bytes per idle connection | new client's echo p99 while they are held (µs) |")
+out.append("|---|---:|---:|---:|")
+idle_sc = next((c for c in scen_order if c.startswith("idle")), None)
+sys_sc = next((c for c in scen_order if c.startswith("syscalls")), None)
+for s in dict.fromkeys(r["server"] for r in rows if r["scenario"] in (idle_sc, sys_sc)):
+    sysc = med(cells.get((sys_sc, s), []), "syscalls_per_msg")
+    idle = med(cells.get((idle_sc, s), []), "bytes_per_idle")
+    p99 = med(cells.get((idle_sc, s), []), "p99_us")
+    f = lambda v, fmt: (fmt.format(v) if v is not None else "—")
+    out.append(f"| {s} | {f(sysc, '{:.2f}')} | {f(idle, '{:,.0f}')} | {f(p99, '{:,.0f}')} |")
+if idle_sc:
+    out.append(f"\n({idle_sc} connections held idle.)")
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+
+# The plot: per plain scenario, msgs/s as a ratio of the raw echo (left) and CPU µs per message (right).
+plain = [p for p in plot if p[2] is not None]
+scens = list(dict.fromkeys(p[0] for p in plain))
+servers = list(dict.fromkeys(p[1] for p in plain))
+colors = ["#888888", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+bar, gap, left, width = 12, 14, 150, 300
+h = 40 + len(scens) * (len(servers) * bar + gap) + 40
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + 2 * width + 120}" height="{h}" font-family="sans-serif" font-size="11">']
+svg.append(f'<text x="{left}" y="16" font-weight="bold">msgs/s ÷ raw mio echo</text>')
+svg.append(f'<text x="{left + width + 60}" y="16" font-weight="bold">server CPU µs per message</text>')
+max_ratio = max(p[2] for p in plain) * 1.1
+max_cpu = max(p[3] for p in plain) * 1.1
+y = 30
+for sc in scens:
+    svg.append(f'<text x="4" y="{y + len(servers) * bar / 2 + 4}">{sc.replace(" plain", "")} B</text>')
+    for i, s in enumerate(servers):
+        p = next((p for p in plain if p[0] == sc and p[1] == s), None)
+        if p:
+            c = colors[i % len(colors)]
+            w1, w2 = p[2] / max_ratio * width, p[3] / max_cpu * width
+            svg.append(f'<rect x="{left}" y="{y}" width="{w1:.1f}" height="{bar - 2}" fill="{c}"/>')
+            svg.append(f'<text x="{left + w1 + 3:.1f}" y="{y + bar - 3}" font-size="9">{p[2]:.2f}</text>')
+            x2 = left + width + 60
+            svg.append(f'<rect x="{x2}" y="{y}" width="{w2:.1f}" height="{bar - 2}" fill="{c}"/>')
+            svg.append(f'<text x="{x2 + w2 + 3:.1f}" y="{y + bar - 3}" font-size="9">{p[3]:.2f}</text>')
+        y += bar
+    y += gap
+for i, s in enumerate(servers):
+    x = left + i * 110
+    svg.append(f'<rect x="{x}" y="{h - 22}" width="10" height="10" fill="{colors[i % len(colors)]}"/>')
+    svg.append(f'<text x="{x + 14}" y="{h - 13}">{s}</text>')
+svg.append("</svg>")
+open(sys.argv[3], "w").write("\n".join(svg) + "\n")
