@@ -174,10 +174,13 @@ struct Rx {
 }
 
 impl Rx {
-    /// Frees what the last event lent out: the delivered message and a lent control payload.
-    fn release_lent(&mut self) {
+    /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
+    /// control payload.
+    fn release_lent(&mut self, spare: &mut Vec<u8>) {
         if std::mem::take(&mut self.msg_delivered) {
-            self.msg = None;
+            if let Some(m) = self.msg.take() {
+                keep_larger(spare, m.buf);
+            }
         }
         if std::mem::take(&mut self.ctrl_lent) {
             self.ctrl = Vec::new();
@@ -270,6 +273,22 @@ pub struct Connection {
     /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
     /// `usize::MAX` before the upgrade, when `out` holds HTTP.
     frame_left: usize,
+    /// A large empty buffer in passing: lent by the shell from its loop-wide pool for the next large message
+    /// (assembled or queued), or released here by one (a delivered message, a written queue) for the shell to
+    /// take back ([`Connection::lend_buffer`], [`Connection::take_buffer`]). Reusing them spares the page faults
+    /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
+    spare: Vec<u8>,
+}
+
+/// Buffers smaller than this are not worth passing around (allocating them is cheap).
+const SPARE_MIN: usize = 64 * 1024;
+
+/// Keeps the larger of `spare` and `buf` (emptied) in `spare`, if it is worth keeping.
+fn keep_larger(spare: &mut Vec<u8>, mut buf: Vec<u8>) {
+    if buf.capacity() >= SPARE_MIN && buf.capacity() > spare.capacity() {
+        buf.clear();
+        *spare = buf;
+    }
 }
 
 /// The clocks of an open connection's liveness timers.
@@ -333,6 +352,7 @@ impl Connection {
             ctrl: Vec::new(),
             ctrl_started: false,
             frame_left: usize::MAX,
+            spare: Vec::new(),
         }
     }
 
@@ -389,8 +409,11 @@ impl Connection {
                 State::Open(rx) => std::mem::take(&mut rx.release_out),
                 _ => false,
             };
-            if after_handshake || self.out.capacity() > 64 * 1024 {
+            if after_handshake {
                 self.out = Vec::new();
+            } else if self.out.capacity() > SPARE_MIN {
+                // Not kept by an idle connection: offered as the spare buffer (the shell takes it back).
+                keep_larger(&mut self.spare, std::mem::take(&mut self.out));
             }
         } else {
             self.out.drain(..n);
@@ -559,6 +582,40 @@ impl Connection {
         self.state = State::Closed { linger: now + self.config.close_timeout };
     }
 
+    /// Appends a data message to `out` (see [`write_message`]), in the spare buffer if `out` is empty and too small.
+    fn queue_message(&mut self, compressed: bool, op: OpCode, payload: &[u8]) {
+        self.make_room(payload.len());
+        write_message(&mut self.out, compressed, op, payload, self.config.max_frame_out);
+    }
+
+    /// Before `payload` bytes are queued: an empty, too small `out` is swapped for the spare buffer if it fits.
+    fn make_room(&mut self, payload: usize) {
+        let frames = match self.config.max_frame_out {
+            0 => 1,
+            max => 1 + payload / max,
+        };
+        let need = payload + MAX_HEADER_LEN * frames;
+        if self.out.is_empty() && self.out.capacity() < need && self.spare.capacity() >= need {
+            std::mem::swap(&mut self.out, &mut self.spare);
+        }
+    }
+
+    /// Lends the connection an empty buffer for its next large message (the shell's pool; see `spare`). It is
+    /// refused (handed back) when the connection already holds one.
+    pub fn lend_buffer(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        if self.spare.capacity() > 0 {
+            return Some(buf);
+        }
+        buf.clear();
+        self.spare = buf;
+        None
+    }
+
+    /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
+    pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        (self.spare.capacity() > 0).then(|| std::mem::take(&mut self.spare))
+    }
+
     /// Queues a message as one frame.
     pub fn send(&mut self, msg: Message<'_>) -> Result<(), SendError> {
         let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
@@ -585,10 +642,10 @@ impl Connection {
                 let len = m.payload.len();
                 let z = m.compressed(pool, p.compress_window(), p.level);
                 if z.len() < len {
-                    write_message(&mut self.out, true, op, z, self.config.max_frame_out);
+                    self.queue_message(true, op, z);
                     return Ok(());
                 }
-                write_message(&mut self.out, false, op, &m.payload, self.config.max_frame_out);
+                self.queue_message(false, op, &m.payload);
                 Ok(())
             }
             _ => self.send_payload(op, &m.payload, pool),
@@ -600,7 +657,7 @@ impl Connection {
             return Err(SendError::NotOpen);
         }
         let Some(d) = self.deflate.as_mut().filter(|d| payload.len() >= d.params.min_size) else {
-            write_message(&mut self.out, false, op, payload, self.config.max_frame_out);
+            self.queue_message(false, op, payload);
             return Ok(());
         };
         let mut z = std::mem::take(&mut pool.scratch);
@@ -609,16 +666,16 @@ impl Connection {
         if p.server_no_context_takeover {
             pool.compress(p.compress_window(), p.level, payload, &mut z);
             if z.len() < payload.len() {
-                write_message(&mut self.out, true, op, &z, self.config.max_frame_out);
+                self.queue_message(true, op, &z);
             } else {
-                write_message(&mut self.out, false, op, payload, self.config.max_frame_out);
+                self.queue_message(false, op, payload);
             }
         } else {
             // With context takeover the compressor's window now holds this message, so it must go out compressed
             // (the peer's inflater has to see it too).
             let c = d.compressor.get_or_insert_with(|| deflate::Compressor::new(p.level, p.compress_window()));
             c.compress(payload, &mut z);
-            write_message(&mut self.out, true, op, &z, self.config.max_frame_out);
+            self.queue_message(true, op, &z);
         }
         if z.capacity() > 1 << 20 {
             z = Vec::new();
@@ -639,6 +696,7 @@ impl Connection {
         if matches!(opcode, OpCode::Ping | OpCode::Pong) {
             self.queue_control(opcode, payload);
         } else {
+            self.make_room(payload.len());
             write_frame(&mut self.out, fin, 0, opcode, payload);
         }
         Ok(())
@@ -702,7 +760,7 @@ impl Connection {
     /// no message buffer.
     pub fn reclaim(&mut self) {
         if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
-            rx.release_lent();
+            rx.release_lent(&mut self.spare);
         }
     }
 
@@ -864,7 +922,7 @@ impl Connection {
     }
 
     fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        let Connection { config, state, deflate, .. } = self;
+        let Connection { config, state, deflate, spare, .. } = self;
         let config = &**config;
         let max_msg = config.effective_max_message_size();
         let (rx, closing) = match state {
@@ -872,7 +930,7 @@ impl Connection {
             State::ClosingByUs { rx, .. } => (rx, true),
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
         };
-        rx.release_lent();
+        rx.release_lent(spare);
         if rx.discard {
             return (input.len(), None);
         }
@@ -941,6 +999,17 @@ impl Connection {
                 } else {
                     if msg.text && msg.utf8.feed(chunk).is_err() {
                         break Ready::Error(ProtocolError::InvalidUtf8);
+                    }
+                    if msg.buf.capacity() - msg.buf.len() < chunk.len()
+                        && spare.capacity() >= msg.buf.len() + chunk.len()
+                    {
+                        // Grow into the spare buffer rather than a fresh allocation.
+                        spare.extend_from_slice(&msg.buf);
+                        std::mem::swap(&mut msg.buf, spare);
+                        spare.clear();
+                        if spare.capacity() < SPARE_MIN {
+                            *spare = Vec::new();
+                        }
                     }
                     msg.buf.extend_from_slice(chunk);
                 }
@@ -1051,10 +1120,12 @@ impl Connection {
                         pos = end;
                         break Ready::InputMessage { text, start, end };
                     }
+                    // A large message is assembled in the spare buffer, if one is at hand.
+                    let buf = if len >= SPARE_MIN || compressed { std::mem::take(spare) } else { Vec::new() };
                     rx.msg = Some(Box::new(InMessage {
                         text,
                         compressed,
-                        buf: Vec::new(),
+                        buf,
                         frames: 1,
                         utf8: Utf8Validator::new(),
                         deadline: now + config.message_timeout,
@@ -1283,6 +1354,47 @@ mod tests {
         let mut v = Vec::new();
         write_client_frame(&mut v, fin, 0, op, [0x11, 0x22, 0x33, 0x44], payload);
         v
+    }
+
+    /// A lent buffer carries a large message that spans reads (no fresh allocation), comes back after the
+    /// message is delivered, and then carries the queued echo; an idle connection holds none.
+    #[test]
+    fn a_lent_buffer_carries_a_large_message_then_its_echo() {
+        let now = Instant::now();
+        let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+        let mut head = HEAD.to_vec();
+        let (n, ev) = c.read(&mut head, now);
+        assert!(n == HEAD.len() && matches!(ev, Some(Event::Upgrade(_))));
+        c.accept(None, false, now).unwrap();
+        let mut sink = Vec::new();
+        c.drain_out(&mut sink);
+        let lent = Vec::with_capacity(1 << 20);
+        let ptr = lent.as_ptr();
+        assert!(c.lend_buffer(lent).is_none());
+        assert!(c.lend_buffer(Vec::with_capacity(1 << 20)).is_some(), "one spare at a time");
+        let payload: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let data = frame(true, OpCode::Binary, &payload);
+        let (first, rest) = data.split_at(100_000);
+        let (mut a, mut b) = (first.to_vec(), rest.to_vec());
+        assert_eq!(c.read(&mut a, now).1.map(|_| ()), None);
+        let (_, ev) = c.read(&mut b, now);
+        match ev {
+            Some(Event::Message(Message::Binary(m))) => {
+                assert_eq!(m, &payload[..]);
+                assert_eq!(m.as_ptr(), ptr, "assembled in the lent buffer");
+            }
+            _ => panic!("expected the message"),
+        }
+        c.reclaim();
+        // The delivered message's buffer is the spare again, and the echo is queued in it.
+        c.send(Message::Binary(&payload)).unwrap();
+        assert_eq!(c.out().as_ptr(), ptr, "queued in the same buffer");
+        assert!(c.take_buffer().is_none());
+        let n = c.out().len();
+        c.consume_out(n);
+        let back = c.take_buffer().expect("the written queue's buffer is offered back");
+        assert_eq!(back.as_ptr(), ptr);
+        assert!(c.take_buffer().is_none(), "an idle connection holds no spare");
     }
 
     fn session() -> Vec<u8> {

@@ -47,6 +47,28 @@ const TLS_BATCH: usize = 256 * 1024;
 const READS_PER_TURN: usize = 8;
 /// The shared read buffer: large enough that a burst of 16 KiB messages is read in one `recv`.
 const READ_BUF: usize = 128 * 1024;
+/// Large buffers kept by a loop for reuse (so a stream of large messages does not fault in fresh pages for
+/// every one): how many, and the largest kept.
+const POOL_BUFS: usize = 4;
+const POOL_BUF_MAX: usize = 4 << 20;
+
+/// Lends `conn` a pooled buffer, if the pool has one and the connection holds none.
+fn lend(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
+    if let Some(b) = bufs.pop() {
+        if let Some(b) = conn.lend_buffer(b) {
+            bufs.push(b);
+        }
+    }
+}
+
+/// Takes back the connection's spare buffer into the pool (or frees it, past the pool's bounds).
+fn take_back(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
+    if let Some(b) = conn.take_buffer() {
+        if bufs.len() < POOL_BUFS && b.capacity() <= POOL_BUF_MAX {
+            bufs.push(b);
+        }
+    }
+}
 /// How long to wait before accepting again after `accept` failed (descriptor exhaustion).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -280,6 +302,9 @@ pub struct Server {
     rbuf: Vec<u8>,
     /// Plaintext decrypted from `rbuf` (wss), fed to the connection from here.
     pbuf: Vec<u8>,
+    /// Large empty buffers lent to connections for their next large message and taken back after it
+    /// (`Connection::lend_buffer`): at most [`POOL_BUFS`] of at most [`POOL_BUF_MAX`] bytes.
+    bufs: Vec<Vec<u8>>,
     #[cfg(feature = "tls")]
     tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Every deadline, connection and handler timers alike, in one heap (stale entries are skipped when popped).
@@ -522,6 +547,7 @@ impl Server {
             contexts: 0,
             rbuf: vec![0; READ_BUF],
             pbuf: Vec::new(),
+            bufs: Vec::new(),
             #[cfg(feature = "tls")]
             tls_config: tls,
             timers: BinaryHeap::new(),
@@ -972,6 +998,9 @@ impl Server {
     fn feed(&mut self, key: usize, plain: bool, n: usize, now: Instant) {
         // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
         self.mark_dirty(key);
+        if let Some(slot) = self.slots.get_mut(key) {
+            lend(&mut self.bufs, &mut slot.conn);
+        }
         let mut off = 0;
         loop {
             let Server { slots, handler, queue, rbuf, pbuf, config, contexts, open, per_ip, shared, table, .. } = self;
@@ -1106,6 +1135,7 @@ impl Server {
         }
         if let Some(slot) = self.slots.get_mut(key) {
             slot.conn.reclaim();
+            take_back(&mut self.bufs, &mut slot.conn);
         }
     }
 
@@ -1114,7 +1144,19 @@ impl Server {
             return;
         }
         let Server {
-            slots, queue, dirty, shared, pool, topics, timers, timer_live, timer_seq, group, loop_index, ..
+            slots,
+            queue,
+            dirty,
+            shared,
+            pool,
+            topics,
+            timers,
+            timer_live,
+            timer_seq,
+            group,
+            loop_index,
+            bufs,
+            ..
         } = self;
         let group = group.as_deref();
         let m = &shared.metrics;
@@ -1139,6 +1181,9 @@ impl Server {
                         } else {
                             Message::Binary(bytes)
                         };
+                        if end - start >= 64 * 1024 {
+                            lend(bufs, &mut slot.conn);
+                        }
                         match slot.conn.send_with(msg, pool) {
                             Ok(()) => sent(end - start),
                             Err(e) => log::debug!(target: "wskit::server", "send to {to}: {e}"),
@@ -1327,6 +1372,7 @@ impl Server {
                 self.peer_gone(key, now);
                 continue;
             };
+            take_back(&mut self.bufs, &mut slot.conn);
             let m = &self.shared.metrics;
             Metrics::add(&m.bytes_out, written as u64);
             let queued = slot.queued();

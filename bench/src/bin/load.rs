@@ -179,21 +179,26 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A blocking client: connect (from `from`, if given), upgrade, and return the socket.
-fn blocking_client(addr: SocketAddr, from: Option<std::net::IpAddr>) -> std::net::TcpStream {
+/// A blocking client: connect (from `from`, a source address and port, if given), upgrade, and return the socket.
+fn blocking_client(addr: SocketAddr, from: Option<SocketAddr>) -> std::net::TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    if let Some(ip) = from {
-        sock.bind(&SocketAddr::new(ip, 0).into()).expect("bind a loopback source address");
+    if let Some(from) = from {
+        // An explicit port: binding to port 0 searches past every port in TIME_WAIT (over a millisecond each
+        // after a few runs); SO_REUSEADDR lets a port in TIME_WAIT be bound (connect still checks the 4-tuple).
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(&from.into()).expect("bind a loopback source address");
     }
     sock.connect(&addr.into()).expect("connect");
     let mut s: std::net::TcpStream = sock.into();
     s.set_nodelay(true).unwrap();
     s.write_all(upgrade_request(addr, false).as_bytes()).unwrap();
+    // The server sends nothing after its answer until we send, so reading whole chunks cannot take more.
     let mut head = Vec::new();
-    let mut b = [0u8; 1];
+    let mut b = [0u8; 1024];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "closed during the handshake");
-        head.push(b[0]);
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed during the handshake");
+        head.extend_from_slice(&b[..n]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "handshake refused");
     s
@@ -205,9 +210,10 @@ fn idle(addr: SocketAddr, n: usize, server_pid: Option<u32>) {
     let t = Instant::now();
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
-        // 127.0.0.2, .3, …: 20,000 connections per source address at most.
-        let ip = std::net::Ipv4Addr::new(127, 0, (2 + i / 20_000 / 250) as u8, (2 + (i / 20_000) % 250) as u8);
-        held.push(blocking_client(addr, Some(ip.into())));
+        // From 127.0.0.2, .3, …, ports 20,000–59,999 of each.
+        let ip = std::net::Ipv4Addr::new(127, 0, (i / 40_000 / 250) as u8, (2 + (i / 40_000) % 250) as u8);
+        let port = (20_000 + i % 40_000) as u16;
+        held.push(blocking_client(addr, Some(SocketAddr::new(ip.into(), port))));
     }
     let open_secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
