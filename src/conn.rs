@@ -652,6 +652,23 @@ impl Connection {
         }
     }
 
+    /// Sends back the message the last [`Event::Message`] lent out, when it was assembled here (spanning frames
+    /// or reads), as text or binary; compressed as [`Connection::send_with`] would. The bytes are not copied
+    /// out first (an echo of a large message costs one copy, into the queue).
+    pub fn send_delivered(&mut self, text: bool, pool: &mut DeflatePool) -> Result<(), SendError> {
+        let taken = match &mut self.state {
+            State::Open(rx) if rx.msg_delivered => rx.msg.take(),
+            _ => None,
+        };
+        let Some(m) = taken else { return Err(SendError::NotOpen) };
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let result = self.send_payload(op, &m.buf, pool);
+        if let State::Open(rx) = &mut self.state {
+            rx.msg = Some(m);
+        }
+        result
+    }
+
     fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);

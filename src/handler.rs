@@ -187,6 +187,13 @@ pub(crate) enum Cmd {
         start: usize,
         end: usize,
     },
+    /// The message `on_message` was handed, sent back to its own connection: its bytes are still where they
+    /// were read (the read buffer, or the connection's assembled message), so they are not copied into the arena.
+    Echo {
+        to: ConnId,
+        text: bool,
+        len: usize,
+    },
     /// A raw frame, sent as given.
     Frame {
         to: ConnId,
@@ -332,6 +339,9 @@ pub struct Ctx<'a> {
     pub(crate) decision: Option<Refusal>,
     pub(crate) protocol: Option<String>,
     pub(crate) accepted: bool,
+    /// In `on_message`: the address and length of the message handed over (a send of exactly it back to this
+    /// connection becomes [`Cmd::Echo`]).
+    pub(crate) echo: Option<(usize, usize)>,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -361,6 +371,7 @@ impl<'a> Ctx<'a> {
             decision: None,
             protocol: None,
             accepted: false,
+            echo: None,
         }
     }
 
@@ -385,7 +396,12 @@ impl<'a> Ctx<'a> {
             return SendStatus::Dropped;
         }
         let len = msg.as_bytes().len();
-        self.queue.message(to, msg.is_text(), msg.as_bytes());
+        if to == self.id && len > 0 && self.echo == Some((msg.as_bytes().as_ptr() as usize, len)) {
+            // The message being handled, back to its sender: no copy into the arena.
+            self.queue.cmds.push(Cmd::Echo { to, text: msg.is_text(), len });
+        } else {
+            self.queue.message(to, msg.is_text(), msg.as_bytes());
+        }
         if to == self.id {
             self.pending_self += len;
         }

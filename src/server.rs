@@ -52,6 +52,15 @@ const READ_BUF: usize = 128 * 1024;
 const POOL_BUFS: usize = 4;
 const POOL_BUF_MAX: usize = 4 << 20;
 
+/// Where a message handed to `on_message` lies.
+#[derive(Debug, Clone, Copy)]
+enum EchoSrc {
+    /// `rbuf[start..end]`, or `pbuf[start..end]` (wss plaintext) when `plain`.
+    Input { plain: bool, start: usize, end: usize },
+    /// In the connection: the message it assembled and lent out ([`Connection::send_delivered`]).
+    Lent,
+}
+
 /// Lends `conn` a pooled buffer, if the pool has one and the connection holds none.
 fn lend(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
     if let Some(b) = bufs.pop() {
@@ -305,6 +314,9 @@ pub struct Server {
     /// Large empty buffers lent to connections for their next large message and taken back after it
     /// (`Connection::lend_buffer`): at most [`POOL_BUFS`] of at most [`POOL_BUF_MAX`] bytes.
     bufs: Vec<Vec<u8>>,
+    /// Where the message being handled by `on_message` lies, for [`Cmd::Echo`]: valid until the connection's
+    /// next read, and cleared once its commands are applied.
+    echo_src: Option<EchoSrc>,
     #[cfg(feature = "tls")]
     tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Every deadline, connection and handler timers alike, in one heap (stale entries are skipped when popped).
@@ -548,6 +560,7 @@ impl Server {
             rbuf: vec![0; READ_BUF],
             pbuf: Vec::new(),
             bufs: Vec::new(),
+            echo_src: None,
             #[cfg(feature = "tls")]
             tls_config: tls,
             timers: BinaryHeap::new(),
@@ -1018,8 +1031,24 @@ impl Server {
         }
         let mut off = 0;
         loop {
-            let Server { slots, handler, queue, rbuf, pbuf, config, contexts, open, per_ip, shared, table, .. } = self;
+            let Server {
+                slots,
+                handler,
+                queue,
+                rbuf,
+                pbuf,
+                config,
+                contexts,
+                open,
+                per_ip,
+                shared,
+                table,
+                echo_src,
+                ..
+            } = self;
             let input = if plain { pbuf } else { rbuf };
+            // Where this read's input lies, to tell a message in it (echoed from there) from one assembled.
+            let (base, from) = (input.as_ptr() as usize, off);
             let slot = &mut slots[key];
             let id = conn_id(key, slot.gen);
             let (used, ev) = slot.conn.read(&mut input[off..n], now);
@@ -1121,6 +1150,13 @@ impl Server {
                 Event::Message(m) => {
                     Metrics::add(&shared.metrics.messages_in, 1);
                     Metrics::add(&shared.metrics.payload_in, m.as_bytes().len() as u64);
+                    let (at, len) = (m.as_bytes().as_ptr() as usize, m.as_bytes().len());
+                    ctx.echo = Some((at, len));
+                    *echo_src = Some(if at >= base + from && at + len <= base + n {
+                        EchoSrc::Input { plain, start: at - base, end: at - base + len }
+                    } else {
+                        EchoSrc::Lent
+                    });
                     panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
                 }
                 Event::Ping(p) => panicked = guarded(id, "on_ping", || handler.on_ping(&mut ctx, p)).is_none(),
@@ -1144,6 +1180,7 @@ impl Server {
             }
             self.mark_dirty(key);
             self.apply_commands(now);
+            self.echo_src = None;
             if off >= n {
                 break;
             }
@@ -1171,6 +1208,9 @@ impl Server {
             group,
             loop_index,
             bufs,
+            echo_src,
+            rbuf,
+            pbuf,
             ..
         } = self;
         let group = group.as_deref();
@@ -1208,6 +1248,30 @@ impl Server {
                         // A connection of a sibling loop: its queue carries the message on.
                         g.send_to_loop(to, text, &queue.arena[start..end]);
                     }
+                }
+                Cmd::Echo { to, text, len } => {
+                    let Some((key, slot)) = slot_of(slots, to) else { continue };
+                    if len >= 64 * 1024 {
+                        lend(bufs, &mut slot.conn);
+                    }
+                    let result = match *echo_src {
+                        Some(EchoSrc::Input { plain, start, end }) => {
+                            let bytes = if plain { &pbuf[start..end] } else { &rbuf[start..end] };
+                            let msg = if text {
+                                Message::Text(std::str::from_utf8(bytes).unwrap_or_default())
+                            } else {
+                                Message::Binary(bytes)
+                            };
+                            slot.conn.send_with(msg, pool)
+                        }
+                        Some(EchoSrc::Lent) => slot.conn.send_delivered(text, pool),
+                        None => Err(crate::SendError::NotOpen),
+                    };
+                    match result {
+                        Ok(()) => sent(len),
+                        Err(e) => log::debug!(target: "wskit::server", "echo to {to}: {e}"),
+                    }
+                    touch(key, slot);
                 }
                 Cmd::Frame { to, fin, op, start, end } => {
                     if let Some((key, slot)) = slot_of(slots, to) {
