@@ -10,19 +10,12 @@ cd "$(dirname "$0")/.."
 conns=${1:-100} size=${2:-20}
 shift $(($# < 2 ? $# : 2))
 names=("$@")
-((${#names[@]})) || names=(wskit raw-mio fastwebsockets tokio-tungstenite tokio-websockets sockudo-ws)
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 cargo build -q --release --example echo
 cargo build -q --release -p wskit-bench
 mkdir -p target/bench
-declare -A servers=(
-  [raw-mio]="target/release/raw_echo ADDR"
-  [wskit]="target/release/examples/echo --no-deflate --addr ADDR"
-  [fastwebsockets]="target/release/peer_fastwebsockets ADDR"
-  [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
-  [tokio-websockets]="target/release/peer_tokio_websockets ADDR"
-  [sockudo-ws]="target/release/peer_sockudo ADDR"
-)
+source bench/servers.sh
+((${#names[@]})) || names=("${plain[@]}")
 port=$((20000 + RANDOM % 20000))
 for name in "${names[@]}"; do
   port=$((port + 1)); addr=127.0.0.1:$port

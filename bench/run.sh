@@ -28,21 +28,7 @@ out=target/bench; mkdir -p "$out"
 csv=$out/results.csv
 echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle" > "$csv"
 tck=$(getconf CLK_TCK)
-big=$((64 << 20))  # every server accepts 64 MiB messages (the tokio peers' default)
-declare -A servers=(
-  [raw-mio]="target/release/raw_echo ADDR"
-  [wskit]="target/release/examples/echo --no-deflate --max-payload $big --addr ADDR"
-  [fastwebsockets]="target/release/peer_fastwebsockets ADDR"
-  [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
-  [tokio-websockets]="target/release/peer_tokio_websockets ADDR"
-  [sockudo-ws]="target/release/peer_sockudo ADDR"
-  [wskit-deflate]="target/release/examples/echo --max-payload $big --addr ADDR"
-  [wskit-deflate-ctx]="target/release/examples/echo --max-payload $big --set deflate_server_no_context_takeover=false --addr ADDR"
-  [sockudo-ws-deflate]="target/release/peer_sockudo ADDR --deflate"
-  [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --addr ADDR"
-  [tokio-tungstenite-wss]="target/release/peer_tungstenite ADDR --pem tests/data/localhost.pem"
-)
-plain=(raw-mio wskit fastwebsockets tokio-tungstenite tokio-websockets sockudo-ws)
+source bench/servers.sh
 # scenario = "conns size kind"; kind: plain, deflate or wss (with the servers run for it).
 scenarios=("100 20 plain" "10 1024 plain" "200 16384 plain" "1000 100 plain" "10 1048576 plain"
   "100 1024 deflate" "10 16384 deflate" "100 20 wss" "200 16384 wss")

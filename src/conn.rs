@@ -280,8 +280,9 @@ pub struct Connection {
     spare: Vec<u8>,
 }
 
-/// Buffers smaller than this are not worth passing around (allocating them is cheap).
-const SPARE_MIN: usize = 64 * 1024;
+/// Buffers smaller than this are not worth passing around (allocating them is cheap); the shell lends its pooled
+/// ones only for messages at least this long.
+pub(crate) const SPARE_MIN: usize = 64 * 1024;
 
 /// Keeps the larger of `spare` and `buf` (emptied) in `spare`, if it is worth keeping.
 fn keep_larger(spare: &mut Vec<u8>, mut buf: Vec<u8>) {
@@ -1021,12 +1022,9 @@ impl Connection {
                         && spare.capacity() >= msg.buf.len() + chunk.len()
                     {
                         // Grow into the spare buffer rather than a fresh allocation.
-                        spare.extend_from_slice(&msg.buf);
-                        std::mem::swap(&mut msg.buf, spare);
-                        spare.clear();
-                        if spare.capacity() < SPARE_MIN {
-                            *spare = Vec::new();
-                        }
+                        let mut grown = std::mem::take(spare);
+                        grown.extend_from_slice(&msg.buf);
+                        keep_larger(spare, std::mem::replace(&mut msg.buf, grown));
                     }
                     msg.buf.extend_from_slice(chunk);
                 }

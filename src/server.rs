@@ -19,7 +19,7 @@
 
 use crate::cluster::Group;
 use crate::config::Config;
-use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
+use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind, SPARE_MIN};
 use crate::deflate::{DeflatePool, PreparedMessage};
 use crate::error::ConfigError;
 use crate::error::SendError;
@@ -59,6 +59,16 @@ enum EchoSrc {
     Input { plain: bool, start: usize, end: usize },
     /// In the connection: the message it assembled and lent out ([`Connection::send_delivered`]).
     Lent,
+}
+
+/// A queued message's bytes as a [`Message`]: text was handed over as `&str` (or validated on arrival), so it is
+/// UTF-8.
+fn message(text: bool, bytes: &[u8]) -> Message<'_> {
+    if text {
+        Message::Text(std::str::from_utf8(bytes).unwrap_or_default())
+    } else {
+        Message::Binary(bytes)
+    }
 }
 
 /// Lends `conn` a pooled buffer, if the pool has one and the connection holds none.
@@ -1229,17 +1239,10 @@ impl Server {
             match *cmd {
                 Cmd::Message { to, text, start, end } => {
                     if let Some((key, slot)) = slot_of(slots, to) {
-                        let bytes = &queue.arena[start..end];
-                        // Text came in as &str, so it is UTF-8.
-                        let msg = if text {
-                            Message::Text(std::str::from_utf8(bytes).unwrap_or_default())
-                        } else {
-                            Message::Binary(bytes)
-                        };
-                        if end - start >= 64 * 1024 {
+                        if end - start >= SPARE_MIN {
                             lend(bufs, &mut slot.conn);
                         }
-                        match slot.conn.send_with(msg, pool) {
+                        match slot.conn.send_with(message(text, &queue.arena[start..end]), pool) {
                             Ok(()) => sent(end - start),
                             Err(e) => log::debug!(target: "wskit::server", "send to {to}: {e}"),
                         }
@@ -1251,18 +1254,13 @@ impl Server {
                 }
                 Cmd::Echo { to, text, len } => {
                     let Some((key, slot)) = slot_of(slots, to) else { continue };
-                    if len >= 64 * 1024 {
+                    if len >= SPARE_MIN {
                         lend(bufs, &mut slot.conn);
                     }
                     let result = match *echo_src {
                         Some(EchoSrc::Input { plain, start, end }) => {
                             let bytes = if plain { &pbuf[start..end] } else { &rbuf[start..end] };
-                            let msg = if text {
-                                Message::Text(std::str::from_utf8(bytes).unwrap_or_default())
-                            } else {
-                                Message::Binary(bytes)
-                            };
-                            slot.conn.send_with(msg, pool)
+                            slot.conn.send_with(message(text, bytes), pool)
                         }
                         Some(EchoSrc::Lent) => slot.conn.send_delivered(text, pool),
                         None => Err(crate::SendError::NotOpen),

@@ -25,13 +25,10 @@ const MAX: usize = 256 * 1024;
 const PAIRS: &str = "max_messages_buffering=100;write_high_water=262144;max_queued_bytes=2097152;timeout=120;\
                      handshake_timeout=120;deflate_server_no_context_takeover=false";
 
+/// The configuration the child server runs with (`ChildServer::start_with(MAX, …, PAIRS, …)`).
 fn config() -> Config {
-    let mut c = Config::new().max_payload_size(MAX).max_message_size(MAX).max_frames_per_message(usize::MAX);
-    for pair in PAIRS.split(';') {
-        let (k, v) = pair.split_once('=').unwrap();
-        c.set(k, v).unwrap();
-    }
-    c
+    let c = Config::new().max_payload_size(MAX).max_message_size(MAX).max_frames_per_message(usize::MAX);
+    with_pairs(c, PAIRS)
 }
 
 /// Pseudo-random bytes (xorshift): incompressible, so compressed frames stay as large as their payload.

@@ -261,19 +261,17 @@ fn step(c: &mut Churned, wire: &Wire, buf: &mut [u8]) -> Step {
         });
         c.phase = Phase::Head;
     }
-    if let Err(e) = flush(c) {
-        return Step::Failed(format!("write: {e}"));
-    }
+    let flushed = match flush(c) {
+        Ok(all) => all,
+        Err(e) => return Step::Failed(format!("write: {e}")),
+    };
     if c.kind == Kind::SlowReader && matches!(c.phase, Phase::Answers(_)) {
         // Never reads: once its messages are out (the server is queueing their echo), it resets.
-        return match flush(c) {
-            Ok(true) => {
-                reset(c);
-                Step::Done
-            }
-            Ok(false) => Step::Going,
-            Err(e) => Step::Failed(format!("write: {e}")),
-        };
+        if !flushed {
+            return Step::Going;
+        }
+        reset(c);
+        return Step::Done;
     }
     let mut eof = false;
     loop {

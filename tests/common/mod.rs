@@ -335,11 +335,8 @@ pub fn child_echo_server() {
     let Ok(spec) = std::env::var("WSKIT_CHILD_ECHO") else { return };
     let (addr, max) = spec.split_once(' ').unwrap();
     let max: usize = max.parse().unwrap();
-    let mut config = Config::new().max_payload_size(max).max_message_size(max).max_frames_per_message(usize::MAX);
-    for pair in std::env::var("WSKIT_CHILD_CONFIG").unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap();
-        config.set(k, v).unwrap();
-    }
+    let config = Config::new().max_payload_size(max).max_message_size(max).max_frames_per_message(usize::MAX);
+    let config = with_pairs(config, &std::env::var("WSKIT_CHILD_CONFIG").unwrap_or_default());
     let mut server = Server::bind(addr, config, Echo).unwrap();
     let stats = std::env::var("WSKIT_CHILD_STATS").unwrap_or_default();
     if stats.is_empty() {
@@ -356,6 +353,15 @@ pub fn child_echo_server() {
             std::fs::rename(&tmp, &stats).unwrap();
         }
     }
+}
+
+/// `config` with the keys of `pairs` (`key=value;key=value`) set through [`Config::set`].
+pub fn with_pairs(mut config: Config, pairs: &str) -> Config {
+    for pair in pairs.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap();
+        config.set(k, v).unwrap();
+    }
+    config
 }
 
 /// The count a child started with a stats file last wrote.
