@@ -25,7 +25,9 @@ use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
 use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params, PreparedMessage};
 use crate::error::{HandshakeError, ProtocolError, SendError};
-use crate::frame::{decode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::frame::{
+    decode_header, encode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
@@ -668,6 +670,45 @@ impl Connection {
             rx.msg = Some(m);
         }
         result
+    }
+
+    /// The header of a data message that may go out as one plain frame straight from where its payload lies: the
+    /// shell writes header and payload with one vectored write, and the payload is never copied into the queue.
+    /// `None` when the message must be queued instead ([`Connection::send_with`]): something is queued ahead of
+    /// it, or it would be compressed or fragmented, or the connection no longer sends. After the write the shell
+    /// MUST call [`Connection::sent_direct`] with what was written, even if nothing was.
+    pub fn direct_header(&self, text: bool, len: usize) -> Option<([u8; MAX_HEADER_LEN], usize)> {
+        let max = self.config.max_frame_out;
+        if !self.is_open()
+            || self.wants_write()
+            || self.deflate.as_ref().is_some_and(|d| len >= d.params.min_size)
+            || (max != 0 && len > max)
+        {
+            return None;
+        }
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        let n = encode_header(true, 0, op, None, len as u64, &mut head);
+        Some((head, n))
+    }
+
+    /// `written` bytes of the frame `header` + `payload` (see [`Connection::direct_header`]) went to the peer;
+    /// the rest is queued, and a control frame that comes meanwhile waits for the frame's end as usual.
+    pub fn sent_direct(&mut self, header: &[u8], payload: &[u8], written: usize) {
+        let total = header.len() + payload.len();
+        if written >= total {
+            return;
+        }
+        debug_assert!(self.out.is_empty() && self.ctrl.is_empty(), "nothing was queued ahead of a direct frame");
+        self.make_room(payload.len());
+        if written < header.len() {
+            self.out.extend_from_slice(&header[written..]);
+            self.out.extend_from_slice(payload);
+        } else {
+            self.out.extend_from_slice(&payload[written - header.len()..]);
+        }
+        // Once begun, `out` starts inside a frame: the boundary tracker counts down its rest.
+        self.frame_left = if written == 0 { 0 } else { total - written };
     }
 
     fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {
@@ -1410,6 +1451,54 @@ mod tests {
         let back = c.take_buffer().expect("the written queue's buffer is offered back");
         assert_eq!(back.as_ptr(), ptr);
         assert!(c.take_buffer().is_none(), "an idle connection holds no spare");
+    }
+
+    /// A frame written straight from the caller's buffer, cut by the socket at every point: the peer gets the same
+    /// bytes as from a queued send, and a control frame that comes meanwhile waits for the frame's end once it
+    /// has begun (as behind a queued one).
+    #[test]
+    fn a_direct_frame_cut_anywhere_ends_as_a_queued_one_would() {
+        let now = Instant::now();
+        let open_with = |config: Config| {
+            let mut c = Connection::new(Arc::new(config), now);
+            let mut head = HEAD.to_vec();
+            let _ = c.read(&mut head, now);
+            c.accept(None, false, now).unwrap();
+            c.drain_out(&mut Vec::new());
+            c
+        };
+        let open = || open_with(Config::new().deflate(false));
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect(); // a 16-bit length: 4 header bytes
+        let mut queued = open();
+        queued.send(Message::Binary(&payload)).unwrap();
+        let mut unstarted = Vec::new();
+        queued.ping(b"p").unwrap();
+        queued.drain_out(&mut unstarted); // a ping overtakes a frame not yet begun
+        let mut frame_then_ping = unstarted[3..].to_vec();
+        frame_then_ping.extend_from_slice(&unstarted[..3]);
+        for written in 0..=payload.len() + 4 {
+            let expected = if written == 0 { &unstarted } else { &frame_then_ping };
+            let mut c = open();
+            let (head, hl) = c.direct_header(false, payload.len()).expect("nothing queued: direct");
+            let mut wire = head[..hl].to_vec();
+            wire.extend_from_slice(&payload);
+            wire.truncate(written);
+            c.sent_direct(&head[..hl], &payload, written);
+            assert!(c.direct_header(false, 1).is_none() || written == hl + payload.len());
+            c.ping(b"p").unwrap();
+            c.drain_out(&mut wire);
+            assert_eq!(&wire, expected, "cut at {written}");
+        }
+        // Not direct: with something queued ahead, or when it would be compressed or fragmented.
+        let mut c = open();
+        c.ping(b"x").unwrap();
+        assert!(c.direct_header(true, 10).is_none());
+        let c = open_with(Config::new().deflate(false).max_frame_out(100));
+        assert!(c.direct_header(true, 101).is_none() && c.direct_header(true, 100).is_some());
+        let mut c = open();
+        c.close(CloseCode::NORMAL, "", now).unwrap();
+        assert!(c.direct_header(true, 10).is_none(), "closing");
+        assert!(Connection::new(Arc::new(Config::new()), now).direct_header(true, 10).is_none(), "not open yet");
     }
 
     fn session() -> Vec<u8> {

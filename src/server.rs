@@ -47,6 +47,8 @@ const TLS_BATCH: usize = 256 * 1024;
 const READS_PER_TURN: usize = 8;
 /// The shared read buffer: large enough that a burst of 16 KiB messages is read in one `recv`.
 const READ_BUF: usize = 128 * 1024;
+/// Echoes at least this long are written straight from the read buffer rather than copied into the queue.
+const DIRECT_MIN: usize = 1024;
 /// Large buffers kept by a loop for reuse (so a stream of large messages does not fault in fresh pages for
 /// every one): how many, and the largest kept.
 const POOL_BUFS: usize = 4;
@@ -55,8 +57,9 @@ const POOL_BUF_MAX: usize = 4 << 20;
 /// Where a message handed to `on_message` lies.
 #[derive(Debug, Clone, Copy)]
 enum EchoSrc {
-    /// `rbuf[start..end]`, or `pbuf[start..end]` (wss plaintext) when `plain`.
-    Input { plain: bool, start: usize, end: usize },
+    /// `rbuf[start..end]`, or `pbuf[start..end]` (wss plaintext) when `plain`; `last`: nothing follows it in
+    /// this read.
+    Input { plain: bool, start: usize, end: usize, last: bool },
     /// In the connection: the message it assembled and lent out ([`Connection::send_delivered`]).
     Lent,
 }
@@ -468,6 +471,32 @@ fn write_burst(sock: &mut TcpStream, data: &[u8]) -> Option<usize> {
         }
     }
     Some(done)
+}
+
+/// Writes one frame, `head` then `payload`, as far as the socket takes it now (vectored, so the payload is not
+/// copied next to its header). Returns the bytes written; a failure writes nothing more and is left for the
+/// next flush to find.
+fn write_direct(sock: &mut TcpStream, head: &[u8], payload: &[u8]) -> usize {
+    let total = head.len() + payload.len();
+    let mut done = 0;
+    while done < total {
+        let result = if done < head.len() {
+            sock.write_vectored(&[io::IoSlice::new(&head[done..]), io::IoSlice::new(payload)])
+        } else {
+            sock.write(&payload[done - head.len()..])
+        };
+        match result {
+            Ok(n) if n > 0 => {
+                done += n;
+                if done < total {
+                    break; // the socket is full
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+    }
+    done
 }
 
 impl Server {
@@ -1163,7 +1192,7 @@ impl Server {
                     let (at, len) = (m.as_bytes().as_ptr() as usize, m.as_bytes().len());
                     ctx.echo = Some((at, len));
                     *echo_src = Some(if at >= base + from && at + len <= base + n {
-                        EchoSrc::Input { plain, start: at - base, end: at - base + len }
+                        EchoSrc::Input { plain, start: at - base, end: at - base + len, last: at + len == base + n }
                     } else {
                         EchoSrc::Lent
                     });
@@ -1258,9 +1287,23 @@ impl Server {
                         lend(bufs, &mut slot.conn);
                     }
                     let result = match *echo_src {
-                        Some(EchoSrc::Input { plain, start, end }) => {
+                        Some(EchoSrc::Input { plain, start, end, last }) => {
                             let bytes = if plain { &pbuf[start..end] } else { &rbuf[start..end] };
-                            slot.conn.send_with(message(text, bytes), pool)
+                            // The last message of a plain read, large enough for its copy to count, with nothing
+                            // queued ahead: written now from the read buffer, header and payload in one
+                            // `writev` (the write-through would send it right after anyway).
+                            let direct = (last && !plain && len >= DIRECT_MIN)
+                                .then(|| slot.conn.direct_header(text, len))
+                                .flatten();
+                            match direct {
+                                Some((head, hl)) => {
+                                    let written = write_direct(&mut slot.sock, &head[..hl], bytes);
+                                    slot.conn.sent_direct(&head[..hl], bytes, written);
+                                    Metrics::add(&m.bytes_out, written as u64);
+                                    Ok(())
+                                }
+                                None => slot.conn.send_with(message(text, bytes), pool),
+                            }
                         }
                         Some(EchoSrc::Lent) => slot.conn.send_delivered(text, pool),
                         None => Err(crate::SendError::NotOpen),
