@@ -5,7 +5,7 @@
 #
 # - Echo throughput: N connections, one message in flight each (bench/src/bin/load.rs). Servers pinned to core 0,
 #   the load to core 1; scenarios and servers interleaved so machine noise hits all alike; each cell the median of
-#   REPS runs: msgs/s, server CPU µs per message (/proc/PID/stat), round-trip p99.
+#   REPS runs: msgs/s, server CPU µs per message (/proc/PID/stat); round-trip p99 over all REPS runs pooled.
 # - permessage-deflate (wskit with and without context takeover vs sockudo-ws with it; the wire ratio achieved)
 #   and wss (wskit vs tokio-tungstenite on tokio-rustls).
 # - System calls per message (strace -c -f on a shorter run), bytes per idle connection (ΔRSS over IDLE
@@ -27,6 +27,8 @@ cargo build -q --release -p wskit-bench
 out=target/bench; mkdir -p "$out"
 csv=$out/results.csv
 echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle" > "$csv"
+# Round-trip histograms, every repetition of a cell appended to one file (report.py pools them for p99).
+rm -rf "$out/hist"; mkdir -p "$out/hist"
 tck=$(getconf CLK_TCK)
 source bench/servers.sh
 # scenario = "conns size kind"; kind: plain, deflate or wss (with the servers run for it).
@@ -57,7 +59,7 @@ for rep in $(seq "$reps"); do
     read -r conns size kind <<<"$sc"
     for name in $(servers_for "$kind"); do
       start_server "$name"
-      extra=(--latency)
+      extra=(--latency --hist "$out/hist/${conns}x$size-$kind.$name.txt")
       [[ $kind == wss ]] && extra+=(--tls --ca tests/data/localhost-cert.pem)
       [[ $kind == deflate ]] && extra+=(--deflate)
       before=$(awk '{print $14+$15}' "/proc/$pid/stat")
@@ -104,5 +106,5 @@ for name in "${plain[@]}"; do
     "$(field new_max_us "$line")" >&2
 done
 
-python3 bench/report.py "$csv" "$out/summary.md" "$out/results.svg"
+python3 bench/report.py "$csv" "$out/summary.md" "$out/results.svg" "$out/hist"
 cat "$out/summary.md"

@@ -6,7 +6,8 @@
 //! parsed frame by frame, so compressed answers of any length count. With `--deflate` the client offers
 //! permessage-deflate (`client_no_context_takeover`, so one compressed text serves every send) and sends a
 //! JSON-like text; it falls back to plain text if the server declines, and reports the answers' wire bytes per
-//! message as `wire_ratio`.
+//! message as `wire_ratio`. `--hist FILE` appends the round-trip times as `microseconds count` lines (several runs
+//! appended to one file pool into one distribution: `bench/report.py` takes p99 over all repetitions that way).
 //!
 //! `load --addr … --idle 10000 [--server-pid PID]` opens that many connections (from 127.0.0.2, 127.0.0.3, … so
 //! ports do not run out), holds them idle, reports the server's RSS growth per connection, then times a new
@@ -380,7 +381,15 @@ fn main() {
     if latency && !samples.is_empty() {
         samples.sort_unstable();
         let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-        line += &format!(" p50_us={} p99_us={} p999_us={}", q(0.50), q(0.99), q(0.999));
+        line += &format!(" p50_us={} p99_us={} p999_us={} max_us={}", q(0.50), q(0.99), q(0.999), q(1.0));
+        if let Some(path) = args.windows(2).find(|w| w[0] == "--hist").map(|w| &w[1]) {
+            let mut text = String::new();
+            for run in samples.chunk_by(|a, b| a == b) {
+                text += &format!("{} {}\n", run[0], run.len());
+            }
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("--hist file");
+            f.write_all(text.as_bytes()).expect("--hist write");
+        }
     }
     println!("{line}");
 }
