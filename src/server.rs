@@ -982,7 +982,9 @@ impl Server {
                         self.feed_tls(key, n, now);
                     } else {
                         self.feed(key, false, n, now);
-                        if let Some(slot) = self.slots.get(key).filter(|s| s.conn.is_mid_message()) {
+                        // The socket is drained and the peer is mid-message: acknowledge now (after a full read
+                        // the next read follows at once, and a sender in bulk gets its ACKs anyway).
+                        if let Some(slot) = self.slots.get(key).filter(|s| short && s.conn.is_mid_message()) {
                             quickack(&slot.sock);
                         }
                     }
@@ -1039,8 +1041,9 @@ impl Server {
                 if len > 0 {
                     self.feed(key, true, len, now);
                 }
-                if let Some(slot) = self.slots.get(key) {
-                    // A TLS record is still incomplete, or the message is: acknowledge now.
+                if let Some(slot) = self.slots.get(key).filter(|_| n < self.rbuf.len()) {
+                    // The socket is drained and a TLS record is still incomplete, or the message is: acknowledge
+                    // now.
                     if len == 0 || slot.conn.is_mid_message() {
                         quickack(&slot.sock);
                     }
