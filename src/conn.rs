@@ -711,6 +711,29 @@ impl Connection {
         self.frame_left = if written == 0 { 0 } else { total - written };
     }
 
+    /// The message the last [`Event::Message`] lent out, when it was assembled here (spanning frames or reads):
+    /// for the shell to write it back directly ([`Connection::direct_header`], then
+    /// [`Connection::sent_delivered_direct`]).
+    pub fn delivered(&self) -> Option<&[u8]> {
+        match &self.state {
+            State::Open(rx) if rx.msg_delivered => rx.msg.as_ref().map(|m| &m.buf[..]),
+            _ => None,
+        }
+    }
+
+    /// `written` bytes of the frame `header` + [`Connection::delivered`] went to the peer; the rest is queued.
+    pub fn sent_delivered_direct(&mut self, header: &[u8], written: usize) {
+        let taken = match &mut self.state {
+            State::Open(rx) if rx.msg_delivered => rx.msg.take(),
+            _ => None,
+        };
+        let Some(m) = taken else { return };
+        self.sent_direct(header, &m.buf, written);
+        if let State::Open(rx) = &mut self.state {
+            rx.msg = Some(m);
+        }
+    }
+
     fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);
@@ -1488,6 +1511,25 @@ mod tests {
             c.ping(b"p").unwrap();
             c.drain_out(&mut wire);
             assert_eq!(&wire, expected, "cut at {written}");
+        }
+        // A message assembled from two frames, written back from its own buffer, cut anywhere.
+        let mut data = frame(false, OpCode::Binary, &payload[..100]);
+        data.extend(frame(true, OpCode::Continuation, &payload[100..]));
+        for written in 0..=payload.len() + 4 {
+            let mut c = open();
+            let mut input = data.clone();
+            let (used, ev) = c.read(&mut input, now);
+            let (_, ev) = if ev.is_none() { c.read(&mut input[used..], now) } else { (used, ev) };
+            assert!(matches!(ev, Some(Event::Message(Message::Binary(m))) if m == &payload[..]));
+            assert_eq!(c.delivered(), Some(&payload[..]), "assembled here");
+            let (head, hl) = c.direct_header(false, payload.len()).unwrap();
+            let mut wire = head[..hl].to_vec();
+            wire.extend_from_slice(&payload);
+            wire.truncate(written);
+            c.sent_delivered_direct(&head[..hl], written);
+            c.ping(b"p").unwrap();
+            c.drain_out(&mut wire);
+            assert_eq!(&wire, if written == 0 { &unstarted } else { &frame_then_ping }, "cut at {written}");
         }
         // Not direct: with something queued ahead, or when it would be compressed or fragmented.
         let mut c = open();

@@ -60,8 +60,9 @@ enum EchoSrc {
     /// `rbuf[start..end]`, or `pbuf[start..end]` (wss plaintext) when `plain`; `last`: nothing follows it in
     /// this read.
     Input { plain: bool, start: usize, end: usize, last: bool },
-    /// In the connection: the message it assembled and lent out ([`Connection::send_delivered`]).
-    Lent,
+    /// In the connection: the message it assembled and lent out ([`Connection::send_delivered`]); `last` as
+    /// above.
+    Lent { last: bool },
 }
 
 /// A queued message's bytes as a [`Message`]: text was handed over as `&str` (or validated on arrival), so it is
@@ -1197,7 +1198,7 @@ impl Server {
                     *echo_src = Some(if at >= base + from && at + len <= base + n {
                         EchoSrc::Input { plain, start: at - base, end: at - base + len, last: at + len == base + n }
                     } else {
-                        EchoSrc::Lent
+                        EchoSrc::Lent { last: off >= n }
                     });
                     panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
                 }
@@ -1308,7 +1309,22 @@ impl Server {
                                 None => slot.conn.send_with(message(text, bytes), pool),
                             }
                         }
-                        Some(EchoSrc::Lent) => slot.conn.send_delivered(text, pool),
+                        Some(EchoSrc::Lent { last }) => {
+                            // Likewise from the buffer the message was assembled in.
+                            let direct = (last || len >= SPARE_MIN)
+                                .then(|| slot.conn.direct_header(text, len))
+                                .flatten()
+                                .filter(|_| !slot.is_tls());
+                            match (direct, slot.conn.delivered()) {
+                                (Some((head, hl)), Some(bytes)) if len >= DIRECT_MIN => {
+                                    let written = write_direct(&mut slot.sock, &head[..hl], bytes);
+                                    slot.conn.sent_delivered_direct(&head[..hl], written);
+                                    Metrics::add(&m.bytes_out, written as u64);
+                                    Ok(())
+                                }
+                                _ => slot.conn.send_delivered(text, pool),
+                            }
+                        }
                         None => Err(crate::SendError::NotOpen),
                     };
                     match result {
