@@ -120,14 +120,23 @@ fn redis_killed_and_restarted_mid_run() {
 
     redis.kill();
     assert!(wait_until(Duration::from_secs(10), || metric(pa, "wskit_bridge_connected") == 0));
-    for i in 0..20 {
+    // Paced so that the publisher's batches are known: "during 0" goes to the dead link and is counted lost;
+    // "during 1" is then the batch the publisher holds while it retries; behind it the queue takes 5 and the
+    // other 13 are dropped and counted. (Sent all at once, a busy machine let the publisher take several in one
+    // batch, and the count below came out lower.)
+    let during = |i: usize, a1: &mut Ws, a2: &mut Ws| {
         a1.send(T::text(format!("during {i}"))).unwrap();
-    }
-    // Local delivery does not depend on Redis.
-    for i in 0..20 {
+        // Local delivery does not depend on Redis.
         assert_eq!(a2.read().unwrap(), T::text(format!("during {i}")));
+    };
+    during(0, &mut a1, &mut a2);
+    assert!(wait_until(Duration::from_secs(10), || metric(pa, "wskit_bridge_lost_total") >= 1));
+    during(1, &mut a1, &mut a2);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 2..20 {
+        during(i, &mut a1, &mut a2);
     }
-    // At most 5 wait in the queue (and one batch in the publisher's hands): the rest are counted as lost.
+    // At most 5 wait in the queue (and the one batch in the publisher's hands): the rest are counted as lost.
     assert!(wait_until(Duration::from_secs(5), || metric(pa, "wskit_bridge_lost_total") >= 14));
 
     redis.restart();
