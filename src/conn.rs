@@ -659,21 +659,27 @@ impl Connection {
     /// or reads), as text or binary; compressed as [`Connection::send_with`] would. The bytes are not copied
     /// out first (an echo of a large message costs one copy, into the queue).
     pub fn send_delivered(&mut self, text: bool, pool: &mut DeflatePool) -> Result<(), SendError> {
-        let taken = match &mut self.state {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.with_delivered(|c, payload| c.send_payload(op, payload, pool)).unwrap_or(Err(SendError::NotOpen))
+    }
+
+    /// Runs `f` with the message the last [`Event::Message`] lent out (when it was assembled here), taken out of
+    /// the receive state for the while so that `f` may queue it; `None` when there is no such message.
+    fn with_delivered<R>(&mut self, f: impl FnOnce(&mut Self, &[u8]) -> R) -> Option<R> {
+        let m = match &mut self.state {
             State::Open(rx) if rx.msg_delivered => rx.msg.take(),
             _ => None,
-        };
-        let Some(m) = taken else { return Err(SendError::NotOpen) };
-        let op = if text { OpCode::Text } else { OpCode::Binary };
-        let result = self.send_payload(op, &m.buf, pool);
+        }?;
+        let result = f(self, &m.buf);
         if let State::Open(rx) = &mut self.state {
             rx.msg = Some(m);
         }
-        result
+        Some(result)
     }
 
     /// The header of a data message that may go out as one plain frame straight from where its payload lies: the
-    /// shell writes header and payload with one vectored write, and the payload is never copied into the queue.
+    /// shell writes header and payload together (one `send` or one vectored send), and the payload is never copied
+    /// into the queue.
     /// `None` when the message must be queued instead ([`Connection::send_with`]): something is queued ahead of
     /// it, or it would be compressed or fragmented, or the connection no longer sends. After the write the shell
     /// MUST call [`Connection::sent_direct`] with what was written, even if nothing was.
@@ -723,15 +729,7 @@ impl Connection {
 
     /// `written` bytes of the frame `header` + [`Connection::delivered`] went to the peer; the rest is queued.
     pub fn sent_delivered_direct(&mut self, header: &[u8], written: usize) {
-        let taken = match &mut self.state {
-            State::Open(rx) if rx.msg_delivered => rx.msg.take(),
-            _ => None,
-        };
-        let Some(m) = taken else { return };
-        self.sent_direct(header, &m.buf, written);
-        if let State::Open(rx) = &mut self.state {
-            rx.msg = Some(m);
-        }
+        self.with_delivered(|c, payload| c.sent_direct(header, payload, written));
     }
 
     fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {

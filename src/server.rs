@@ -476,30 +476,17 @@ fn write_burst(sock: &mut TcpStream, data: &[u8]) -> Option<usize> {
 }
 
 /// Writes one frame, `head` then `payload`, as far as the socket takes it now, as two slices of one `sendmsg` (the
-/// payload is not copied next to its header). Returns the bytes written; a failure writes nothing more and is
-/// left for the next flush to find.
+/// payload is not copied next to its header). Returns the bytes written: a short count means the socket is full;
+/// a failure writes nothing and is left for the next flush to find.
 fn write_direct(sock: &mut TcpStream, head: &[u8], payload: &[u8]) -> usize {
-    let total = head.len() + payload.len();
-    let mut done = 0;
-    while done < total {
-        let result = if done < head.len() {
-            let parts = [io::IoSlice::new(&head[done..]), io::IoSlice::new(payload)];
-            socket2::SockRef::from(&*sock).send_vectored(&parts)
-        } else {
-            sock.write(&payload[done - head.len()..])
-        };
-        match result {
-            Ok(n) if n > 0 => {
-                done += n;
-                if done < total {
-                    break; // the socket is full
-                }
-            }
+    let parts = [io::IoSlice::new(head), io::IoSlice::new(payload)];
+    loop {
+        match socket2::SockRef::from(&*sock).send_vectored(&parts) {
+            Ok(n) => return n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            _ => break,
+            Err(_) => return 0,
         }
     }
-    done
 }
 
 impl Server {
@@ -1197,10 +1184,12 @@ impl Server {
                     Metrics::add(&shared.metrics.payload_in, m.as_bytes().len() as u64);
                     let (at, len) = (m.as_bytes().as_ptr() as usize, m.as_bytes().len());
                     ctx.echo = Some((at, len));
+                    // The message ends where the core stopped reading: `last` when that is the end of the input.
+                    let last = off >= n;
                     *echo_src = Some(if at >= base + from && at + len <= base + n {
-                        EchoSrc::Input { plain, start: at - base, end: at - base + len, last: at + len == base + n }
+                        EchoSrc::Input { plain, start: at - base, end: at - base + len, last }
                     } else {
-                        EchoSrc::Lent { last: off >= n }
+                        EchoSrc::Lent { last }
                     });
                     panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
                 }
@@ -1316,12 +1305,10 @@ impl Server {
                         Some(EchoSrc::Lent { last }) => {
                             // A long message assembled here (from several reads or frames): from the buffer it
                             // was assembled in, header and payload as two slices of one `sendmsg`.
-                            let direct = (last || len >= SPARE_MIN)
-                                .then(|| slot.conn.direct_header(text, len))
-                                .flatten()
-                                .filter(|_| !slot.is_tls());
+                            let worth = len >= DIRECT_MIN && (last || len >= SPARE_MIN) && !slot.is_tls();
+                            let direct = worth.then(|| slot.conn.direct_header(text, len)).flatten();
                             match (direct, slot.conn.delivered()) {
-                                (Some((head, hl)), Some(bytes)) if len >= DIRECT_MIN => {
+                                (Some((head, hl)), Some(bytes)) => {
                                     let written = write_direct(&mut slot.sock, &head[..hl], bytes);
                                     slot.conn.sent_delivered_direct(&head[..hl], written);
                                     Metrics::add(&m.bytes_out, written as u64);
