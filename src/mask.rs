@@ -1,9 +1,20 @@
 //! Masking (RFC 6455 §5.3): every client-to-server payload byte is XORed with one byte of a 4-byte key.
 //!
-//! Two implementations live here: [`apply_mask_bytewise`], the one-line definition straight from the RFC, and
-//! [`apply_mask`], which XORs eight bytes at a time with a 64-bit word (safe code; the compiler vectorises the loop).
-//! A test checks that both agree at every length and every starting offset. Unmasking happens **in place**, in the
-//! buffer the bytes were read into, so a payload is never copied just to be unmasked.
+//! Three implementations live here: [`apply_mask_bytewise`], the one-line definition straight from the RFC;
+//! [`apply_mask_portable`], which XORs eight bytes at a time with a 64-bit word (safe code; the compiler vectorises
+//! the loop with the baseline's 16-byte registers); and [`apply_mask`], which the codec calls: on x86-64 CPUs with
+//! AVX2 it takes 32 bytes a step for payloads of [`WIDE_MIN`] bytes or more, else it is the portable one. Tests
+//! check that all agree at every length and every starting offset. Unmasking happens **in place**, in the buffer
+//! the bytes were read into, so a payload is never copied just to be unmasked.
+//!
+//! The AVX2 path is the crate's one `unsafe` block (calling a function compiled for a CPU feature after checking
+//! that the CPU has it). It pays: `cargo bench --bench core -- unmask` here (AMD EPYC, 2026-11-29) gives 16 KiB in
+//! 132 ns against 200 ns (115 against 76 GiB/s), 1 KiB in 7.1 against 12.2 ns, 1 MiB in 9.9 against 12.6 µs.
+//! At 16 KiB that is about 1 % of the server's whole CPU time per echoed message (5.8 µs, kernel included).
+
+/// Payloads from this length on take the AVX2 path where the CPU has it (below it, the feature check and the
+/// wider tail cost more than they save: 20 B takes 1.7 ns either way, 1 KiB 12.2 → 7.1 ns).
+pub const WIDE_MIN: usize = 128;
 
 /// The reference: byte `i` of the payload is XORed with `mask[(offset + i) % 4]`.
 ///
@@ -15,11 +26,36 @@ pub fn apply_mask_bytewise(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     }
 }
 
-/// Word-wide masking, equal in effect to [`apply_mask_bytewise`].
+/// The key rotated so that byte 0 of the slice uses key byte 0.
+fn rotate(mask: [u8; 4], offset: usize) -> [u8; 4] {
+    [mask[offset & 3], mask[(offset + 1) & 3], mask[(offset + 2) & 3], mask[(offset + 3) & 3]]
+}
+
+/// Masking as [`apply_mask_bytewise`] does it, as fast as the CPU allows (see the module doc).
 #[inline]
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
-    // Rotate the key so that byte 0 of `buf` uses key byte 0 of `m`.
-    let m = [mask[offset & 3], mask[(offset + 1) & 3], mask[(offset + 2) & 3], mask[(offset + 3) & 3]];
+    let m = rotate(mask, offset);
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= WIDE_MIN && std::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: `xor_avx2` is safe code compiled with AVX2 enabled; its one requirement is a CPU that has AVX2,
+        // checked just above (std caches the answer, so the check is a load and a bit test).
+        unsafe {
+            xor_avx2(buf, m)
+        };
+        return;
+    }
+    xor_words(buf, m);
+}
+
+/// Word-wide masking in portable safe code, equal in effect to [`apply_mask_bytewise`].
+pub fn apply_mask_portable(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    xor_words(buf, rotate(mask, offset));
+}
+
+/// XORs `buf` with the already-rotated key, eight bytes at a time.
+#[inline]
+fn xor_words(buf: &mut [u8], m: [u8; 4]) {
     let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
@@ -31,26 +67,61 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     apply_mask_bytewise(chunks.into_remainder(), m, 0);
 }
 
+/// [`xor_words`] 32 bytes a step, compiled for AVX2 (the loop becomes one 256-bit load, XOR and store).
+///
+/// # Safety
+/// The CPU must support AVX2. The body is safe code.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2")]
+unsafe fn xor_avx2(buf: &mut [u8], m: [u8; 4]) {
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = m[i & 3];
+    }
+    let mut chunks = buf.chunks_exact_mut(32);
+    for chunk in &mut chunks {
+        for (b, k) in chunk.iter_mut().zip(key) {
+            *b ^= k;
+        }
+    }
+    // 32 is a multiple of 4, so the tail starts on key byte 0 again.
+    xor_words(chunks.into_remainder(), m);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Both fast paths (the AVX2 one where this CPU has it, from `WIDE_MIN` bytes) against the RFC's definition.
     #[test]
-    fn word_wide_equals_bytewise_at_every_length_and_offset() {
+    fn every_path_equals_bytewise_at_every_length_and_offset() {
         let mask = [0x6d, 0xb6, 0xb2, 0x80];
-        for len in 0..=300 {
+        let lens = (0..=300).chain([511, 512, 513, 4095, 16 * 1024 + 3, 70_001]);
+        for len in lens {
             for offset in 0..8 {
                 for start in 0..8 {
                     // `start` shifts the slice inside its allocation, so alignment varies too.
                     let data: Vec<u8> = (0..len + start).map(|i| (i * 31 + 7) as u8).collect();
-                    let mut a = data.clone();
-                    let mut b = data.clone();
-                    apply_mask(&mut a[start..], mask, offset);
-                    apply_mask_bytewise(&mut b[start..], mask, offset);
-                    assert_eq!(a, b, "len {len} offset {offset} start {start}");
+                    let mut want = data.clone();
+                    apply_mask_bytewise(&mut want[start..], mask, offset);
+                    let mut fast = data.clone();
+                    apply_mask(&mut fast[start..], mask, offset);
+                    assert!(fast == want, "apply_mask: len {len} offset {offset} start {start}");
+                    let mut portable = data;
+                    apply_mask_portable(&mut portable[start..], mask, offset);
+                    assert!(portable == want, "apply_mask_portable: len {len} offset {offset} start {start}");
                 }
             }
         }
+    }
+
+    /// Says which path the test above checked on this machine (`--nocapture`), so a run on a CPU without AVX2 is
+    /// not mistaken for a check of that path.
+    #[test]
+    fn report_the_path_taken() {
+        #[cfg(target_arch = "x86_64")]
+        println!("AVX2 path: {}", std::is_x86_feature_detected!("avx2"));
     }
 
     #[test]
