@@ -272,6 +272,8 @@ pub struct Connection {
     ctrl: Vec<u8>,
     /// Part of `ctrl` has been written (its head frame is in flight).
     ctrl_started: bool,
+    /// Which deadlines were running when [`Connection::deadline_to_arm`] last computed one (see there).
+    armed_shape: u8,
     /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
     /// `usize::MAX` before the upgrade, when `out` holds HTTP.
     frame_left: usize,
@@ -354,6 +356,7 @@ impl Connection {
             live: None,
             ctrl: Vec::new(),
             ctrl_started: false,
+            armed_shape: 0,
             frame_left: usize::MAX,
             spare: Vec::new(),
         }
@@ -506,6 +509,32 @@ impl Connection {
             }
             State::Closed { linger } => Some(*linger),
         }
+    }
+
+    /// For a caller that keeps one timer per connection, armed at `armed` (`None`: no timer): the earlier deadline
+    /// to arm it for, or `None` when the armed timer still comes first. It answers as
+    /// `next_deadline().filter(|d| armed.map_or(true, |a| *d < a))` would, without recomputing the deadline on the
+    /// steady path: while the connection is open and no deadline has started or stopped since the last answer
+    /// (no message begun, no keepalive ping sent or answered), its deadlines can only have moved later (the peer's
+    /// traffic pushes the idle and keepalive ones back). A timer that then fires early finds nothing due; the caller
+    /// disarms it and asks again.
+    pub fn deadline_to_arm(&mut self, armed: Option<Instant>) -> Option<Instant> {
+        let shape = match &self.state {
+            // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.
+            State::Open(rx) => {
+                let msg = rx.msg.is_some() && !rx.msg_delivered;
+                let ping = self.live.as_deref().is_some_and(|l| l.ping_deadline.is_some());
+                1 | (msg as u8) << 1 | (ping as u8) << 2
+            }
+            // Deadlines set once per state, but the state may change within its variant (a close cut short):
+            // always computed.
+            _ => 0,
+        };
+        if shape != 0 && shape == self.armed_shape && armed.is_some() {
+            return None;
+        }
+        self.armed_shape = shape;
+        self.next_deadline().filter(|d| armed.map_or(true, |a| *d < a))
     }
 
     /// The earliest liveness deadline: idle, keepalive (ping due or pong overdue) or lifetime.

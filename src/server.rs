@@ -1676,12 +1676,14 @@ impl Server {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        let next = slot.draining.or_else(|| slot.conn.next_deadline());
-        if let Some(d) = next {
-            if slot.scheduled.map_or(true, |s| d < s) {
-                slot.scheduled = Some(d);
-                self.timers.push(Reverse((d, Timer::Conn { key, gen: slot.gen })));
-            }
+        let armed = slot.scheduled;
+        let earlier = match slot.draining {
+            Some(d) => Some(d).filter(|d| armed.map_or(true, |a| *d < a)),
+            None => slot.conn.deadline_to_arm(armed),
+        };
+        if let Some(d) = earlier {
+            slot.scheduled = Some(d);
+            self.timers.push(Reverse((d, Timer::Conn { key, gen: slot.gen })));
         }
     }
 

@@ -1,11 +1,16 @@
 //! Property tests of the sans-I/O core (proptest): any split of a stream gives the same events and output as
 //! feeding it whole; frame headers round-trip; the UTF-8 validator agrees with `std::str::from_utf8` on any input
-//! and any split. The fuzz targets (`fuzz/`) check the same things on arbitrary bytes; these generate *valid*
+//! and any split; a timer kept by `Connection::deadline_to_arm` is never later than the connection's deadline. The fuzz targets (`fuzz/`) check the same things on arbitrary bytes; these generate *valid*
 //! streams, which random bytes rarely reach.
 
 use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wskit::frame::{decode_header, encode_header, write_client_frame, OpCode, Status};
 use wskit::utf8::Utf8Validator;
+use wskit::{CloseCode, Config, Connection, Event};
+
+const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 /// One client frame of a valid session.
 #[derive(Debug, Clone)]
@@ -61,6 +66,67 @@ proptest! {
         data.extend(encode(&frames, mask));
         // The same differential check the fuzz target runs (whole vs split, events and output).
         wskit::fuzzing::connection(&data);
+    }
+
+    /// The shell keeps one timer per connection and asks `deadline_to_arm` after every turn; it skips the
+    /// computation while no deadline has started or stopped. Whatever the traffic and its timing (messages cut
+    /// across reads and left unfinished, pings, silences that trigger keepalive pings, idle and message timeouts, a
+    /// close of ours), the armed timer is never later than `next_deadline`.
+    #[test]
+    fn the_armed_timer_is_never_later_than_the_deadline(
+        frames in proptest::collection::vec(frame_strategy(), 1..10),
+        cut in 1usize..30,
+        gaps in proptest::collection::vec(0u64..12_000, 1..40),
+        close_at in proptest::option::of(0usize..40),
+        ping in any::<bool>(),
+    ) {
+        let ms = Duration::from_millis;
+        let cfg = Config::new()
+            .timeout(ms(3_000))
+            .liveness(Some(ms(30_000)), ping.then_some(ms(8_000)), ms(12_000), Some(ms(200_000)));
+        let mut c = Connection::new(Arc::new(cfg), Instant::now());
+        let mut now = Instant::now();
+        let mut head = HEAD.to_vec();
+        prop_assert!(matches!(c.read(&mut head, now).1, Some(Event::Upgrade(_))));
+        c.accept(None, false, now).unwrap();
+        let mut armed = c.deadline_to_arm(None);
+        let mut stream = encode(&frames, [9, 8, 7, 6]);
+        let mut chunks = stream.chunks_mut(cut);
+        for (i, gap) in gaps.iter().enumerate() {
+            let until = now + ms(*gap);
+            // Timers that come due in the gap fire (the shell disarms and asks again after each).
+            while let Some(t) = armed.filter(|t| *t <= until && !c.is_finished()) {
+                now = now.max(t);
+                c.handle_timeout(now);
+                let out = c.out().len();
+                c.consume_out(out);
+                armed = c.deadline_to_arm(None);
+            }
+            if c.is_finished() {
+                break; // the shell drops it
+            }
+            now = until;
+            if close_at == Some(i) {
+                let _ = c.close(CloseCode::NORMAL, "", now);
+            } else if let Some(chunk) = chunks.next() {
+                let mut off = 0;
+                while off < chunk.len() {
+                    let (used, ev) = c.read(&mut chunk[off..], now);
+                    off += used;
+                    if used == 0 && ev.is_none() {
+                        break;
+                    }
+                }
+            }
+            let out = c.out().len();
+            c.consume_out(out);
+            if let Some(d) = c.deadline_to_arm(armed) {
+                armed = Some(d);
+            }
+            if let Some(d) = c.next_deadline() {
+                prop_assert!(armed.is_some_and(|a| a <= d), "armed {:?} after the deadline {:?}", armed, d);
+            }
+        }
     }
 
     #[test]
