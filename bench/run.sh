@@ -42,14 +42,28 @@ servers_for() {
     wss) echo "wskit-wss tokio-tungstenite-wss" ;;
   esac
 }
-port=$((20000 + RANDOM % 20000))
+# Listen ports below the kernel's ephemeral range (32768 on), where the load's own client sockets live.
+port=$((20000 + RANDOM % 8000))
 start_server() { # name -> sets $pid, $addr
-  port=$((port + 1)); addr=127.0.0.1:$port
-  # shellcheck disable=SC2086
-  taskset -c 0 ${servers[$1]//ADDR/$addr} > /dev/null 2>&1 &
-  pid=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return; sleep 0.05; done
-  echo "server $1 did not start" >&2; exit 1
+  local try
+  for try in 1 2 3; do
+    port=$((port + 1)); addr=127.0.0.1:$port
+    # shellcheck disable=SC2086
+    taskset -c 0 ${servers[$1]//ADDR/$addr} > /dev/null 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+      if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+        # Listening, and still alive (a server that lost its port to another socket exits): use it.
+        sleep 0.05
+        kill -0 "$pid" 2>/dev/null && return
+        break
+      fi
+      sleep 0.05
+    done
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    echo "server $1 did not start on $addr (try $try)" >&2
+  done
+  exit 1
 }
 stop_server() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<" $2"; }
