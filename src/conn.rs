@@ -178,10 +178,10 @@ struct Rx {
 impl Rx {
     /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
     /// control payload.
-    fn release_lent(&mut self, spare: &mut Vec<u8>) {
+    fn release_lent(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.msg_delivered) {
             if let Some(m) = self.msg.take() {
-                keep_larger(spare, m.buf);
+                park(spare, out, m.buf);
             }
         }
         if std::mem::take(&mut self.ctrl_lent) {
@@ -293,6 +293,23 @@ fn keep_larger(spare: &mut Vec<u8>, mut buf: Vec<u8>) {
     if buf.capacity() >= SPARE_MIN && buf.capacity() > spare.capacity() {
         buf.clear();
         *spare = buf;
+    }
+}
+
+/// Keeps a large buffer that fell free (emptied) for the shell to take back: in `spare`, the larger of the two;
+/// the other in the empty queue `out` if it is larger than what `out` has. Dropping one of two large buffers
+/// here (as [`keep_larger`] does) drained the loop's pool by one buffer per 1 MiB echo, so every message then
+/// paid fresh pages for its assembly (256 page faults per MiB).
+fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
+    if buf.capacity() < SPARE_MIN {
+        return;
+    }
+    buf.clear();
+    if buf.capacity() > spare.capacity() {
+        std::mem::swap(spare, &mut buf);
+    }
+    if buf.capacity() >= SPARE_MIN && out.is_empty() && buf.capacity() > out.capacity() {
+        *out = buf;
     }
 }
 
@@ -418,8 +435,14 @@ impl Connection {
             if after_handshake {
                 self.out = Vec::new();
             } else if self.out.capacity() > SPARE_MIN {
-                // Not kept by an idle connection: offered as the spare buffer (the shell takes it back).
-                keep_larger(&mut self.spare, std::mem::take(&mut self.out));
+                // Not kept by an idle connection: offered as the spare buffer, or, if the spare is larger, left
+                // here empty; the shell takes both back ([`Connection::take_buffer`]).
+                if self.out.capacity() > self.spare.capacity() {
+                    std::mem::swap(&mut self.out, &mut self.spare);
+                }
+                if self.out.capacity() < SPARE_MIN {
+                    self.out = Vec::new();
+                }
             }
         } else {
             self.out.drain(..n);
@@ -644,8 +667,12 @@ impl Connection {
     }
 
     /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
+    /// Call it until it returns `None` (a connection can hold two: the spare, and an empty queue's large buffer).
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        (self.spare.capacity() > 0).then(|| std::mem::take(&mut self.spare))
+        if self.spare.capacity() > 0 {
+            return Some(std::mem::take(&mut self.spare));
+        }
+        (self.out.is_empty() && self.out.capacity() >= SPARE_MIN).then(|| std::mem::take(&mut self.out))
     }
 
     /// Queues a message as one frame.
@@ -869,7 +896,7 @@ impl Connection {
     /// no message buffer.
     pub fn reclaim(&mut self) {
         if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
-            rx.release_lent(&mut self.spare);
+            rx.release_lent(&mut self.spare, &mut self.out);
         }
     }
 
@@ -1031,7 +1058,7 @@ impl Connection {
     }
 
     fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        let Connection { config, state, deflate, spare, .. } = self;
+        let Connection { config, state, deflate, spare, out, .. } = self;
         let config = &**config;
         let max_msg = config.effective_max_message_size();
         let (rx, closing) = match state {
@@ -1039,7 +1066,7 @@ impl Connection {
             State::ClosingByUs { rx, .. } => (rx, true),
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
         };
-        rx.release_lent(spare);
+        rx.release_lent(spare, out);
         if rx.discard {
             return (input.len(), None);
         }
@@ -1501,6 +1528,44 @@ mod tests {
         let back = c.take_buffer().expect("the written queue's buffer is offered back");
         assert_eq!(back.as_ptr(), ptr);
         assert!(c.take_buffer().is_none(), "an idle connection holds no spare");
+    }
+
+    /// A large echo uses two large buffers (the message assembled in one, the answer queued in another): both go
+    /// back to the shell, none is freed. (Freeing one per echo drained the loop's pool and every message then
+    /// faulted in fresh pages.)
+    #[test]
+    fn both_large_buffers_of_an_echo_go_back() {
+        let now = Instant::now();
+        let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+        let mut head = HEAD.to_vec();
+        assert!(matches!(c.read(&mut head, now).1, Some(Event::Upgrade(_))));
+        c.accept(None, false, now).unwrap();
+        let mut sink = Vec::new();
+        c.drain_out(&mut sink);
+        // Within the default 512 KiB frame limit.
+        let payload: Vec<u8> = (0..400_000u32).map(|i| i as u8).collect();
+        for round in 0..3 {
+            let (a, b) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
+            let mut lent = vec![a.as_ptr(), b.as_ptr()];
+            assert!(c.lend_buffer(a).is_none());
+            let mut data = frame(true, OpCode::Binary, &payload);
+            let (first, rest) = data.split_at_mut(100_000);
+            assert!(c.read(first, now).1.is_none());
+            assert!(matches!(c.read(rest, now).1, Some(Event::Message(_))), "round {round}");
+            // In the shell's order: a second buffer lent before the answer is queued (the first holds the
+            // message), the message released after the handler ran, then the queue written.
+            assert!(c.lend_buffer(b).is_none());
+            c.send(Message::Binary(&payload)).unwrap();
+            c.reclaim();
+            c.drain_out(&mut sink);
+            let mut back = Vec::new();
+            while let Some(buf) = c.take_buffer() {
+                back.push(buf.as_ptr());
+            }
+            lent.sort();
+            back.sort();
+            assert_eq!(back, lent, "round {round}: both buffers back");
+        }
     }
 
     /// A frame written straight from the caller's buffer, cut by the socket at every point: the peer gets the same

@@ -50,10 +50,60 @@ const READ_BUF: usize = 128 * 1024;
 /// Echoes of messages assembled from several reads or frames are written straight from their buffer (rather than
 /// copied into the queue) from this length on: below it, a copy costs less than a vectored send (measured).
 const DIRECT_MIN: usize = 16 * 1024;
-/// Large buffers kept by a loop for reuse (so a stream of large messages does not fault in fresh pages for
-/// every one): how many, and the largest kept.
-const POOL_BUFS: usize = 4;
+/// Large buffers a loop keeps for reuse, so a stream of large messages does not fault in fresh pages for every
+/// one: at most this many bytes in all, none larger than [`POOL_BUF_MAX`]. Sized for every connection of a busy
+/// loop assembling one and sending one at once (10 connections of 1 MiB messages need about 20; with 4 kept, 6 of
+/// them paid 256 page faults per message, and the loop ran at half speed whenever its connections fell in step).
+const POOL_BYTES: usize = 64 << 20;
 const POOL_BUF_MAX: usize = 4 << 20;
+/// Buffers the pool held unused for a whole interval this long are freed: memory returns after a burst.
+const POOL_TRIM: Duration = Duration::from_secs(1);
+
+/// The loop's pool of large buffers (see [`POOL_BYTES`]).
+#[derive(Debug, Default)]
+struct BufPool {
+    bufs: Vec<Vec<u8>>,
+    /// Sum of the pooled buffers' capacities.
+    bytes: usize,
+    /// The fewest buffers the pool held since the last trim: that many went unused all along.
+    low: usize,
+    /// When the next trim is due, while the pool holds anything.
+    next_trim: Option<Instant>,
+}
+
+impl BufPool {
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        let b = self.bufs.pop()?;
+        self.bytes -= b.capacity();
+        self.low = self.low.min(self.bufs.len());
+        Some(b)
+    }
+
+    fn push(&mut self, b: Vec<u8>) {
+        if b.capacity() <= POOL_BUF_MAX && self.bytes + b.capacity() <= POOL_BYTES {
+            self.bytes += b.capacity();
+            self.bufs.push(b);
+        }
+    }
+
+    /// Frees the buffers that went unused for a whole interval (the oldest ones: the pool is a stack).
+    fn trim(&mut self, now: Instant) {
+        match self.next_trim {
+            _ if self.bufs.is_empty() => self.next_trim = None,
+            None => {
+                self.low = self.bufs.len();
+                self.next_trim = Some(now + POOL_TRIM);
+            }
+            Some(t) if now >= t => {
+                let idle = self.low.min(self.bufs.len());
+                self.bytes -= self.bufs.drain(..idle).map(|b| b.capacity()).sum::<usize>();
+                self.low = self.bufs.len();
+                self.next_trim = (!self.bufs.is_empty()).then(|| now + POOL_TRIM);
+            }
+            Some(_) => {}
+        }
+    }
+}
 
 /// Where a message handed to `on_message` lies.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +127,7 @@ fn message(text: bool, bytes: &[u8]) -> Message<'_> {
 }
 
 /// Lends `conn` a pooled buffer, if the pool has one and the connection holds none.
-fn lend(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
+fn lend(bufs: &mut BufPool, conn: &mut Connection) {
     if let Some(b) = bufs.pop() {
         if let Some(b) = conn.lend_buffer(b) {
             bufs.push(b);
@@ -86,11 +136,9 @@ fn lend(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
 }
 
 /// Takes back the connection's spare buffer into the pool (or frees it, past the pool's bounds).
-fn take_back(bufs: &mut Vec<Vec<u8>>, conn: &mut Connection) {
-    if let Some(b) = conn.take_buffer() {
-        if bufs.len() < POOL_BUFS && b.capacity() <= POOL_BUF_MAX {
-            bufs.push(b);
-        }
+fn take_back(bufs: &mut BufPool, conn: &mut Connection) {
+    while let Some(b) = conn.take_buffer() {
+        bufs.push(b);
     }
 }
 /// How long to wait before accepting again after `accept` failed (descriptor exhaustion).
@@ -327,8 +375,8 @@ pub struct Server {
     /// Plaintext decrypted from `rbuf` (wss), fed to the connection from here.
     pbuf: Vec<u8>,
     /// Large empty buffers lent to connections for their next large message and taken back after it
-    /// (`Connection::lend_buffer`): at most [`POOL_BUFS`] of at most [`POOL_BUF_MAX`] bytes.
-    bufs: Vec<Vec<u8>>,
+    /// (`Connection::lend_buffer`): at most [`POOL_BYTES`] in all, trimmed when unused.
+    bufs: BufPool,
     /// Where the message being handled by `on_message` lies, for [`Cmd::Echo`]: valid until the connection's
     /// next read, and cleared once its commands are applied.
     echo_src: Option<EchoSrc>,
@@ -588,7 +636,7 @@ impl Server {
             contexts: 0,
             rbuf: vec![0; READ_BUF],
             pbuf: Vec::new(),
-            bufs: Vec::new(),
+            bufs: BufPool::default(),
             echo_src: None,
             #[cfg(feature = "tls")]
             tls_config: tls,
@@ -735,7 +783,7 @@ impl Server {
     pub fn next_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut wake_at = self.timers.peek().map(|Reverse((t, _))| *t);
-        if let Some(t) = self.accept_paused {
+        for t in [self.accept_paused, self.bufs.next_trim].into_iter().flatten() {
             wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
         }
         wake_at.map(|t| t.saturating_duration_since(now))
@@ -787,6 +835,7 @@ impl Server {
         }
         self.fire_timers(now);
         self.finish_turn(now);
+        self.bufs.trim(now);
         self.ready.len()
     }
 
