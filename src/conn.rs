@@ -288,18 +288,10 @@ pub struct Connection {
 /// ones only for messages at least this long.
 pub(crate) const SPARE_MIN: usize = 64 * 1024;
 
-/// Keeps the larger of `spare` and `buf` (emptied) in `spare`, if it is worth keeping.
-fn keep_larger(spare: &mut Vec<u8>, mut buf: Vec<u8>) {
-    if buf.capacity() >= SPARE_MIN && buf.capacity() > spare.capacity() {
-        buf.clear();
-        *spare = buf;
-    }
-}
-
-/// Keeps a large buffer that fell free (emptied) for the shell to take back: in `spare`, the larger of the two;
-/// the other in the empty queue `out` if it is larger than what `out` has. Dropping one of two large buffers
-/// here (as [`keep_larger`] does) drained the loop's pool by one buffer per 1 MiB echo, so every message then
-/// paid fresh pages for its assembly (256 page faults per MiB).
+/// Keeps a large buffer that fell free (emptied) for the shell to take back ([`Connection::take_buffer`]): in
+/// `spare`, the larger of the two; the other in the queue `out` if that is empty and smaller. Keeping only the
+/// larger and freeing the other drained the loop's pool by one buffer per 1 MiB echo, so every message then paid
+/// fresh pages for its assembly (256 page faults per MiB). Buffers below [`SPARE_MIN`] are freed.
 fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
     if buf.capacity() < SPARE_MIN {
         return;
@@ -435,14 +427,9 @@ impl Connection {
             if after_handshake {
                 self.out = Vec::new();
             } else if self.out.capacity() > SPARE_MIN {
-                // Not kept by an idle connection: offered as the spare buffer, or, if the spare is larger, left
-                // here empty; the shell takes both back ([`Connection::take_buffer`]).
-                if self.out.capacity() > self.spare.capacity() {
-                    std::mem::swap(&mut self.out, &mut self.spare);
-                }
-                if self.out.capacity() < SPARE_MIN {
-                    self.out = Vec::new();
-                }
+                // Not kept by an idle connection: parked for the shell to take back.
+                let buf = std::mem::take(&mut self.out);
+                park(&mut self.spare, &mut self.out, buf);
             }
         } else {
             self.out.drain(..n);
@@ -1142,7 +1129,7 @@ impl Connection {
                         // Grow into the spare buffer rather than a fresh allocation.
                         let mut grown = std::mem::take(spare);
                         grown.extend_from_slice(&msg.buf);
-                        keep_larger(spare, std::mem::replace(&mut msg.buf, grown));
+                        park(spare, out, std::mem::replace(&mut msg.buf, grown));
                     }
                     msg.buf.extend_from_slice(chunk);
                 }

@@ -116,14 +116,6 @@ mod tests {
         }
     }
 
-    /// Says which path the test above checked on this machine (`--nocapture`), so a run on a CPU without AVX2 is
-    /// not mistaken for a check of that path.
-    #[test]
-    fn report_the_path_taken() {
-        #[cfg(target_arch = "x86_64")]
-        println!("AVX2 path: {}", std::is_x86_feature_detected!("avx2"));
-    }
-
     #[test]
     fn masking_twice_restores_and_split_masking_equals_one_shot() {
         let mask = [1, 2, 3, 4];
