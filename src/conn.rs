@@ -178,7 +178,15 @@ struct Rx {
 impl Rx {
     /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
     /// control payload.
+    #[inline]
     fn release_lent(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
+        if self.msg_delivered || self.ctrl_lent {
+            self.release_lent_now(spare, out);
+        }
+    }
+
+    #[inline(never)]
+    fn release_lent_now(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.msg_delivered) {
             if let Some(m) = self.msg.take() {
                 park(spare, out, m.buf);
@@ -653,6 +661,12 @@ impl Connection {
         None
     }
 
+    /// [`Connection::take_buffer`] has a buffer to hand back.
+    #[inline]
+    pub fn holds_buffer(&self) -> bool {
+        self.spare.capacity() > 0 || (self.out.is_empty() && self.out.capacity() >= SPARE_MIN)
+    }
+
     /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
     /// Call it until it returns `None` (a connection can hold two: the spare, and an empty queue's large buffer).
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
@@ -881,6 +895,7 @@ impl Connection {
     /// Frees what the last event lent out (a completed message's buffer, a control payload). [`Connection::read`]
     /// does this itself on its next call; a shell calls it when a read burst is over, so an idle connection holds
     /// no message buffer.
+    #[inline]
     pub fn reclaim(&mut self) {
         if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
             rx.release_lent(&mut self.spare, &mut self.out);

@@ -135,8 +135,17 @@ fn lend(bufs: &mut BufPool, conn: &mut Connection) {
     }
 }
 
-/// Takes back the connection's spare buffer into the pool (or frees it, past the pool's bounds).
+/// Takes back the connection's spare buffer into the pool (or frees it, past the pool's bounds). Inlined: it runs
+/// after every read burst and every flush, and usually finds nothing to take.
+#[inline]
 fn take_back(bufs: &mut BufPool, conn: &mut Connection) {
+    if conn.holds_buffer() {
+        take_back_all(bufs, conn);
+    }
+}
+
+#[cold]
+fn take_back_all(bufs: &mut BufPool, conn: &mut Connection) {
     while let Some(b) = conn.take_buffer() {
         bufs.push(b);
     }
