@@ -536,6 +536,7 @@ impl Connection {
     /// (no message begun, no keepalive ping sent or answered), its deadlines can only have moved later (the peer's
     /// traffic pushes the idle and keepalive ones back). A timer that then fires early finds nothing due; the caller
     /// disarms it and asks again.
+    #[inline]
     pub fn deadline_to_arm(&mut self, armed: Option<Instant>) -> Option<Instant> {
         let shape = match &self.state {
             // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.

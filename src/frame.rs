@@ -117,18 +117,26 @@ pub fn header_len(b0: u8, b1: u8) -> usize {
 /// on negotiated extensions (MASK, RSV bits) are checked by the caller.
 #[inline]
 pub fn decode_header(buf: &[u8]) -> Result<Status<(FrameHeader, usize)>, ProtocolError> {
-    // What a client sends most: a masked data frame with a 7-bit length (six header bytes). Decoded inline; every
-    // other header takes the general path below, and a test checks that both agree on every first two bytes.
+    // What a client sends most: a masked data frame with a 7-bit or 16-bit length (six or eight header bytes).
+    // Decoded inline; every other header takes the general path below, and a test checks that both agree on
+    // every first two bytes at every length.
     if let [b0, b1, m0, m1, m2, m3, ..] = *buf {
         let op = b0 & 0x0f;
-        if b1 & 0x80 != 0 && b1 & 0x7f < 126 && op <= 2 {
+        if b1 & 0x80 != 0 && op <= 2 {
             let opcode = match op {
                 0 => OpCode::Continuation,
                 1 => OpCode::Text,
                 _ => OpCode::Binary,
             };
-            let (fin, rsv, len) = (b0 & 0x80 != 0, (b0 >> 4) & 0x7, u64::from(b1 & 0x7f));
-            return Ok(Status::Complete((FrameHeader { fin, rsv, opcode, mask: Some([m0, m1, m2, m3]), len }, 6)));
+            let (fin, rsv) = (b0 & 0x80 != 0, (b0 >> 4) & 0x7);
+            if b1 & 0x7f < 126 {
+                let h = FrameHeader { fin, rsv, opcode, mask: Some([m0, m1, m2, m3]), len: u64::from(b1 & 0x7f) };
+                return Ok(Status::Complete((h, 6)));
+            }
+            if let (126, &[_, _, l0, l1, m0, m1, m2, m3, ..]) = (b1 & 0x7f, buf) {
+                let len = u16::from_be_bytes([l0, l1]).into();
+                return Ok(Status::Complete((FrameHeader { fin, rsv, opcode, mask: Some([m0, m1, m2, m3]), len }, 8)));
+            }
         }
     }
     decode_header_general(buf)

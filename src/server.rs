@@ -1265,12 +1265,12 @@ impl Server {
                 // The handler's state for this connection is suspect: close it with 1011; everyone else goes on.
                 let _ = slot.conn.close(crate::CloseCode::INTERNAL, "internal error", now);
             }
-            if !self.config.prod {
+            if cfg!(debug_assertions) && !self.config.prod {
                 if let Some(slot) = self.slots.get(key) {
                     slot.conn.debug_check_invariants();
                 }
             }
-            self.mark_dirty(key);
+            // (The slot was marked dirty at the top, and only `finish_turn` clears the mark.)
             self.apply_commands(now);
             self.echo_src = None;
             if off >= n {
@@ -1348,7 +1348,13 @@ impl Server {
                             let direct = last.then(|| slot.conn.direct_header(text, len)).flatten();
                             match direct {
                                 Some((head, hl)) if start >= hl => {
-                                    rbuf[start - hl..start].copy_from_slice(&head[..hl]);
+                                    let at = &mut rbuf[start - hl..start];
+                                    // The usual 2-byte header by hand (a variable-length copy calls memcpy).
+                                    if let ([a0, a1], [h0, h1, ..]) = (&mut *at, head) {
+                                        (*a0, *a1) = (h0, h1);
+                                    } else {
+                                        at.copy_from_slice(&head[..hl]);
+                                    }
                                     let written = write_burst(&mut slot.sock, &rbuf[start - hl..end]).unwrap_or(0);
                                     slot.conn.sent_direct(&head[..hl], &rbuf[start..end], written);
                                     Metrics::add(&m.bytes_out, written as u64);
@@ -1607,7 +1613,7 @@ impl Server {
                 slot.interest = want;
             }
             let resume = slot.read_ready && !slot.deferred && slot.wants_read(self.config.write_high_water);
-            self.schedule(key);
+            Self::arm(&mut self.timers, key, slot);
             if resume {
                 self.do_read(key, now);
             }
@@ -1731,9 +1737,15 @@ impl Server {
     }
 
     fn schedule(&mut self, key: usize) {
-        let Some(slot) = self.slots.get_mut(key) else {
-            return;
-        };
+        if let Some(slot) = self.slots.get_mut(key) {
+            Self::arm(&mut self.timers, key, slot);
+        }
+    }
+
+    /// [`Server::schedule`] for a slot at hand: pushes a timer if the slot's earliest deadline is earlier than
+    /// the one armed.
+    #[inline]
+    fn arm(timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>, key: usize, slot: &mut Slot) {
         let armed = slot.scheduled;
         let earlier = match slot.draining {
             Some(d) => Some(d).filter(|d| armed.map_or(true, |a| *d < a)),
@@ -1741,7 +1753,7 @@ impl Server {
         };
         if let Some(d) = earlier {
             slot.scheduled = Some(d);
-            self.timers.push(Reverse((d, Timer::Conn { key, gen: slot.gen })));
+            timers.push(Reverse((d, Timer::Conn { key, gen: slot.gen })));
         }
     }
 
