@@ -5,7 +5,8 @@
 #
 # - Echo throughput: N connections, one message in flight each (bench/src/bin/load.rs). Servers pinned to core 0,
 #   the load to core 1; scenarios and servers interleaved so machine noise hits all alike; each cell the median of
-#   REPS runs: msgs/s, server CPU µs per message (/proc/PID/stat); round-trip p99 over all REPS runs pooled.
+#   REPS runs: msgs/s, server CPU µs per message and its user-space part (/proc/PID/stat); round-trip p99 over
+#   all REPS runs pooled; ratios to the raw echo and the best peer as medians of per-repetition ratios.
 # - permessage-deflate (wskit with and without context takeover vs sockudo-ws with it; the wire ratio achieved)
 #   and wss (wskit vs tokio-tungstenite on tokio-rustls).
 # - System calls per message (strace -c -f on a shorter run), bytes per idle connection (ΔRSS over IDLE
@@ -26,7 +27,7 @@ cargo build -q --release --example echo
 cargo build -q --release -p wskit-bench
 out=target/bench; mkdir -p "$out"
 csv=$out/results.csv
-echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle" > "$csv"
+echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle,user_us_per_msg" > "$csv"
 # Round-trip histograms, every repetition of a cell appended to one file (report.py pools them for p99).
 rm -rf "$out/hist"; mkdir -p "$out/hist"
 tck=$(getconf CLK_TCK)
@@ -76,15 +77,17 @@ for rep in $(seq "$reps"); do
       extra=(--latency --hist "$out/hist/${conns}x$size-$kind.$name.txt")
       [[ $kind == wss ]] && extra+=(--tls --ca tests/data/localhost-cert.pem)
       [[ $kind == deflate ]] && extra+=(--deflate)
-      before=$(awk '{print $14+$15}' "/proc/$pid/stat")
+      read -r user0 sys0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
       line=$(taskset -c 1 target/release/load --addr "$addr" --conns "$conns" --size "$size" --secs "$secs" --warmup "$warm" "${extra[@]}")
-      after=$(awk '{print $14+$15}' "/proc/$pid/stat")
+      read -r user1 sys1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
       stop_server
       rate=$(field msgs_per_s "$line") msgs=$(field msgs "$line") p99=$(field p99_us "$line")
       ratio=$(field wire_ratio "$line"); ratio=${ratio:-1}
-      # CPU covers the warm-up too; messages are counted after it: scale to the same span.
-      cpu=$(python3 -c "print(f'{($after-$before)/$tck*1e6/max($msgs,1)*$secs/($secs+$warm):.2f}')")
-      echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,," >> "$csv"
+      # CPU covers the warm-up too; messages are counted after it: scale to the same span. User-space CPU apart:
+      # the rest is the kernel's (system calls, loopback TCP), which no server's own code can avoid.
+      per_msg() { python3 -c "print(f'{($1)/$tck*1e6/max($msgs,1)*$secs/($secs+$warm):.2f}')"; }
+      cpu=$(per_msg "$user1 + $sys1 - $user0 - $sys0") user=$(per_msg "$user1 - $user0")
+      echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,,,$user" >> "$csv"
       printf '%-22s %5s x %-8s %-7s rep %s: %8s msgs/s %7s µs CPU/msg  p99 %6s µs  wire %s\n' \
         "$name" "$conns" "$size" "$kind" "$rep" "$rate" "$cpu" "$p99" "$ratio" >&2
     done
@@ -104,7 +107,7 @@ for name in "${plain[@]}"; do
   calls=$(awk '$NF=="total" {print $(NF-2)}' "$out/strace-$name.txt")
   msgs=$(field msgs "$line")
   per=$(python3 -c "print(f'{${calls:-0}/max(${msgs:-0},1):.2f}')")
-  echo "syscalls 100 x 20,$name,1,,,,,$per," >> "$csv"
+  echo "syscalls 100 x 20,$name,1,,,,,$per,," >> "$csv"
   printf '%-22s syscalls per message: %s (%s calls, %s msgs)\n' "$name" "$per" "${calls:-0}" "${msgs:-0}" >&2
 done
 
@@ -114,7 +117,7 @@ for name in "${plain[@]}"; do
   sleep 0.2
   line=$(taskset -c 1 target/release/load --addr "$addr" --idle "$idle_n" --server-pid "$pid")
   stop_server
-  echo "idle $idle_n,$name,1,,,$(field new_p99_us "$line"),,,$(field bytes_per_idle "$line")" >> "$csv"
+  echo "idle $idle_n,$name,1,,,$(field new_p99_us "$line"),,,$(field bytes_per_idle "$line")," >> "$csv"
   printf '%-22s idle: %s B per connection over %s; new client p50/p99/max %s/%s/%s µs\n' "$name" \
     "$(field bytes_per_idle "$line")" "$idle_n" "$(field new_p50_us "$line")" "$(field new_p99_us "$line")" \
     "$(field new_max_us "$line")" >&2
