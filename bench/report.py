@@ -50,7 +50,6 @@ for sc in scen_order:
     same = [s for s in names if not s.startswith(("wskit", "raw"))]
     if kind == "deflate":
         same = [s for s in same if s.endswith("-deflate")]
-    best_peer = max((rate[s] for s in same), default=None)
     # Ratios are paired: within one repetition the servers of a scenario run back to back, seconds apart, so a
     # ratio taken there compares them under the same conditions; the table gives the median over repetitions.
     # (The ratio of two medians mixes repetitions: on a shared machine a slow spell that hits one server in one

@@ -68,6 +68,9 @@ start_server() { # name -> sets $pid, $addr
 }
 stop_server() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<" $2"; }
+# Clock ticks (the expression $1) per echoed message in µs. CPU covers the warm-up too and messages ($msgs) are
+# counted after it: scaled to the same span.
+per_msg() { python3 -c "print(f'{($1)/$tck*1e6/max($msgs,1)*$secs/($secs+$warm):.2f}')"; }
 
 for rep in $(seq "$reps"); do
   for sc in "${scenarios[@]}"; do
@@ -83,9 +86,8 @@ for rep in $(seq "$reps"); do
       stop_server
       rate=$(field msgs_per_s "$line") msgs=$(field msgs "$line") p99=$(field p99_us "$line")
       ratio=$(field wire_ratio "$line"); ratio=${ratio:-1}
-      # CPU covers the warm-up too; messages are counted after it: scale to the same span. User-space CPU apart:
-      # the rest is the kernel's (system calls, loopback TCP), which no server's own code can avoid.
-      per_msg() { python3 -c "print(f'{($1)/$tck*1e6/max($msgs,1)*$secs/($secs+$warm):.2f}')"; }
+      # User-space CPU apart: the rest is the kernel's (system calls, loopback TCP), which no server's own code
+      # can avoid.
       cpu=$(per_msg "$user1 + $sys1 - $user0 - $sys0") user=$(per_msg "$user1 - $user0")
       echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,,,$user" >> "$csv"
       printf '%-22s %5s x %-8s %-7s rep %s: %8s msgs/s %7s µs CPU/msg  p99 %6s µs  wire %s\n' \

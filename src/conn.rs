@@ -665,7 +665,13 @@ impl Connection {
     /// [`Connection::take_buffer`] has a buffer to hand back.
     #[inline]
     pub fn holds_buffer(&self) -> bool {
-        self.spare.capacity() > 0 || (self.out.is_empty() && self.out.capacity() >= SPARE_MIN)
+        self.spare.capacity() > 0 || self.out_parked()
+    }
+
+    /// The queue is empty and holds a large buffer ([`park`]ed there, or left by a written queue).
+    #[inline]
+    fn out_parked(&self) -> bool {
+        self.out.is_empty() && self.out.capacity() >= SPARE_MIN
     }
 
     /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
@@ -674,7 +680,7 @@ impl Connection {
         if self.spare.capacity() > 0 {
             return Some(std::mem::take(&mut self.spare));
         }
-        (self.out.is_empty() && self.out.capacity() >= SPARE_MIN).then(|| std::mem::take(&mut self.out))
+        self.out_parked().then(|| std::mem::take(&mut self.out))
     }
 
     /// Queues a message as one frame.
