@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the sans-I/O core, in bytes per second: frame decode, unmask (`dispatch`: AVX2 where the
+//! Micro-benchmarks of the sans-I/O core, in bytes per second: frame decode, unmask (`dispatch`: AVX-512 or AVX2 where the
 //! CPU has it; `word`: portable word-wide; `bytewise`),
 //! UTF-8 validation, the handshake, and a whole echo through `Connection` (read + send).
 //!

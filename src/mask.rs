@@ -3,17 +3,19 @@
 //! Three implementations live here: [`apply_mask_bytewise`], the one-line definition straight from the RFC;
 //! [`apply_mask_portable`], which XORs eight bytes at a time with a 64-bit word (safe code; the compiler vectorises
 //! the loop with the baseline's 16-byte registers); and [`apply_mask`], which the codec calls: on x86-64 CPUs with
-//! AVX2 it takes 32 bytes a step for payloads of [`WIDE_MIN`] bytes or more, else it is the portable one. Tests
-//! check that all agree at every length and every starting offset. Unmasking happens **in place**, in the buffer
-//! the bytes were read into, so a payload is never copied just to be unmasked.
+//! AVX-512F it takes 64 bytes a step, with AVX2 32, for payloads of [`WIDE_MIN`] bytes or more; else it is the
+//! portable one. Tests check that every path this CPU can run agrees with the RFC's definition at every length and
+//! every starting offset. Unmasking happens **in place**, in the buffer the bytes were read into, so a payload is
+//! never copied just to be unmasked.
 //!
-//! The AVX2 path is the crate's one `unsafe` block (calling a function compiled for a CPU feature after checking
-//! that the CPU has it). It pays: `cargo bench --bench core -- unmask` here (AMD EPYC, 2026-11-29) gives 16 KiB in
-//! 85 ns against 250 ns for the portable loop (the portable loop measured 200 ns in another build: code layout
-//! moves it), 1 KiB in 8.8 against 15.5 ns, 1 MiB in 9.4 against 15.6 µs. At 16 KiB that is 2–3 % of the
-//! server's whole CPU time per echoed message (5.5 µs, kernel included).
+//! The wide paths are the crate's `unsafe` blocks (calling a function compiled for a CPU feature after checking
+//! that the CPU has it). They pay: `cargo bench --bench core -- unmask` here (AMD EPYC, 2026-11-29) gives 16 KiB in
+//! 85 ns with AVX2 against 250 ns for the portable loop (the portable loop measured 200 ns in another build: code
+//! layout moves it), 1 KiB in 8.8 against 15.5 ns, 1 MiB in 9.4 against 15.6 µs. AVX-512, measured against AVX2 in
+//! builds alternated twice (same day, Zen 5): 16 KiB 116 → 87 ns, 1 KiB 6.7 → 5.5 ns, 1 MiB 9.6 → 8.3 µs. At
+//! 16 KiB unmasking is 2–3 % of the server's whole CPU time per echoed message (~7 µs, kernel included).
 
-/// Payloads from this length on take the AVX2 path where the CPU has it (below it, the feature check and the
+/// Payloads from this length on take a wide path where the CPU has one (below it, the feature check and the
 /// wider tail cost more than they save: 20 B takes 1.7 ns either way).
 pub const WIDE_MIN: usize = 128;
 
@@ -38,6 +40,16 @@ fn rotate(mask: [u8; 4], offset: usize) -> u32 {
 #[inline]
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let k = rotate(mask, offset);
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= WIDE_MIN && std::is_x86_feature_detected!("avx512f") {
+        #[allow(unsafe_code)]
+        // SAFETY: `xor_avx512` is safe code compiled with AVX-512F enabled; its one requirement is a CPU that has
+        // AVX-512F, checked just above (std caches the answer, so the check is a load and a bit test).
+        unsafe {
+            xor_avx512(buf, k)
+        };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if buf.len() >= WIDE_MIN && std::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code)]
@@ -95,13 +107,50 @@ unsafe fn xor_avx2(buf: &mut [u8], k: u32) {
     xor_words(buf, k);
 }
 
+/// [`xor_words`] compiled for AVX-512F: 64 bytes a step.
+///
+/// # Safety
+/// The CPU must support AVX-512F. The body is safe code.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn xor_avx512(buf: &mut [u8], k: u32) {
+    xor_words(buf, k);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Both fast paths (the AVX2 one where this CPU has it, from `WIDE_MIN` bytes) against the RFC's definition.
+    /// A masking path by name, taking the rotated key.
+    type Path = (&'static str, fn(&mut [u8], u32));
+
+    /// The wide paths this CPU can run, each called directly (the dispatcher takes only the widest).
+    fn wide_paths() -> Vec<Path> {
+        #[allow(unused_mut)]
+        let mut paths: Vec<Path> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU has AVX2, checked just above.
+                paths.push(("avx2", |b, k| unsafe { xor_avx2(b, k) }));
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                paths.push(("avx512", |b, k| unsafe { xor_avx512(b, k) }));
+            }
+        }
+        paths
+    }
+
+    /// Every path (the dispatcher, the portable loop, and each wide path this CPU has, called directly) against the
+    /// RFC's definition.
     #[test]
     fn every_path_equals_bytewise_at_every_length_and_offset() {
+        let wide = wide_paths();
+        eprintln!("wide paths on this CPU: {:?}", wide.iter().map(|p| p.0).collect::<Vec<_>>());
         let mask = [0x6d, 0xb6, 0xb2, 0x80];
         let lens = (0..=300).chain([511, 512, 513, 4095, 16 * 1024 + 3, 70_001]);
         for len in lens {
@@ -114,9 +163,14 @@ mod tests {
                     let mut fast = data.clone();
                     apply_mask(&mut fast[start..], mask, offset);
                     assert!(fast == want, "apply_mask: len {len} offset {offset} start {start}");
-                    let mut portable = data;
+                    let mut portable = data.clone();
                     apply_mask_portable(&mut portable[start..], mask, offset);
                     assert!(portable == want, "apply_mask_portable: len {len} offset {offset} start {start}");
+                    for (name, path) in &wide {
+                        let mut got = data.clone();
+                        path(&mut got[start..], rotate(mask, offset));
+                        assert!(got == want, "{name}: len {len} offset {offset} start {start}");
+                    }
                 }
             }
         }
