@@ -6,6 +6,7 @@
 
 use crate::deflate::DeflateConfig;
 use crate::error::ConfigError;
+use crate::proxy::MAX_V2_LEN;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,6 +111,12 @@ pub struct Config {
     /// Most open WebSocket connections from one IP address; more get 429 (key `max_connections_per_ip`,
     /// default 0 = no limit: users behind one NAT share an address).
     pub max_connections_per_ip: usize,
+    /// Every accepted connection starts with a PROXY protocol header, version 1 or 2, from a load balancer (key
+    /// `proxy_protocol`, default false). The client it names becomes the connection's peer (`Ctx::peer_addr`,
+    /// the per-IP limit, logs); a connection without a valid header gets 400 (a TLS listener: closed). Turn it
+    /// on only where every client comes through the balancer: whoever can reach the port can name any address.
+    /// See [`crate::proxy`].
+    pub proxy_protocol: bool,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
     /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
@@ -146,6 +153,7 @@ impl Default for Config {
             subprotocol_strict: false,
             max_connections: 0,
             max_connections_per_ip: 0,
+            proxy_protocol: false,
             deflate: DeflateConfig::default(),
         }
     }
@@ -273,6 +281,7 @@ impl Config {
             "subprotocol_strict" => self.subprotocol_strict = parse_bool(key, v)?,
             "max_connections" => self.max_connections = parse_usize(key, v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
+            "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
             "deflate" => self.deflate.enabled = parse_bool(key, v)?,
             "deflate_server_max_window_bits" => {
                 self.deflate.server_max_window_bits = parse_usize(key, v)?.min(255) as u8
@@ -398,6 +407,13 @@ impl Config {
         self
     }
 
+    /// Expects a PROXY protocol header (v1 or v2) first on every accepted connection; see
+    /// [`Config::proxy_protocol`].
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
+    }
+
     /// Turns permessage-deflate negotiation on or off.
     pub fn deflate(mut self, on: bool) -> Self {
         self.deflate.enabled = on;
@@ -425,7 +441,9 @@ impl Config {
         let deflate = self.deflate.enabled;
         MemoryBound {
             slot: KIB,
-            handshake: self.max_handshake_bytes + KIB,
+            // The PROXY header is read, and its buffer (at most twice its longest: a growing Vec) freed, before the
+            // head is.
+            handshake: self.max_handshake_bytes.max(if self.proxy_protocol { 2 * (16 + MAX_V2_LEN) } else { 0 }) + KIB,
             message: 2 * self.effective_max_message_size() + if deflate { 64 * KIB } else { 0 },
             inflate: if deflate { 40 * KIB } else { 0 },
             compressor: if deflate && !self.deflate.server_no_context_takeover {
@@ -521,7 +539,8 @@ mod tests {
 pub struct MemoryBound {
     /// The slot, the connection's state and its buffers' headers (an idle connection measures ~0.6 KiB).
     pub slot: usize,
-    /// While handshaking: the request head (`max_handshake_bytes`) and the answer.
+    /// While handshaking: the request head (`max_handshake_bytes`) and the answer, or before them the PROXY
+    /// protocol header (`proxy_protocol`).
     pub handshake: usize,
     /// The message being assembled: a growing buffer may be twice the message limit, plus one inflate step
     /// (64 KiB) past it when compressed.

@@ -877,6 +877,17 @@ impl Connection {
         self.state = State::Closed { linger: now };
     }
 
+    /// Refuses the connection before its request head, for a fault the shell found in what precedes the head
+    /// (a PROXY protocol header): queues the HTTP answer to `e`; the connection closes once it is written. Only
+    /// while the head is awaited (else `Err(NotOpen)`).
+    pub fn refuse_before_head(&mut self, e: HandshakeError, now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::ReadingHead { .. }) {
+            return Err(SendError::NotOpen);
+        }
+        self.refuse(e, now);
+        Ok(())
+    }
+
     /// Drops a connection whose peer does not read (the shell found more than `max_queued_bytes` waiting): the
     /// queue is discarded and the connection ends at once with [`ProtocolError::SlowConsumer`].
     pub fn drop_slow(&mut self, queued: usize, now: Instant) {

@@ -34,6 +34,8 @@ pub enum HandshakeError {
     Key,
     /// `Sec-WebSocket-Version` is not 13. → 426 with `Sec-WebSocket-Version: 13`
     Version,
+    /// With `proxy_protocol` on: the connection did not begin with a valid PROXY protocol header. → 400
+    ProxyHeader,
 }
 
 impl HandshakeError {
@@ -61,6 +63,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::ConnectionHeader => "Connection header must contain \"Upgrade\"",
             HandshakeError::Key => "Sec-WebSocket-Key must be the base64 of 16 bytes",
             HandshakeError::Version => "unsupported Sec-WebSocket-Version (13 is supported)",
+            HandshakeError::ProxyHeader => "missing or malformed PROXY protocol header",
         };
         f.write_str(s)
     }

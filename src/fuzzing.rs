@@ -6,6 +6,7 @@
 use crate::deflate::{negotiate, parse_offers, DeflateConfig};
 use crate::frame::{decode_header, encode_header, Status};
 use crate::handshake::{validate_upgrade, HeadReader};
+use crate::proxy::ProxyReader;
 use crate::{Config, Connection, Event, Message};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +30,35 @@ fn head_verdict(data: &[u8], cuts: &[usize]) -> String {
     "partial".to_string()
 }
 
-/// The request-head reader and validation: split feeding agrees with one-shot feeding.
+fn proxy_verdict(data: &[u8], cuts: &[usize]) -> String {
+    let mut reader = ProxyReader::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&data.len())) {
+        let end = end.clamp(start, data.len());
+        match reader.feed(&data[start..end]) {
+            Ok(Status::Partial) => start = end,
+            Ok(Status::Complete((source, n))) => {
+                assert!(n <= end - start);
+                return format!("ok {} {source:?}", start + n);
+            }
+            Err(e) => return format!("err {e:?}"),
+        }
+    }
+    "partial".to_string()
+}
+
+/// The request-head reader and validation, and the PROXY protocol reader in front of it: split feeding agrees
+/// with one-shot feeding.
 pub fn handshake(data: &[u8]) {
     let Some((&step, data)) = data.split_first() else { return };
     let step = step as usize % 17 + 1;
     let cuts: Vec<usize> = (step..data.len()).step_by(step).collect();
     assert_eq!(head_verdict(data, &[]), head_verdict(data, &cuts), "split feeding disagrees with one-shot feeding");
+    let one_shot = proxy_verdict(data, &[]);
+    assert_eq!(one_shot, proxy_verdict(data, &cuts), "PROXY: split feeding disagrees with one-shot feeding");
+    if let Ok(Status::Complete((_, n))) = crate::proxy::parse(data) {
+        assert!(n <= data.len() && n <= 16 + crate::proxy::MAX_V2_LEN, "PROXY header of {n} bytes");
+    }
 }
 
 /// The frame-header decoder: decode(encode(h)) == h, and the minimal form re-encodes to the same bytes.

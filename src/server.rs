@@ -22,9 +22,11 @@ use crate::config::Config;
 use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind, SPARE_MIN};
 use crate::deflate::{DeflatePool, PreparedMessage};
 use crate::error::ConfigError;
-use crate::error::SendError;
+use crate::error::{HandshakeError, SendError};
+use crate::frame::Status;
 use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler, Origin};
 use crate::metrics::{Metrics, Refusal as Why};
+use crate::proxy::ProxyReader;
 use crate::CloseCode;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -186,6 +188,10 @@ struct Slot {
     deferred: bool,
     /// The peer's FIN has been announced (EPOLLRDHUP): read until EOF instead of stopping at a short read.
     read_closed: bool,
+    /// `proxy_protocol`: this accepted connection's PROXY header has not arrived whole yet (a part that came in
+    /// an earlier read waits in `Server::proxy_partial`; a flag here rather than a reader keeps the slot of an
+    /// idle connection from growing).
+    awaiting_proxy: bool,
 }
 
 impl Slot {
@@ -399,6 +405,9 @@ pub struct Server {
     /// Open WebSocket connections, and per IP when that is limited.
     open: usize,
     per_ip: HashMap<IpAddr, u32>,
+    /// PROXY headers split across reads, by slot (`proxy_protocol`): each at most `16 + MAX_V2_LEN` bytes, held
+    /// until the rest arrives or the handshake deadline ends the connection.
+    proxy_partial: HashMap<usize, ProxyReader>,
     /// Subscribers of each topic.
     topics: HashMap<Box<str>, Vec<ConnId>>,
     /// The live sequence number and period of each handler timer, by (connection, token).
@@ -662,6 +671,7 @@ impl Server {
             accept_paused: None,
             open: 0,
             per_ip: HashMap::new(),
+            proxy_partial: HashMap::new(),
             topics: HashMap::new(),
             timer_live: HashMap::new(),
             timer_seq: 0,
@@ -864,7 +874,9 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((sock, peer)) => {
-                    let _ = self.insert(sock, peer, now);
+                    if let Ok(key) = self.insert(sock, peer, now) {
+                        self.slots[key].awaiting_proxy = self.config.proxy_protocol;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -921,6 +933,7 @@ impl Server {
             topics: Vec::new(),
             deferred: false,
             read_closed: false,
+            awaiting_proxy: false,
         });
         let m = &self.shared.metrics;
         Metrics::add(&m.accepted, 1);
@@ -1026,7 +1039,10 @@ impl Server {
                 Ok(n) => {
                     let short = n < self.rbuf.len();
                     Metrics::add(&self.shared.metrics.bytes_in, n as u64);
-                    if slot.is_tls() {
+                    let n = if slot.awaiting_proxy { self.strip_proxy_header(key, n, now) } else { n };
+                    if n == 0 {
+                        // All of it was (part of) the PROXY header.
+                    } else if self.slots[key].is_tls() {
                         self.feed_tls(key, n, now);
                     } else {
                         self.feed(key, false, n, now);
@@ -1052,6 +1068,44 @@ impl Server {
                 Err(_) => return self.peer_gone(key, now),
             }
         }
+    }
+
+    /// Takes the PROXY protocol header (`Config::proxy_protocol`) off the front of `rbuf[..n]`. When it is whole,
+    /// the client it names becomes the slot's peer, and the client's own bytes that followed it in this read are
+    /// moved to the front of `rbuf`: returns how many (0 while the header is incomplete). A fault is answered
+    /// with 400 (a TLS listener: the connection just closes, nothing HTTP can be said before TLS).
+    fn strip_proxy_header(&mut self, key: usize, n: usize, now: Instant) -> usize {
+        // Usually the whole header is in the first read and is parsed in place; a part is kept only across reads.
+        let mut reader = self.proxy_partial.remove(&key).unwrap_or_default();
+        let slot = &mut self.slots[key];
+        let rest = match reader.feed(&self.rbuf[..n]) {
+            Ok(Status::Partial) => {
+                self.proxy_partial.insert(key, reader);
+                return 0;
+            }
+            Ok(Status::Complete((source, used))) => {
+                if let Some(source) = source {
+                    slot.peer = source;
+                }
+                self.rbuf.copy_within(used..n, 0);
+                n - used
+            }
+            Err(e) => {
+                self.shared.metrics.handshake_failed(400);
+                if !self.config.prod {
+                    log::debug!(target: "wskit::server", "{} refused: {e}", slot.peer);
+                }
+                if slot.is_tls() {
+                    slot.conn.abort(now);
+                } else {
+                    let _ = slot.conn.refuse_before_head(HandshakeError::ProxyHeader, now);
+                }
+                0
+            }
+        };
+        slot.awaiting_proxy = false;
+        self.mark_dirty(key);
+        rest
     }
 
     /// Writes what the connection just read made it queue (its answers) now, rather than after every other
@@ -1698,6 +1752,9 @@ impl Server {
     fn remove(&mut self, key: usize) {
         if self.slots.contains(key) {
             let mut slot = self.slots.remove(key);
+            if slot.awaiting_proxy {
+                self.proxy_partial.remove(&key);
+            }
             if slot.deflate {
                 self.contexts -= 1;
             }
