@@ -5,8 +5,9 @@
 # commit it to fuzz/regressions/<target>/ with the fix, and `cargo test --test fuzz_regressions` replays it).
 #
 # Stable Rust has no -Zsanitizer, so the targets are built with `--sanitizer none` (libFuzzer's coverage
-# instrumentation works on stable); the code under test has no `unsafe`, so AddressSanitizer would find nothing
-# that safe Rust's bounds checks do not already turn into a panic.
+# instrumentation works on stable); the code under test has no `unsafe` but the wide unmasking calls (safe code
+# compiled for AVX2 / AVX-512), so AddressSanitizer would find nothing that safe Rust's bounds checks do not
+# already turn into a panic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30} jobs=${2:-1}
