@@ -6,6 +6,7 @@
 
 use crate::deflate::DeflateConfig;
 use crate::error::ConfigError;
+use crate::policy::IpNet;
 use crate::proxy::MAX_V2_LEN;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -117,6 +118,14 @@ pub struct Config {
     /// on only where every client comes through the balancer: whoever can reach the port can name any address.
     /// See [`crate::proxy`].
     pub proxy_protocol: bool,
+    /// Proxies whose forwarding header is believed (key `trusted_proxies`, comma-separated addresses or networks:
+    /// `127.0.0.1, 10.0.0.0/8`; default empty = none). When a request comes from one of them, the client is the
+    /// rightmost address in `forwarded_header` that is not itself a trusted proxy, with port 0 (unknown); it is
+    /// the peer for `Ctx::peer_addr`, the per-IP limit and logs. See [`crate::policy::forwarded_client`].
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies name the client in (key `forwarded_header`, default `X-Forwarded-For`; e.g.
+    /// `X-Real-IP`).
+    pub forwarded_header: String,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
     /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
@@ -154,6 +163,8 @@ impl Default for Config {
             max_connections: 0,
             max_connections_per_ip: 0,
             proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+            forwarded_header: "x-forwarded-for".to_string(),
             deflate: DeflateConfig::default(),
         }
     }
@@ -282,6 +293,13 @@ impl Config {
             "max_connections" => self.max_connections = parse_usize(key, v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
+            "trusted_proxies" => {
+                self.trusted_proxies = parse_list(v)
+                    .iter()
+                    .map(|n| n.parse::<IpNet>().map_err(|e| ConfigError::new(key, e)))
+                    .collect::<Result<_, _>>()?
+            }
+            "forwarded_header" => self.forwarded_header = v.trim().to_string(),
             "deflate" => self.deflate.enabled = parse_bool(key, v)?,
             "deflate_server_max_window_bits" => {
                 self.deflate.server_max_window_bits = parse_usize(key, v)?.min(255) as u8
@@ -414,6 +432,13 @@ impl Config {
         self
     }
 
+    /// Believes the forwarding header (`forwarded_header`, `X-Forwarded-For` by default) of requests from these
+    /// proxies; see [`Config::trusted_proxies`].
+    pub fn trusted_proxies(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted_proxies = nets.into_iter().collect();
+        self
+    }
+
     /// Turns permessage-deflate negotiation on or off.
     pub fn deflate(mut self, on: bool) -> Self {
         self.deflate.enabled = on;
@@ -531,6 +556,18 @@ mod tests {
         assert_eq!(e.key, "timeout");
         let e = Config::from_pairs([("max_payload_size", "10"), ("max_message_size", "5")]).unwrap_err();
         assert_eq!(e.key, "max_message_size");
+        let c = Config::from_pairs([
+            ("proxy_protocol", "on"),
+            ("trusted_proxies", "127.0.0.1, 10.0.0.0/8,2001:db8::/32"),
+            ("forwarded_header", "X-Real-IP"),
+        ])
+        .unwrap();
+        assert!(c.proxy_protocol);
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.forwarded_header, "X-Real-IP");
+        let e = Config::from_pairs([("trusted_proxies", "10.0.0.0/8, 10.0.0.0/40")]).unwrap_err();
+        assert_eq!(e.key, "trusted_proxies");
+        assert!(e.to_string().contains("10.0.0.0/40"), "{e}");
     }
 }
 

@@ -1,12 +1,16 @@
-//! Admission policy applied to an upgrade request before the handler sees it: the `Origin` allow-list and the
-//! subprotocol choice. Pure functions over the request and the [`Config`]; the shell adds the
-//! connection limits (503 server-wide, 429 per IP), which need its counters.
+//! Admission policy applied to an upgrade request before the handler sees it: the `Origin` allow-list, the
+//! subprotocol choice, and who the client is behind trusted proxies ([`forwarded_client`]). Pure functions over
+//! the request and the [`Config`]; the shell adds the connection limits (503 server-wide, 429 per IP), which need
+//! its counters.
 //!
 //! The order of checks in the server: connection limit (503), per-IP limit (429), origin (403), strict
 //! subprotocol (400), then [`Handler::on_open`](crate::Handler::on_open), which may still refuse.
 
 use crate::config::Config;
 use crate::handshake::Request;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 
 /// Why the policy refused an upgrade: the HTTP status and a one-line body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,100 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String], allow_missing: b
             None => pat.eq_ignore_ascii_case(origin),
         }
     })
+}
+
+/// A network of trusted proxies: an address and a prefix length (`10.0.0.0/8`, `2001:db8::/32`, or a single
+/// address, `127.0.0.1`, meaning /32 or /128). IPv4-mapped IPv6 addresses (`::ffff:10.1.2.3`, how a dual-stack
+/// socket shows an IPv4 peer) match the IPv4 networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr = addr.parse::<IpAddr>().map_err(|_| format!("`{s}` is not an IP address or network"))?.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{s}`: bad prefix length"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One entry of a forwarding header: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`, `[2001:db8::1]` or
+/// `[2001:db8::1]:4711`.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let e = entry.trim();
+    if let Ok(ip) = e.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Some(rest) = e.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
+    }
+    e.rsplit_once(':').and_then(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().ok()).map(IpAddr::V4)
+}
+
+/// The client behind trusted proxies, from a forwarding header (`X-Forwarded-For`, each proxy appending the
+/// address it received from): when `peer` is trusted, the header's entries are walked from the right (the
+/// nearest hop) past every trusted one, and the first untrusted entry is the client (a client can write anything
+/// at the left of the header, so only what trusted proxies appended counts). All trusted: the leftmost entry.
+/// `None` (keep `peer`) when `peer` is not trusted, the header is absent, or an entry that would be reached cannot
+/// be read as an address.
+pub fn forwarded_client<'a>(
+    peer: IpAddr,
+    trusted: &[IpNet],
+    header_values: impl DoubleEndedIterator<Item = &'a str>,
+) -> Option<IpAddr> {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return None;
+    }
+    let mut last = None;
+    for value in header_values.rev() {
+        for entry in value.rsplit(',') {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            let ip = forwarded_ip(entry)?;
+            if !is_trusted(ip) {
+                return Some(ip);
+            }
+            last = Some(ip);
+        }
+    }
+    last
 }
 
 /// The subprotocol to answer: the first of the server's preferences (in the server's order) that the client
@@ -88,5 +186,61 @@ mod tests {
         assert!(origin_allowed(Some("https://anything"), &[], false));
         assert!(origin_allowed(Some("https://é.example.org"), &allowed, false));
         assert!(!origin_allowed(Some("https://é"), &allowed, false));
+    }
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains(ip("10.200.3.4")));
+        assert!(!n.contains(ip("11.0.0.1")));
+        assert!(n.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped");
+        assert!(!n.contains(ip("2001:db8::1")));
+        let one: IpNet = "127.0.0.2".parse().unwrap();
+        assert!(one.contains(ip("127.0.0.2")) && !one.contains(ip("127.0.0.1")));
+        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.1")));
+        assert_eq!("::ffff:10.0.0.0/8".parse::<IpNet>().unwrap(), n);
+        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "example.com", "10.0.0.0/-1"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_entry() {
+        let trusted = nets(&["127.0.0.0/8", "10.0.0.0/8"]);
+        let f = |peer: &str, values: &[&str]| forwarded_client(ip(peer), &trusted, values.iter().copied());
+        // One proxy: the entry it appended.
+        assert_eq!(f("127.0.0.2", &["203.0.113.5"]), Some(ip("203.0.113.5")));
+        // What the client wrote on the left is not believed.
+        assert_eq!(f("127.0.0.2", &["6.6.6.6, 203.0.113.5"]), Some(ip("203.0.113.5")));
+        // Two trusted hops, over two header lines.
+        assert_eq!(f("127.0.0.2", &["6.6.6.6, 203.0.113.5", "10.1.1.1"]), Some(ip("203.0.113.5")));
+        // All trusted: the leftmost.
+        assert_eq!(f("127.0.0.2", &["10.0.0.9, 10.1.1.1"]), Some(ip("10.0.0.9")));
+        // Ports and brackets.
+        assert_eq!(f("127.0.0.2", &["203.0.113.5:4711"]), Some(ip("203.0.113.5")));
+        assert_eq!(f("127.0.0.2", &["[2001:db8::1]:4711"]), Some(ip("2001:db8::1")));
+        assert_eq!(f("127.0.0.2", &["2001:db8::1"]), Some(ip("2001:db8::1")));
+        assert_eq!(f("127.0.0.2", &["[2001:db8::1]"]), Some(ip("2001:db8::1")));
+        // An untrusted peer's header is ignored; no header keeps the peer; garbage on the way keeps the peer.
+        assert_eq!(f("192.0.2.1", &["203.0.113.5"]), None);
+        assert_eq!(f("127.0.0.2", &[]), None);
+        assert_eq!(f("127.0.0.2", &["unknown"]), None);
+        assert_eq!(f("127.0.0.2", &["203.0.113.5, nonsense, 10.1.1.1"]), None);
+        // Garbage left of the client is never reached.
+        assert_eq!(f("127.0.0.2", &["nonsense, 203.0.113.5"]), Some(ip("203.0.113.5")));
+        // Empty entries are skipped; a dual-stack peer counts as its IPv4 address.
+        assert_eq!(f("::ffff:127.0.0.2", &["203.0.113.5, ,"]), Some(ip("203.0.113.5")));
     }
 }

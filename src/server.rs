@@ -1204,6 +1204,18 @@ impl Server {
                 }
                 continue;
             };
+            if !config.trusted_proxies.is_empty() {
+                if let Event::Upgrade(req) | Event::Http(req) = &ev {
+                    // Behind trusted proxies: the client their forwarding header names (port unknown).
+                    let values = req.headers().filter(|(k, _)| k.eq_ignore_ascii_case(&config.forwarded_header));
+                    let values: Vec<&str> = values.map(|(_, v)| v).collect();
+                    if let Some(ip) =
+                        crate::policy::forwarded_client(slot.peer.ip(), &config.trusted_proxies, values.into_iter())
+                    {
+                        slot.peer = SocketAddr::new(ip, 0);
+                    }
+                }
+            }
             let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics, table, config.write_high_water);
             let mut panicked = false;
             match ev {

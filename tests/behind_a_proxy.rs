@@ -1,6 +1,6 @@
-//! The PROXY protocol behind a real load balancer (HAProxy, `send-proxy` and `send-proxy-v2`), and the answers
-//! to connections without a valid header: the client the header names is the connection's peer, in
-//! `Ctx::peer_addr` and in the per-IP limit.
+//! Behind a real load balancer and reverse proxy (HAProxy): the PROXY protocol (`send-proxy`, `send-proxy-v2`)
+//! and the answers to connections without a valid header; `X-Forwarded-For` from trusted proxies only. The
+//! client they name is the connection's peer, in `Ctx::peer_addr` and in the per-IP limit.
 mod common;
 
 use common::*;
@@ -30,8 +30,9 @@ fn server(config: Config) -> TestServer {
     TestServer::start(config.proxy_protocol(true), || WhoAmI)
 }
 
-/// HAProxy in TCP mode on a free port, forwarding to `backend` from 127.0.0.2 (so the server's socket peer is
-/// never the client's address) with `send` (`send-proxy` or `send-proxy-v2`).
+/// HAProxy on a free port, in TCP mode (or `http`, with `option forwardfor`), forwarding to `backend` from
+/// 127.0.0.2 (so the server's socket peer is never the client's address) with `send` (`send-proxy`,
+/// `send-proxy-v2` or nothing).
 struct Haproxy {
     child: Child,
     addr: SocketAddr,
@@ -40,15 +41,20 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(backend: SocketAddr, send: &str) -> Haproxy {
+        Self::start_mode(backend, "tcp", send)
+    }
+
+    fn start_mode(backend: SocketAddr, mode: &str, send: &str) -> Haproxy {
         let dir = TempDir::new("haproxy");
         let port = free_port();
         let cfg = dir.0.join("haproxy.cfg");
         std::fs::write(
             &cfg,
             format!(
-                "global\n  maxconn 100\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
-                 timeout server 30s\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\n\
-                 backend be\n  server s1 {backend} {send} source 127.0.0.2\n"
+                "global\n  maxconn 100\n\ndefaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 30s\n  \
+                 timeout server 30s\n  timeout tunnel 30s\n{fwd}\nfrontend fe\n  bind 127.0.0.1:{port}\n  \
+                 default_backend be\n\nbackend be\n  server s1 {backend} {send} source 127.0.0.2\n",
+                fwd = if mode == "http" { "  option forwardfor\n" } else { "" }
             ),
         )
         .unwrap();
@@ -95,9 +101,22 @@ type Ws = tungstenite::WebSocket<TcpStream>;
 
 /// A tungstenite client over `tcp` (which may already carry a PROXY header), asking who it is.
 fn ws_over(tcp: TcpStream) -> (Ws, SocketAddr, String) {
+    ws_over_with(tcp, &[])
+}
+
+/// The same with extra request headers.
+fn ws_over_with(tcp: TcpStream, headers: &[(&str, &str)]) -> (Ws, SocketAddr, String) {
+    use tungstenite::client::IntoClientRequest;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let me = tcp.local_addr().unwrap();
-    let (mut ws, _) = tungstenite::client(format!("ws://{me}/"), tcp).expect("upgrade");
+    let mut req = format!("ws://{}/", tcp.peer_addr().unwrap()).into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            tungstenite::http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let (mut ws, _) = tungstenite::client(req, tcp).expect("upgrade");
     ws.send(T::text("who")).unwrap();
     let seen = ws.read().unwrap().into_text().unwrap().to_string();
     (ws, me, seen)
@@ -269,4 +288,59 @@ fn over_tls_the_header_precedes_the_client_hello() {
     let tcp = TcpStream::connect(srv.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert!(tungstenite::client_tls_with_config(&url, tcp, None, connector()).is_err());
+}
+
+/// `upgrade_request` with an `X-Forwarded-For` line.
+fn request_forwarded_for(xff: &str) -> Vec<u8> {
+    upgrade_request("/").replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {xff}\r\n\r\n")).into_bytes()
+}
+
+/// HAProxy as an HTTP reverse proxy (`option forwardfor` appends the address it received from): the server
+/// trusts HAProxy's 127.0.0.2 and finds the client there, whatever the client wrote in the header itself; the
+/// same forged header sent straight to the server is ignored.
+#[test]
+fn x_forwarded_for_from_trusted_proxies_only() {
+    if skip_external("haproxy") {
+        return;
+    }
+    let trusted: wskit::policy::IpNet = "127.0.0.2".parse().unwrap();
+    let srv = TestServer::start(Config::new().trusted_proxies([trusted]), || WhoAmI);
+    let lb = Haproxy::start_mode(srv.addr, "http", "");
+    let forged = [("X-Forwarded-For", "6.6.6.6")];
+    for headers in [&[][..], &forged[..]] {
+        let (mut ws, me, seen) = ws_over_with(TcpStream::connect(lb.addr).unwrap(), headers);
+        assert_eq!(seen, format!("{}:0", me.ip()), "through HAProxy, headers {headers:?}");
+        ws.send(T::binary(vec![7u8; 100_000])).unwrap();
+        assert_eq!(ws.read().unwrap(), T::binary(vec![7u8; 100_000]));
+    }
+    let (_ws, me, seen) = ws_over_with(TcpStream::connect(srv.addr).unwrap(), &forged);
+    assert_eq!(seen, me.to_string(), "straight to the server, from an untrusted address");
+}
+
+/// The per-IP limit counts the forwarded clients; an untrusted sender's header changes nothing.
+#[test]
+fn the_per_ip_limit_counts_forwarded_clients() {
+    let loopback: wskit::policy::IpNet = "127.0.0.0/8".parse().unwrap();
+    let srv = TestServer::start(Config::new().trusted_proxies([loopback]).max_connections(0, 1), || WhoAmI);
+    let open = |xff: &str| {
+        let mut s = tcp(srv.addr);
+        s.write_all(&request_forwarded_for(xff)).unwrap();
+        let head = read_head(&mut s);
+        (s, head)
+    };
+    let (_a, head) = open("198.51.100.1");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_b, head) = open("6.6.6.6, 198.51.100.2, 127.0.0.9");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_c, head) = open("198.51.100.1");
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+
+    let other: wskit::policy::IpNet = "192.0.2.0/24".parse().unwrap();
+    let srv = TestServer::start(Config::new().trusted_proxies([other]).max_connections(0, 1), || WhoAmI);
+    let mut a = tcp(srv.addr);
+    a.write_all(&request_forwarded_for("198.51.100.1")).unwrap();
+    assert!(read_head(&mut a).starts_with("HTTP/1.1 101"));
+    let mut b = tcp(srv.addr);
+    b.write_all(&request_forwarded_for("198.51.100.2")).unwrap();
+    assert!(read_head(&mut b).starts_with("HTTP/1.1 429"), "127.0.0.1 is not trusted: one address for both");
 }
