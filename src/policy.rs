@@ -8,8 +8,8 @@
 
 use crate::config::Config;
 use crate::handshake::Request;
+use core::net::IpAddr;
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 /// Why the policy refused an upgrade: the HTTP status and a one-line body.
@@ -108,7 +108,7 @@ fn forwarded_ip(entry: &str) -> Option<IpAddr> {
     if let Some(rest) = e.strip_prefix('[') {
         return rest.split_once(']').and_then(|(ip, _)| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
     }
-    e.rsplit_once(':').and_then(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().ok()).map(IpAddr::V4)
+    e.rsplit_once(':').and_then(|(ip, _)| ip.parse::<core::net::Ipv4Addr>().ok()).map(IpAddr::V4)
 }
 
 /// The client behind trusted proxies, from a forwarding header (`X-Forwarded-For`, each proxy appending the

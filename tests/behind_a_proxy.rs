@@ -253,28 +253,11 @@ fn connections_without_a_valid_header_are_refused() {
 #[cfg(feature = "tls")]
 #[test]
 fn over_tls_the_header_precedes_the_client_hello() {
-    use std::sync::Arc;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut config = Config::new();
     config.ssl_cert = Some(root.join("localhost.pem"));
     let srv = server(config);
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read_to_string(root.join("localhost-cert.pem")).unwrap();
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    use base64::Engine;
-    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
-    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let cfg = Arc::new(cfg);
+    let cfg = client_config(&[&root.join("localhost-cert.pem")]);
     let connector = || Some(tungstenite::Connector::Rustls(cfg.clone()));
     let url = format!("wss://localhost:{}/", srv.addr.port());
 

@@ -10,6 +10,7 @@ const CORE: &[&str] = &[
     "handshake.rs",
     "mask.rs",
     "policy.rs",
+    "proxy.rs",
     "tls.rs",
     "utf8.rs",
 ];

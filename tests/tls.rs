@@ -56,31 +56,6 @@ fn self_signed(dir: &Path, stem: &str, key_args: &[&str], subject: &str) {
     openssl(dir, &args);
 }
 
-fn cert_der(path: &Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
-}
-
-fn client_config(trusted: &[&Path]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for p in trusted {
-        roots.add(rustls::pki_types::CertificateDer::from(cert_der(p))).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 type Wss = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
 fn wss(addr: std::net::SocketAddr, host: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Wss, tungstenite::Error> {

@@ -486,3 +486,30 @@ pub fn redis_call(port: u16, args: &[&str]) -> Option<String> {
 pub fn redis_numsub(port: u16, channel: &str) -> Option<u64> {
     redis_reply(port, &["PUBSUB", "NUMSUB", channel])?.lines().last()?.strip_prefix(':')?.parse().ok()
 }
+
+/// The DER of the first certificate in a PEM file.
+pub fn cert_der(path: &std::path::Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap()
+}
+
+/// A rustls client (ring) trusting these certificates, offering `http/1.1`.
+pub fn client_config(trusted: &[&std::path::Path]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for p in trusted {
+        roots.add(rustls::pki_types::CertificateDer::from(cert_der(p))).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
