@@ -84,15 +84,20 @@ fn parse_v1(data: &[u8]) -> Result<Status<Parsed>, ProxyError> {
     let window = &data[..data.len().min(MAX_V1_LEN)];
     let Some(cr) = window.windows(2).position(|w| w == b"\r\n") else {
         // A line may hold only printable ASCII; fail at once on anything else rather than wait for 107 bytes.
-        if window.len() == MAX_V1_LEN {
-            return Err(ProxyError::LineTooLong);
-        }
+        // Checked before the length, so that the verdict is the one the shortest failing prefix gets: the same
+        // however the bytes were split (the fuzzer found the other order answering differently).
         let body = &window[..window.len() - usize::from(window.last() == Some(&b'\r'))];
         if !body.iter().all(|b| (0x20..0x7f).contains(b)) {
             return Err(ProxyError::BadLine);
         }
+        if window.len() == MAX_V1_LEN {
+            return Err(ProxyError::LineTooLong);
+        }
         return Ok(Status::Partial);
     };
+    if !data[..cr].iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(ProxyError::BadLine);
+    }
     let line = std::str::from_utf8(&data[PREFIX.len()..cr]).map_err(|_| ProxyError::BadLine)?;
     let mut parts = line.split(' ');
     let source = match parts.next() {
@@ -341,6 +346,27 @@ mod tests {
         let mut huge = V2_SIGNATURE.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert_eq!(parse(&huge), Err(ProxyError::BadLength));
+    }
+
+    /// The verdict on a whole input is the verdict of its shortest prefix that is not `Partial`: what split
+    /// feeding sees.
+    #[test]
+    fn the_verdict_does_not_depend_on_the_split() {
+        let long_with_cr = [b"PROXY UNKNRWN\r webs0".as_slice(), &[0xff; 120], b"\r\n"].concat();
+        let mut inputs = vec![long_with_cr];
+        for (h, _) in vectors() {
+            for i in 0..h.len() {
+                for b in [0u8, b'\r', b'\n', b' ', 0xff] {
+                    let mut x = h.clone();
+                    x[i] = b;
+                    inputs.push(x);
+                }
+            }
+        }
+        for data in inputs {
+            let first = (0..=data.len()).map(|n| parse(&data[..n])).find(|r| *r != Ok(Status::Partial));
+            assert_eq!(parse(&data), first.unwrap_or(Ok(Status::Partial)), "{data:?}");
+        }
     }
 
     #[test]
