@@ -69,32 +69,25 @@ impl Request {
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+    /// The values of every header with this name (case-insensitive), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a str> {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
     /// Whether any header with this name holds `token` in its comma-separated list (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        self.header_values(name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
     }
     /// The value of cookie `name` from the `Cookie` headers, if present.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-            .flat_map(|(_, v)| v.split(';'))
+        self.header_values("cookie")
+            .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().split_once('='))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.trim_matches('"'))
     }
     /// Subprotocols the client offered in `Sec-WebSocket-Protocol`, in order.
     pub fn protocols(&self) -> impl Iterator<Item = &str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-protocol"))
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        self.header_values("sec-websocket-protocol").flat_map(|v| v.split(',')).map(str::trim).filter(|s| !s.is_empty())
     }
     /// Whether this request asks for a WebSocket upgrade at all (an `Upgrade` header, or a WebSocket key or
     /// version). A request without any of them is plain HTTP.

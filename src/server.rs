@@ -1091,7 +1091,7 @@ impl Server {
                 n - used
             }
             Err(e) => {
-                self.shared.metrics.handshake_failed(400);
+                self.shared.metrics.handshake_failed(HandshakeError::ProxyHeader.status());
                 if !self.config.prod {
                     log::debug!(target: "wskit::server", "{} refused: {e}", slot.peer);
                 }
@@ -1207,11 +1207,8 @@ impl Server {
             if !config.trusted_proxies.is_empty() {
                 if let Event::Upgrade(req) | Event::Http(req) = &ev {
                     // Behind trusted proxies: the client their forwarding header names (port unknown).
-                    let values = req.headers().filter(|(k, _)| k.eq_ignore_ascii_case(&config.forwarded_header));
-                    let values: Vec<&str> = values.map(|(_, v)| v).collect();
-                    if let Some(ip) =
-                        crate::policy::forwarded_client(slot.peer.ip(), &config.trusted_proxies, values.into_iter())
-                    {
+                    let values = req.header_values(&config.forwarded_header);
+                    if let Some(ip) = crate::policy::forwarded_client(slot.peer.ip(), &config.trusted_proxies, values) {
                         slot.peer = SocketAddr::new(ip, 0);
                     }
                 }
