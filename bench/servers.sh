@@ -4,15 +4,15 @@
 big=$((64 << 20))  # every server accepts 64 MiB messages (the tokio peers' default)
 declare -A servers=(
   [raw-mio]="target/release/raw_echo ADDR"
-  [wskit]="target/release/examples/echo --no-deflate --max-payload $big --addr ADDR"
+  [wskit]="target/release/examples/echo --no-deflate --max-payload $big --set max_connections_per_ip=0 --addr ADDR"
   [fastwebsockets]="target/release/peer_fastwebsockets ADDR"
   [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
   [tokio-websockets]="target/release/peer_tokio_websockets ADDR"
   [sockudo-ws]="target/release/peer_sockudo ADDR"
-  [wskit-deflate]="target/release/examples/echo --max-payload $big --addr ADDR"
-  [wskit-deflate-ctx]="target/release/examples/echo --max-payload $big --set deflate_server_no_context_takeover=false --addr ADDR"
+  [wskit-deflate]="target/release/examples/echo --max-payload $big --set max_connections_per_ip=0 --addr ADDR"
+  [wskit-deflate-ctx]="target/release/examples/echo --max-payload $big --set deflate_server_no_context_takeover=false --set max_connections_per_ip=0 --addr ADDR"
   [sockudo-ws-deflate]="target/release/peer_sockudo ADDR --deflate"
-  [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --addr ADDR"
+  [wskit-wss]="target/release/examples/echo --no-deflate --pem tests/data/localhost.pem --set max_connections_per_ip=0 --addr ADDR"
   [tokio-tungstenite-wss]="target/release/peer_tungstenite ADDR --pem tests/data/localhost.pem"
 )
 # shellcheck disable=SC2034  # used by the scripts that source this file

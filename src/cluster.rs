@@ -50,6 +50,9 @@ pub(crate) struct Group {
     /// How many loops have local subscribers, by topic.
     interest: Mutex<HashMap<Box<str>, u32>>,
     bridge: Option<Arc<dyn Bridge>>,
+    /// Bytes all loops hold for their connections, as the memory budget counts them (each loop adds its change
+    /// at the end of its turns).
+    pub(crate) held: std::sync::atomic::AtomicUsize,
 }
 
 fn queue_publish(l: &ServerHandle, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8], origin: Origin) {
@@ -57,6 +60,11 @@ fn queue_publish(l: &ServerHandle, topic: &str, text: bool, except: Option<ConnI
 }
 
 impl Group {
+    /// How many loops the group has.
+    pub(crate) fn loops(&self) -> usize {
+        self.loops.get().map_or(1, Vec::len)
+    }
+
     /// A publish made on loop `from`: queued to every other loop and handed to the bridge.
     pub(crate) fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]) {
         if let Some(loops) = self.loops.get() {
@@ -287,17 +295,6 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
 impl Cluster {
     /// Starts `loops` loops (at least one) on `addr`; `factory(i)` builds loop `i`'s handler on its thread.
     pub fn bind<H, F>(addr: impl ToSocketAddrs, config: Config, loops: usize, factory: F) -> io::Result<Cluster>
@@ -329,13 +326,18 @@ impl Cluster {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        let first = reuseport_listener(addr)?;
+        let first = crate::server::listener(addr, true)?;
         let local = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..loops {
-            listeners.push(reuseport_listener(local)?);
+            listeners.push(crate::server::listener(local, true)?);
         }
-        let group = Arc::new(Group { loops: OnceLock::new(), interest: Mutex::new(HashMap::new()), bridge });
+        let group = Arc::new(Group {
+            loops: OnceLock::new(),
+            interest: Mutex::new(HashMap::new()),
+            bridge,
+            held: Default::default(),
+        });
         let factory = Arc::new(factory);
         let ready = Arc::new(Barrier::new(loops + 1));
         let (tx, rx) = std::sync::mpsc::channel();

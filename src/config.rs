@@ -52,7 +52,7 @@ pub struct Config {
     /// Time allowed for the peer to answer our close frame (key `close_timeout`, default 5 s); then TCP is dropped.
     pub close_timeout: Duration,
     /// Outbound bytes queued for one connection above which wskit stops reading from it until they drain
-    /// (key `write_high_water`, default 4 MiB), so a client that sends but never reads pushes back through TCP.
+    /// (key `write_high_water`, default 1 MiB), so a client that sends but never reads pushes back through TCP.
     pub write_high_water: usize,
     /// Largest frame payload wskit sends (key `max_frame_out`, default 1 MiB; 0 = never split): longer messages go
     /// out as several frames (a compressed one is one deflate stream across them).
@@ -92,7 +92,7 @@ pub struct Config {
     /// (key `max_lifetime`, seconds; default none).
     pub max_lifetime: Option<Duration>,
     /// Most bytes queued for one peer before it counts as a slow consumer and is dropped (reported as 1008)
-    /// (key `max_queued_bytes`, default 16 MiB). Reading from a peer already pauses at `write_high_water`; this
+    /// (key `max_queued_bytes`, default 4 MiB; never less than [`Config::queue_limit`]'s floor). Reading from a peer already pauses at `write_high_water`; this
     /// bounds what sends to it (broadcasts, publishes) may pile up: memory per slow client ≤ this + one turn's sends.
     pub max_queued_bytes: usize,
     /// Origins allowed to open a WebSocket (key `allowed_origins`, comma-separated; default empty = any). Exact
@@ -109,9 +109,23 @@ pub struct Config {
     /// Most open WebSocket connections; more upgrades get 503 (key `max_connections`, default 0 = no limit but
     /// the descriptor limit, which the accept loop survives).
     pub max_connections: usize,
-    /// Most open WebSocket connections from one IP address; more get 429 (key `max_connections_per_ip`,
-    /// default 0 = no limit: users behind one NAT share an address).
+    /// Most open WebSocket connections from one IP address (IPv6: one /64 network, what one host is given);
+    /// more get 429 (key `max_connections_per_ip`, default 256; 0 = no limit). Without a limit one address can
+    /// take every descriptor; 256 leaves room for the users of one NAT (see README "Choices").
     pub max_connections_per_ip: usize,
+    /// The most memory the server's loops may hold for their connections together (key `memory_budget`, bytes,
+    /// default 256 MiB; 0 = no budget): queued output (frames shared by many queues counted once), messages
+    /// being assembled, request heads, compression contexts, input waiting for its turn, and the kernel send
+    /// buffers of sockets that are full. Past three quarters of it, connections that hold more than 1/256 of it
+    /// are not read from and new connections get no compression context; past all of it, the connections with
+    /// the most queued are dropped (1008) until it holds again. A [`crate::Cluster`] shares one budget among its
+    /// loops. See docs/robustness.md, "The loop-wide budget".
+    pub memory_budget: usize,
+    /// The kernel send buffer of each accepted socket (key `socket_send_buffer`, bytes, default 256 KiB; 0 =
+    /// the kernel's autotuning, up to `net.ipv4.tcp_wmem`'s 4 MiB). Linux doubles it for its own bookkeeping.
+    /// Kernel buffers are memory too (a container's cgroup is charged for them): autotuned, 900 clients that do
+    /// not read held 1.5 GB of them here and pushed the whole machine's TCP into memory pressure.
+    pub socket_send_buffer: usize,
     /// Every accepted connection starts with a PROXY protocol header, version 1 or 2, from a load balancer (key
     /// `proxy_protocol`, default false). The client it names becomes the connection's peer (`Ctx::peer_addr`,
     /// the per-IP limit, logs); a connection without a valid header gets 400 (a TLS listener: closed). Turn it
@@ -142,7 +156,7 @@ impl Default for Config {
             max_handshake_bytes: 8 * 1024,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
-            write_high_water: 4 * 1024 * 1024,
+            write_high_water: 1024 * 1024,
             max_frame_out: 1 << 20,
             prod: false,
             ssl_cert: None,
@@ -152,7 +166,7 @@ impl Default for Config {
             ssl_sni: Vec::new(),
             ssl_session_tickets: 0,
             idle_timeout: None,
-            max_queued_bytes: 16 << 20,
+            max_queued_bytes: 4 << 20,
             ping_interval: Some(Duration::from_secs(30)),
             ping_timeout: Duration::from_secs(30),
             max_lifetime: None,
@@ -161,7 +175,9 @@ impl Default for Config {
             subprotocols: Vec::new(),
             subprotocol_strict: false,
             max_connections: 0,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 256,
+            memory_budget: 256 << 20,
+            socket_send_buffer: 256 << 10,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
             forwarded_header: "x-forwarded-for".to_string(),
@@ -292,6 +308,8 @@ impl Config {
             "subprotocol_strict" => self.subprotocol_strict = parse_bool(key, v)?,
             "max_connections" => self.max_connections = parse_usize(key, v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
+            "memory_budget" => self.memory_budget = parse_usize(key, v)?,
+            "socket_send_buffer" => self.socket_send_buffer = parse_usize(key, v)?,
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
             "trusted_proxies" => {
                 self.trusted_proxies = parse_list(v)
@@ -418,6 +436,12 @@ impl Config {
         self
     }
 
+    /// The loop-wide memory budget ([`Config::memory_budget`]; 0: none).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
     /// Caps open connections server-wide (503) and per IP (429); 0 is no limit.
     pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
         self.max_connections = total;
@@ -445,6 +469,14 @@ impl Config {
         self
     }
 
+    /// Queued bytes past which a peer counts as not reading and is dropped: `max_queued_bytes`, but never less
+    /// than what one read burst may queue for a connection that reads well — the high-water mark, a burst's work
+    /// (1 MiB) and one largest message — so that the echo of a message of the largest size is not taken for a
+    /// slow consumer.
+    pub fn queue_limit(&self) -> usize {
+        self.max_queued_bytes.max(self.write_high_water + (1 << 20) + self.effective_max_message_size())
+    }
+
     /// The message limit in force (`max_message_size`, or `max_payload_size` when unset).
     pub fn effective_max_message_size(&self) -> usize {
         self.max_message_size.unwrap_or(self.max_payload_size)
@@ -458,7 +490,7 @@ impl Config {
     ///
     /// ```
     /// let bound = wskit::Config::new().memory_bound(false);
-    /// assert!(bound.total() < 40 << 20); // the defaults: ~35 MiB, nearly all of it the outbound queue's
+    /// assert!(bound.total() < 12 << 20); // the defaults: ~11 MiB, most of it the outbound queue's
     /// assert!(bound.total() - bound.outbound < 2 << 20);
     /// ```
     pub fn memory_bound(&self, tls: bool) -> MemoryBound {
@@ -470,14 +502,14 @@ impl Config {
             // head is.
             handshake: self.max_handshake_bytes.max(if self.proxy_protocol { 2 * (16 + MAX_V2_LEN) } else { 0 }) + KIB,
             message: 2 * self.effective_max_message_size() + if deflate { 64 * KIB } else { 0 },
-            inflate: if deflate { 40 * KIB } else { 0 },
+            inflate: if deflate { crate::deflate::INFLATER_BYTES } else { 0 },
             compressor: if deflate && !self.deflate.server_no_context_takeover {
-                (4 << self.deflate.server_max_window_bits) + 136 * KIB
+                crate::deflate::compressor_bytes(self.deflate.server_max_window_bits)
             } else {
                 0
             },
             control: 2 * KIB,
-            outbound: 2 * (self.max_queued_bytes.max(self.write_high_water) + 8 * 128 * KIB),
+            outbound: 2 * (self.queue_limit() + 1024 * KIB),
             tls: if tls { 320 * KIB } else { 0 },
         }
     }
@@ -498,6 +530,10 @@ impl Config {
         }
         if self.write_high_water == 0 {
             return Err(ConfigError::new("write_high_water", "must be at least 1"));
+        }
+        // Queues are counted in 32 bits per connection.
+        if self.max_queued_bytes >= 1 << 31 || self.write_high_water >= 1 << 31 {
+            return Err(ConfigError::new("max_queued_bytes", "must be under 2 GiB (and so must write_high_water)"));
         }
         if self.ssl_passphrase.is_some() && self.ssl_cert.is_none() {
             return Err(ConfigError::new("ssl_passphrase", "given without ssl_cert"));
@@ -582,11 +618,10 @@ pub struct MemoryBound {
     /// The message being assembled: a growing buffer may be twice the message limit, plus one inflate step
     /// (64 KiB) past it when compressed.
     pub message: usize,
-    /// The inflate context (a client that does not offer `client_max_window_bits` compresses with a 32 KiB
-    /// window).
+    /// The inflate context: 48 KiB with zlib-rs, whatever the window ([`crate::deflate::INFLATER_BYTES`]).
     pub inflate: usize,
-    /// A compressor of its own, without `server_no_context_takeover` (zlib: 4 << window bits + 136 KiB of hash
-    /// tables and state); pooled per loop otherwise.
+    /// A compressor of its own, without `server_no_context_takeover` (zlib-rs: 4 << window bits + 244 KiB of
+    /// hash table and state, [`crate::deflate::compressor_bytes`]); pooled per loop otherwise.
     pub compressor: usize,
     /// Control frames waiting apart from data (pongs coalesce past 1 KiB).
     pub control: usize,

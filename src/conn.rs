@@ -23,14 +23,17 @@
 
 use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
-use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params, PreparedMessage};
+use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params};
 use crate::error::{HandshakeError, ProtocolError, SendError};
 use crate::frame::{
-    decode_header, encode_header, header_len, write_frame, OpCode, Status, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+    decode_header, encode_header, header_len, write_frame, write_message, OpCode, Status, MAX_CONTROL_PAYLOAD,
+    MAX_HEADER_LEN,
 };
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
+use crate::prepared::{PreparedMessage, SharedFrames};
 use crate::utf8::Utf8Validator;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -173,6 +176,9 @@ struct Rx {
     /// The framing is lost (a header that cannot be decoded) or a second fault came while closing: every later
     /// byte is discarded, however the input is split.
     discard: bool,
+    /// While closing by us: data bytes that came after our close frame (discarded); past
+    /// [`Connection::closing_data_max`] the peer is not closing, and reading ends. (32 bits: it fits in padding.)
+    skipped: u32,
 }
 
 impl Rx {
@@ -233,7 +239,7 @@ enum State {
     AwaitingResponse { deadline: Instant },
     /// The WebSocket is open.
     Open(Rx),
-    /// We sent a close frame; waiting for the peer's.
+    /// We sent a close frame; waiting for the peer's (`rx.skipped` counts the data discarded meanwhile).
     ClosingByUs { rx: Rx, deadline: Instant },
     /// Nothing more to read; waiting for `out` to drain, then TCP closes. Dropped at `linger` regardless.
     Closed { linger: Instant },
@@ -261,6 +267,8 @@ enum Ready {
         op: OpCode,
     },
     Error(ProtocolError),
+    /// More data came after our close frame than a closing peer sends ([`Connection::closing_data_max`]).
+    Overrun,
 }
 
 /// One WebSocket connection, server side.
@@ -268,7 +276,11 @@ enum Ready {
 pub struct Connection {
     config: Arc<Config>,
     state: State,
+    /// Bytes for the peer, owned: the whole queue, or its head segment once shared frames are queued (`tail`).
     out: Vec<u8>,
+    /// What is queued after `out` once a message shared with other connections was queued
+    /// ([`Connection::send_shared`]); boxed, and only then.
+    tail: Option<Box<Tail>>,
     /// How it ended, once known (boxed: it exists only at the end).
     status: Option<Box<CloseStatus>>,
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
@@ -291,6 +303,52 @@ pub struct Connection {
     /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
     spare: Vec<u8>,
 }
+
+/// The queue after `out` (see [`Connection::send_shared`]): segments in wire order, each starting at a frame
+/// boundary. While `out` is empty the front segment is the head, and it is always a shared one (owned ones are
+/// moved into `out` as they come to the front); appends go to the back.
+#[derive(Debug, Default)]
+struct Tail {
+    segs: VecDeque<Seg>,
+    /// Bytes in `segs` not yet written.
+    bytes: usize,
+    /// Bytes of the owned segments.
+    own: usize,
+    /// Bytes of the front segment already written (only while it is the head).
+    head_off: usize,
+}
+
+#[derive(Debug)]
+enum Seg {
+    Own(Vec<u8>),
+    Shared(Arc<SharedFrames>),
+}
+
+impl Seg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Seg::Own(v) => v,
+            Seg::Shared(f) => f.bytes(),
+        }
+    }
+}
+
+impl Tail {
+    /// The owned segment at the back, made if the back is shared.
+    fn back_own(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.segs.back(), Some(Seg::Own(_))) {
+            self.segs.push_back(Seg::Own(Vec::new()));
+        }
+        match self.segs.back_mut() {
+            Some(Seg::Own(v)) => v,
+            _ => unreachable!("just pushed"),
+        }
+    }
+}
+
+/// Shared frames shorter than this are copied into the queue instead: for a short message a copy costs less than
+/// the reference and the segment it needs, and many copies of it weigh little.
+pub(crate) const SHARE_MIN: usize = 1024;
 
 /// Buffers smaller than this are not worth passing around (allocating them is cheap); the shell lends its pooled
 /// ones only for messages at least this long.
@@ -344,22 +402,6 @@ fn close_payload(code: CloseCode, reason: &str) -> ([u8; 2 + MAX_REASON_LEN], us
     (p, 2 + n)
 }
 
-/// Appends a message as frames of at most `max_frame` payload bytes (0: one frame). A compressed message is one
-/// deflate stream cut into frames, with RSV1 on the first only (RFC 7692 §6.1).
-fn write_message(out: &mut Vec<u8>, compressed: bool, op: OpCode, payload: &[u8], max_frame: usize) {
-    if max_frame == 0 || payload.len() <= max_frame {
-        write_frame(out, true, if compressed { 0b100 } else { 0 }, op, payload);
-        return;
-    }
-    let mut chunks = payload.chunks(max_frame).peekable();
-    let mut first = true;
-    while let Some(chunk) = chunks.next() {
-        let (rsv, opcode) = if first { (if compressed { 0b100 } else { 0 }, op) } else { (0, OpCode::Continuation) };
-        write_frame(out, chunks.peek().is_none(), rsv, opcode, chunk);
-        first = false;
-    }
-}
-
 impl Connection {
     /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`.
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
@@ -368,6 +410,7 @@ impl Connection {
             config,
             state: State::ReadingHead { head: HeadReader::default(), deadline },
             out: Vec::new(),
+            tail: None,
             status: None,
             deflate: None,
             live: None,
@@ -384,14 +427,59 @@ impl Connection {
     /// Bytes that MUST be written to the peer next. After writing `n` of them call [`Connection::consume_out`], then
     /// ask again: a control frame queued meanwhile goes out at the next frame boundary, so the slice may end at
     /// one.
+    #[inline]
     pub fn out(&self) -> &[u8] {
-        if self.ctrl.is_empty() {
+        if !self.ctrl.is_empty() && self.at_boundary() {
+            return &self.ctrl;
+        }
+        if self.out.is_empty() {
+            if let Some(t) = self.tail.as_deref() {
+                return &t.segs[0].bytes()[t.head_off..];
+            }
             &self.out
-        } else if self.frame_left == 0 || self.out.is_empty() {
-            &self.ctrl
+        } else if self.ctrl.is_empty() {
+            &self.out
         } else {
             &self.out[..self.frame_left.min(self.out.len())]
         }
+    }
+
+    /// Whether frames shared with other connections are queued (then [`Connection::out_slices`] may give more than
+    /// the head).
+    #[inline]
+    pub fn has_shared(&self) -> bool {
+        self.tail.is_some()
+    }
+
+    /// Whether the head of the queue is at a frame boundary (a control frame may go first).
+    #[inline]
+    fn at_boundary(&self) -> bool {
+        if self.out.is_empty() {
+            self.tail.as_deref().map_or(true, |t| t.head_off == 0)
+        } else {
+            self.frame_left == 0
+        }
+    }
+
+    /// The bytes to write next, as up to `dst.len()` slices in wire order (for one vectored write): the head
+    /// ([`Connection::out`]) and, when no control frame waits for a boundary, the segments after it. Returns how
+    /// many slices were filled; after writing, [`Connection::consume_out`] takes the count across them.
+    pub fn out_slices<'a>(&'a self, dst: &mut [&'a [u8]]) -> usize {
+        let head = self.out();
+        if head.is_empty() || dst.is_empty() {
+            return 0;
+        }
+        dst[0] = head;
+        let Some(t) = self.tail.as_deref().filter(|_| self.ctrl.is_empty()) else { return 1 };
+        let mut n = 1;
+        for seg in t.segs.iter().skip(usize::from(self.out.is_empty())) {
+            if n == dst.len() {
+                break;
+            }
+            dst[n] = seg.bytes();
+            n += 1;
+        }
+        n
     }
 
     /// Appends everything queued for the peer to `into`, in wire order, and clears the queue (for callers that
@@ -409,12 +497,56 @@ impl Connection {
 
     /// Bytes queued for the peer in all.
     pub fn queued(&self) -> usize {
-        self.out.len() + self.ctrl.len()
+        self.data_queued() + self.ctrl.len()
     }
 
-    /// Drops the first `n` bytes of [`Connection::out`] (they were written).
-    pub fn consume_out(&mut self, n: usize) {
-        if !self.ctrl.is_empty() && (self.frame_left == 0 || self.out.is_empty()) {
+    /// Heap bytes this connection holds now: its queue's own buffers, the message being assembled, the request
+    /// head, a spare buffer, and its compression contexts. Frames shared with other queues are not counted here
+    /// (whoever made them counts them once). For a loop-wide memory budget; O(1).
+    pub fn held(&self) -> usize {
+        let mut n = self.out.capacity() + self.ctrl.capacity() + self.spare.capacity();
+        if let Some(t) = self.tail.as_deref() {
+            n += t.own + t.segs.capacity() * std::mem::size_of::<Seg>();
+        }
+        n += match &self.state {
+            State::ReadingHead { head, .. } => head.held(),
+            State::Open(rx) | State::ClosingByUs { rx, .. } => {
+                rx.ctrl.capacity() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
+            }
+            _ => 0,
+        };
+        if let Some(d) = self.deflate.as_deref() {
+            n += if d.inflater.is_some() { deflate::INFLATER_BYTES } else { 0 };
+            n += d.compressor.as_ref().map_or(0, |_| deflate::compressor_bytes(d.params.compress_window()));
+        }
+        n
+    }
+
+    /// Data bytes queued (control frames aside).
+    #[inline]
+    fn data_queued(&self) -> usize {
+        self.out.len() + self.tail.as_deref().map_or(0, |t| t.bytes)
+    }
+
+    /// Drops the first `n` bytes of the queue (they were written): at most [`Connection::out`]'s length, or what
+    /// [`Connection::out_slices`] gave.
+    pub fn consume_out(&mut self, mut n: usize) {
+        if self.tail.is_none() {
+            return self.consume_head(n);
+        }
+        loop {
+            let head = self.out().len();
+            if n <= head || head == 0 {
+                return self.consume_head(n);
+            }
+            self.consume_head(head);
+            n -= head;
+        }
+    }
+
+    /// [`Connection::consume_out`] within the head.
+    fn consume_head(&mut self, n: usize) {
+        if !self.ctrl.is_empty() && self.at_boundary() {
             if n >= self.ctrl.len() {
                 self.ctrl = Vec::new();
                 self.ctrl_started = false;
@@ -423,6 +555,9 @@ impl Connection {
                 self.ctrl_started = true;
             }
             return;
+        }
+        if self.out.is_empty() && self.tail.is_some() {
+            return self.consume_shared(n);
         }
         self.advance_frames(n);
         if n >= self.out.len() {
@@ -439,9 +574,83 @@ impl Connection {
                 let buf = std::mem::take(&mut self.out);
                 park(&mut self.spare, &mut self.out, buf);
             }
+            self.promote();
         } else {
             self.out.drain(..n);
         }
+    }
+
+    /// `n` bytes of the shared segment at the head were written.
+    fn consume_shared(&mut self, n: usize) {
+        let Some(t) = self.tail.as_deref_mut() else { return };
+        t.head_off += n;
+        t.bytes -= n;
+        if t.head_off >= t.segs[0].bytes().len() {
+            t.segs.pop_front();
+            t.head_off = 0;
+        }
+        self.promote();
+    }
+
+    /// With `out` empty: moves the owned segments that reached the front into `out`, and drops the tail once
+    /// empty (appends go to `out` again).
+    fn promote(&mut self) {
+        let Some(t) = self.tail.as_deref_mut() else { return };
+        if !self.out.is_empty() || t.head_off > 0 {
+            return;
+        }
+        while let Some(Seg::Own(_)) = t.segs.front() {
+            let Some(Seg::Own(v)) = t.segs.pop_front() else { unreachable!() };
+            t.bytes -= v.len();
+            t.own -= v.len();
+            if !v.is_empty() {
+                let old = std::mem::replace(&mut self.out, v);
+                park(&mut self.spare, &mut Vec::new(), old);
+                self.frame_left = 0;
+                break;
+            }
+        }
+        if t.segs.is_empty() {
+            self.tail = None;
+        }
+    }
+
+    /// Appends owned bytes at the back of the queue: to `out`, or to the tail once shared frames are queued.
+    fn append(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        match self.tail.as_deref_mut() {
+            None => f(&mut self.out),
+            Some(t) => {
+                let v = t.back_own();
+                let before = v.len();
+                f(v);
+                let added = v.len() - before;
+                t.bytes += added;
+                t.own += added;
+            }
+        }
+    }
+
+    /// Forgets everything queued (the connection is dropped).
+    fn discard_out(&mut self) {
+        self.out.clear();
+        self.ctrl.clear();
+        self.tail = None;
+    }
+
+    /// Queues frames shared with other connections (a prepared message's), by reference; short ones are copied.
+    pub fn send_shared(&mut self, frames: Arc<SharedFrames>) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::NotOpen);
+        }
+        let len = frames.bytes().len();
+        if len < SHARE_MIN {
+            self.append(|out| out.extend_from_slice(frames.bytes()));
+            return Ok(());
+        }
+        let t = self.tail.get_or_insert_with(Box::default);
+        t.bytes += len;
+        t.segs.push_back(Seg::Shared(frames));
+        Ok(())
     }
 
     /// Moves the frame-boundary tracker over `n` bytes about to be dropped from the head of `out` (whole frames are
@@ -487,17 +696,18 @@ impl Connection {
     /// below the high-water mark (so a peer that never reads is not fed without bound).
     pub fn wants_read(&self) -> bool {
         matches!(self.state, State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. })
-            && self.out.len() < self.config.write_high_water
+            && self.data_queued() < self.config.write_high_water
     }
 
     /// Whether bytes wait in [`Connection::out`].
+    #[inline]
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty() || !self.ctrl.is_empty()
+        !self.out.is_empty() || !self.ctrl.is_empty() || self.tail.is_some()
     }
 
     /// True once the connection is over and `out` is written (or abandoned): the shell MUST close the socket.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, State::Closed { .. }) && self.out.is_empty() && self.ctrl.is_empty()
+        matches!(self.state, State::Closed { .. }) && self.out.is_empty() && self.ctrl.is_empty() && self.tail.is_none()
     }
 
     /// Whether the WebSocket is open (handshake done, no close sent or received).
@@ -636,7 +846,8 @@ impl Connection {
     /// Appends a data message to `out` (see [`write_message`]), in the spare buffer if `out` is empty and too small.
     fn queue_message(&mut self, compressed: bool, op: OpCode, payload: &[u8]) {
         self.make_room(payload.len());
-        write_message(&mut self.out, compressed, op, payload, self.config.max_frame_out);
+        let max = self.config.max_frame_out;
+        self.append(|out| write_message(out, compressed, op, payload, max));
     }
 
     /// Before `payload` bytes are queued: an empty, too small `out` is swapped for the spare buffer if it fits.
@@ -646,7 +857,7 @@ impl Connection {
             max => 1 + payload / max,
         };
         let need = payload + MAX_HEADER_LEN * frames;
-        if self.out.is_empty() && self.out.capacity() < need && self.spare.capacity() >= need {
+        if self.out.is_empty() && self.tail.is_none() && self.out.capacity() < need && self.spare.capacity() >= need {
             std::mem::swap(&mut self.out, &mut self.spare);
         }
     }
@@ -697,26 +908,23 @@ impl Connection {
         self.send_payload(op, msg.as_bytes(), pool)
     }
 
-    /// Queues a message prepared once for many connections: its compressed form is shared by every connection
-    /// that negotiated the same window and level with `server_no_context_takeover`.
+    /// Queues a message prepared once for many connections: its frames are shared by every connection that
+    /// takes it in the same form (plain, or compressed with a fresh context for the same window and level under
+    /// `server_no_context_takeover`); one that keeps its own compression context compresses it for itself.
     pub fn send_prepared(&mut self, m: &mut PreparedMessage, pool: &mut DeflatePool) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);
         }
-        let op = if m.text { OpCode::Text } else { OpCode::Binary };
-        match self.deflate.as_ref().map(|d| d.params) {
-            Some(p) if p.server_no_context_takeover && m.payload.len() >= p.min_size => {
-                let len = m.payload.len();
-                let z = m.compressed(pool, p.compress_window(), p.level);
-                if z.len() < len {
-                    self.queue_message(true, op, z);
-                    return Ok(());
-                }
-                self.queue_message(false, op, &m.payload);
-                Ok(())
+        let form = match self.deflate.as_ref().map(|d| d.params) {
+            Some(p) if !p.server_no_context_takeover => {
+                let op = if m.text { OpCode::Text } else { OpCode::Binary };
+                return self.send_payload(op, &m.payload, pool);
             }
-            _ => self.send_payload(op, &m.payload, pool),
-        }
+            Some(p) if m.payload.len() >= p.min_size => Some((p.compress_window(), p.level)),
+            _ => None,
+        };
+        let frames = m.frames(form, pool, self.config.max_frame_out);
+        self.send_shared(frames)
     }
 
     /// Sends back the message the last [`Event::Message`] lent out, when it was assembled here (spanning frames
@@ -841,7 +1049,7 @@ impl Connection {
             self.queue_control(opcode, payload);
         } else {
             self.make_room(payload.len());
-            write_frame(&mut self.out, fin, 0, opcode, payload);
+            self.append(|out| write_frame(out, fin, 0, opcode, payload));
         }
         Ok(())
     }
@@ -861,7 +1069,7 @@ impl Connection {
             return Err(SendError::NotOpen);
         }
         let (p, n) = close_payload(code, reason);
-        write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
+        self.append(|out| write_frame(out, true, 0, OpCode::Close, &p[..n]));
         let deadline = now + self.config.close_timeout;
         if let State::Open(mut rx) = std::mem::replace(&mut self.state, State::Closed { linger: deadline }) {
             rx.drop_message();
@@ -872,8 +1080,7 @@ impl Connection {
 
     /// Ends the connection at once without a closing handshake (an abrupt drop; the shell closes TCP).
     pub fn abort(&mut self, now: Instant) {
-        self.out.clear();
-        self.ctrl.clear();
+        self.discard_out();
         self.state = State::Closed { linger: now };
     }
 
@@ -938,6 +1145,13 @@ impl Connection {
 
     // ── input ───────────────────────────────────────────────────────────────────────────────────────────────
 
+    /// Data bytes a peer may send after our close frame before it counts as not closing and reading ends: what
+    /// it may have had in flight (two frames of the largest size, at least 1 MiB). Without it, a client that
+    /// ignores a close is read from at line rate until the close timeout.
+    pub fn closing_data_max(config: &Config) -> usize {
+        config.max_payload_size.saturating_mul(2).clamp(1 << 20, u32::MAX as usize - 1)
+    }
+
     /// Acts on the deadlines that passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         match &self.state {
@@ -947,8 +1161,7 @@ impl Connection {
                 if now >= *deadline =>
             {
                 self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Handshake)));
-                self.out.clear();
-                self.ctrl.clear();
+                self.discard_out();
                 self.state = State::Closed { linger: now };
             }
             State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
@@ -960,13 +1173,11 @@ impl Connection {
                 if self.status.is_none() {
                     self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
                 }
-                self.out.clear();
-                self.ctrl.clear();
+                self.discard_out();
                 self.state = State::Closed { linger: now };
             }
             State::Closed { linger } if now >= *linger => {
-                self.out.clear();
-                self.ctrl.clear();
+                self.discard_out();
                 self.ctrl_started = false;
             }
             _ => {}
@@ -1016,7 +1227,7 @@ impl Connection {
                     Ok(Status::Complete(n)) => {
                         let parsed = head.parse(input, n).and_then(|req| {
                             if !req.wants_upgrade() {
-                                return Ok((req, None));
+                                return handshake::validate_request(&req).map(|()| (req, None));
                             }
                             handshake::validate_upgrade(&req).map(|accept| (req, Some(accept)))
                         });
@@ -1063,7 +1274,7 @@ impl Connection {
         match std::mem::replace(&mut self.state, State::Closed { linger: now + self.config.close_timeout }) {
             State::Open(mut rx) => {
                 let (p, n) = close_payload(e.close_code(), "");
-                write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
+                self.append(|out| write_frame(out, true, 0, OpCode::Close, &p[..n]));
                 // The rest of a half-read frame is skipped.
                 rx.drop_message();
                 let deadline = now + self.config.close_timeout;
@@ -1098,6 +1309,24 @@ impl Connection {
                     break Ready::None;
                 }
                 let avail = (f.remaining).min((input.len() - pos) as u64) as usize;
+                if closing && !f.opcode.is_control() {
+                    // Data after our close is discarded, not even unmasked; a peer that goes on sending is not
+                    // closing, and reading ends.
+                    f.remaining -= avail as u64;
+                    pos += avail;
+                    rx.skipped = rx.skipped.saturating_add(avail.min(u32::MAX as usize) as u32);
+                    if rx.skipped as usize > Self::closing_data_max(config) {
+                        break Ready::Overrun;
+                    }
+                    if f.remaining == 0 {
+                        let fin = f.fin;
+                        rx.frame = None;
+                        if fin {
+                            rx.msg = None;
+                        }
+                    }
+                    continue;
+                }
                 let chunk = &mut input[pos..pos + avail];
                 apply_mask(chunk, f.mask, f.done);
                 f.done += avail;
@@ -1109,15 +1338,6 @@ impl Connection {
                     if f.remaining == 0 {
                         rx.frame = None;
                         break Ready::BufControl { op: f.opcode };
-                    }
-                    continue;
-                }
-                if closing {
-                    if f.remaining == 0 {
-                        rx.frame = None;
-                        if f.fin {
-                            rx.msg = None;
-                        }
                     }
                     continue;
                 }
@@ -1320,6 +1540,10 @@ impl Connection {
                 };
                 (pos, Some(Event::Message(ev)))
             }
+            Ready::Overrun => {
+                self.state = State::Closed { linger: now + self.config.close_timeout };
+                (input.len(), None)
+            }
             Ready::InputControl { op, start, end } => self.control(op, Payload::Input(&input[start..end]), pos, now),
             Ready::BufControl { op } => self.control(op, Payload::Ctrl, pos, now),
             Ready::Error(e) => {
@@ -1381,7 +1605,7 @@ impl Connection {
                         if !closing {
                             // Echo the peer's code; an empty close is answered with an empty close.
                             let echo: &[u8] = if has_code { &data[..2] } else { &[] };
-                            write_frame(&mut self.out, true, 0, OpCode::Close, echo);
+                            self.append(|out| write_frame(out, true, 0, OpCode::Close, echo));
                         }
                         if self.status.is_none() {
                             self.status = Some(Box::new(CloseStatus::Clean { code, reason, by_peer: !closing }));
@@ -1397,7 +1621,7 @@ impl Connection {
                         // A bad close frame: answer with our code, then close TCP (the peer has already closed).
                         if !closing {
                             let (p, n) = close_payload(e.close_code(), "");
-                            write_frame(&mut self.out, true, 0, OpCode::Close, &p[..n]);
+                            self.append(|out| write_frame(out, true, 0, OpCode::Close, &p[..n]));
                         }
                         if self.status.is_none() {
                             self.status = Some(Box::new(CloseStatus::Error(e.clone())));
@@ -1655,6 +1879,99 @@ mod tests {
         assert!(Connection::new(Arc::new(Config::new()), now).direct_header(true, 10).is_none(), "not open yet");
     }
 
+    /// Owned frames and frames shared with other queues, interleaved, come out in order however the writes are
+    /// cut (one slice at a time or vectored), and a ping queued after any cut goes out at the next frame boundary.
+    #[test]
+    fn shared_frames_keep_their_place_in_the_queue_at_every_cut() {
+        let now = Instant::now();
+        let open = || {
+            let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+            let mut head = HEAD.to_vec();
+            let _ = c.read(&mut head, now);
+            c.accept(None, false, now).unwrap();
+            c.drain_out(&mut Vec::new());
+            c
+        };
+        let mut pool = DeflatePool::new();
+        let mut s1 = PreparedMessage::new(false, &[1u8; 3000]);
+        let mut s2 = PreparedMessage::new(true, &b"s".repeat(1500));
+        let mut small = PreparedMessage::new(true, b"short: copied");
+        let mut fill = |c: &mut Connection, pool: &mut DeflatePool| {
+            c.send(Message::Binary(&[7u8; 2000])).unwrap();
+            c.send_prepared(&mut s1, pool).unwrap();
+            c.send(Message::Text("between")).unwrap();
+            c.send_prepared(&mut s2, pool).unwrap();
+            c.send_prepared(&mut small, pool).unwrap();
+            c.send_prepared(&mut s1, pool).unwrap();
+            c.send(Message::Text("end")).unwrap();
+        };
+        let mut reference = Vec::new();
+        let mut boundaries = vec![0];
+        for (op, payload) in [
+            (OpCode::Binary, vec![7u8; 2000]),
+            (OpCode::Binary, vec![1u8; 3000]),
+            (OpCode::Text, b"between".to_vec()),
+            (OpCode::Text, b"s".repeat(1500)),
+            (OpCode::Text, b"short: copied".to_vec()),
+            (OpCode::Binary, vec![1u8; 3000]),
+            (OpCode::Text, b"end".to_vec()),
+        ] {
+            write_frame(&mut reference, true, 0, op, &payload);
+            boundaries.push(reference.len());
+        }
+        let mut c = open();
+        fill(&mut c, &mut pool);
+        assert_eq!(c.queued(), reference.len());
+        assert!(c.tail.is_some(), "the long prepared frames are shared");
+        for step in [1, 7, 100, 2003, 4096, 1 << 20] {
+            let mut c = open();
+            fill(&mut c, &mut pool);
+            let mut wire = Vec::new();
+            loop {
+                let mut parts: [&[u8]; 4] = [&[]; 4];
+                let k = c.out_slices(&mut parts);
+                if k == 0 {
+                    break;
+                }
+                let mut n = 0;
+                for p in &parts[..k] {
+                    let take = p.len().min(step - n);
+                    wire.extend_from_slice(&p[..take]);
+                    n += take;
+                    if n == step {
+                        break;
+                    }
+                }
+                c.consume_out(n);
+            }
+            assert_eq!(wire, reference, "written {step} bytes at a time");
+            assert!(!c.wants_write() && c.queued() == 0);
+        }
+        let mut ping = Vec::new();
+        write_frame(&mut ping, true, 0, OpCode::Ping, b"p");
+        for cut in 0..=reference.len() {
+            let mut c = open();
+            fill(&mut c, &mut pool);
+            let mut wire = Vec::new();
+            while wire.len() < cut {
+                let n = c.out().len().min(cut - wire.len());
+                wire.extend_from_slice(&c.out()[..n]);
+                c.consume_out(n);
+            }
+            if cut < reference.len() {
+                c.ping(b"p").unwrap();
+            }
+            c.drain_out(&mut wire);
+            let at = *boundaries.iter().find(|b| **b >= cut).unwrap();
+            let mut expected = reference[..at].to_vec();
+            if cut < reference.len() {
+                expected.extend_from_slice(&ping);
+            }
+            expected.extend_from_slice(&reference[at..]);
+            assert_eq!(wire, expected, "ping queued after {cut} bytes");
+        }
+    }
+
     fn session() -> Vec<u8> {
         let mut d = HEAD.to_vec();
         d.extend(frame(true, OpCode::Text, b"Hello"));
@@ -1882,6 +2199,27 @@ mod tests {
         c.handle_timeout(d2);
         assert!(c.is_finished());
         assert_eq!(c.close_status(), CloseStatus::TimedOut(TimeoutKind::Message));
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_after_our_close_is_read_no_further() {
+        let (_, _, mut c) = run(config(), HEAD, &[]);
+        let now = Instant::now();
+        c.close(CloseCode::POLICY, "stop", now).unwrap();
+        c.drain_out(&mut Vec::new());
+        let max = Connection::closing_data_max(&config());
+        let data = frame(true, OpCode::Binary, &vec![1u8; 64 * 1024]);
+        let mut sent = 0;
+        while !c.is_finished() {
+            assert!(sent <= max + data.len(), "still reading after {sent} bytes");
+            let mut chunk = data.clone();
+            let (n, ev) = c.read(&mut chunk, now);
+            assert!(ev.is_none() && n == chunk.len());
+            sent += n;
+        }
+        assert!(sent > max, "{sent}: what a closing peer may have had in flight is read");
+        assert!(!c.wants_read(), "reading has ended");
+        assert_eq!(c.close_status(), CloseStatus::Lost, "no closing handshake took place");
     }
 
     #[test]

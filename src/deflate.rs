@@ -14,7 +14,7 @@
 //! stripped; RSV1 marks the first frame. When the server does not keep its compression context between messages
 //! (`server_no_context_takeover`, wskit's default), the compressor is not per connection: one per window size is
 //! pooled per event loop ([`DeflatePool`]), and a message to many connections can be compressed once
-//! ([`PreparedMessage`]).
+//! ([`crate::prepared::PreparedMessage`]).
 //!
 //! **zlib and 8-bit windows**: zlib (and zlib-rs) refuse an 8-bit window for raw deflate. When a client asks for
 //! `server_max_window_bits=8`, wskit answers 8 and compresses with a 9-bit window: zlib never emits a match
@@ -256,6 +256,18 @@ pub fn negotiate(offers: &[Offer<'_>], cfg: &DeflateConfig) -> Option<Params> {
     })
 }
 
+/// Heap bytes of one inflate context once used, whatever its window (zlib-rs allocates the largest window):
+/// 47,552 measured by `cargo run -p wskit-bench --release --bin deflate_mem`, rounded up.
+pub const INFLATER_BYTES: usize = 48 * 1024;
+
+/// Heap bytes of one compressor with this window once used, at any level: `4 << bits` of window and hash chains
+/// plus 243 KiB of hash table and state (zlib-rs; `deflate_mem` measures 251,008 at 9 bits and 380,032 at 15).
+pub fn compressor_bytes(window_bits: u8) -> usize {
+    (4 << window_bits.clamp(9, 15)) + 244 * 1024
+}
+
+/// Moved to [`crate::prepared`]; kept here for callers of the earlier path.
+pub use crate::prepared::PreparedMessage;
 pub use codec::*;
 
 #[cfg(feature = "deflate")]
@@ -426,40 +438,6 @@ mod codec {
             c.reset();
         }
     }
-
-    /// A message to send to many connections, compressed at most once per (window, level).
-    #[derive(Debug)]
-    pub struct PreparedMessage {
-        pub(crate) text: bool,
-        pub(crate) payload: Vec<u8>,
-        compressed: Vec<(u8, u32, Vec<u8>)>,
-    }
-
-    impl PreparedMessage {
-        /// Prepares a text or binary message.
-        pub fn new(text: bool, payload: &[u8]) -> Self {
-            PreparedMessage { text, payload: payload.to_vec(), compressed: Vec::new() }
-        }
-
-        /// The compressed form for this (window, level), computed on first use.
-        pub fn compressed(&mut self, pool: &mut DeflatePool, window: u8, level: u32) -> &[u8] {
-            let i = match self.compressed.iter().position(|(w, l, _)| *w == window && *l == level) {
-                Some(i) => i,
-                None => {
-                    let mut out = Vec::new();
-                    pool.compress(window, level, &self.payload, &mut out);
-                    self.compressed.push((window, level, out));
-                    self.compressed.len() - 1
-                }
-            };
-            &self.compressed[i].2
-        }
-
-        /// How many times it was compressed (one per distinct window and level among the receivers).
-        pub fn compressions(&self) -> usize {
-            self.compressed.len()
-        }
-    }
 }
 
 /// Without the `deflate` feature nothing is ever negotiated, so the codec is never reached.
@@ -524,22 +502,6 @@ mod codec {
         /// Never called: negotiation is off.
         pub fn compress(&mut self, _window: u8, _level: u32, input: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(input);
-        }
-    }
-    /// A message to send to many connections (never compressed without the `deflate` feature).
-    #[derive(Debug)]
-    pub struct PreparedMessage {
-        pub(crate) text: bool,
-        pub(crate) payload: Vec<u8>,
-    }
-    impl PreparedMessage {
-        /// Prepares a text or binary message.
-        pub fn new(text: bool, payload: &[u8]) -> Self {
-            PreparedMessage { text, payload: payload.to_vec() }
-        }
-        /// Never called: negotiation is off.
-        pub fn compressed(&mut self, _pool: &mut DeflatePool, _window: u8, _level: u32) -> &[u8] {
-            &self.payload
         }
     }
 }
@@ -647,16 +609,5 @@ mod tests {
         assert!(out.capacity() <= 512 * 1024 + 2 * INFLATE_STEP, "{}", out.capacity());
         let mut inf = Inflater::new(15);
         assert_eq!(inf.inflate(b"\xff\xff\xff\xff garbage", &mut Vec::new(), 1 << 20), Err(InflateError::Corrupt));
-    }
-
-    #[test]
-    fn prepared_message_is_compressed_once_per_window() {
-        let mut pool = DeflatePool::new();
-        let mut m = PreparedMessage::new(true, &b"hello world ".repeat(100));
-        let a = m.compressed(&mut pool, 15, 1).to_vec();
-        let b = m.compressed(&mut pool, 15, 1).to_vec();
-        assert_eq!(a, b);
-        m.compressed(&mut pool, 10, 1);
-        assert_eq!(m.compressions(), 2);
     }
 }

@@ -36,6 +36,12 @@ pub enum HandshakeError {
     Version,
     /// With `proxy_protocol` on: the connection did not begin with a valid PROXY protocol header. → 400
     ProxyHeader,
+    /// `Host`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version` given more than once (RFC 9112 §3.2, RFC 6455
+    /// §11.3.1 and §11.3.5: each appears once). → 400
+    DuplicateHeader,
+    /// An upgrade whose request target is not a path (`GET *`, or an absolute URI): RFC 6455 §4.1 sends the
+    /// resource name, which begins with `/`. → 400
+    Target,
 }
 
 impl HandshakeError {
@@ -64,6 +70,8 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Key => "Sec-WebSocket-Key must be the base64 of 16 bytes",
             HandshakeError::Version => "unsupported Sec-WebSocket-Version (13 is supported)",
             HandshakeError::ProxyHeader => "missing or malformed PROXY protocol header",
+            HandshakeError::DuplicateHeader => "Host, Sec-WebSocket-Key and Sec-WebSocket-Version must appear once",
+            HandshakeError::Target => "the request target of an upgrade must be a path",
         };
         f.write_str(s)
     }

@@ -224,6 +224,22 @@ pub fn write_client_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode,
     crate::mask::apply_mask(&mut out[start..], mask, 0);
 }
 
+/// Appends a message as frames of at most `max_frame` payload bytes (0: one frame). A compressed message is one
+/// deflate stream cut into frames, with RSV1 on the first only (RFC 7692 §6.1).
+pub(crate) fn write_message(out: &mut Vec<u8>, compressed: bool, op: OpCode, payload: &[u8], max_frame: usize) {
+    if max_frame == 0 || payload.len() <= max_frame {
+        write_frame(out, true, if compressed { 0b100 } else { 0 }, op, payload);
+        return;
+    }
+    let mut chunks = payload.chunks(max_frame).peekable();
+    let mut first = true;
+    while let Some(chunk) = chunks.next() {
+        let (rsv, opcode) = if first { (if compressed { 0b100 } else { 0 }, op) } else { (0, OpCode::Continuation) };
+        write_frame(out, chunks.peek().is_none(), rsv, opcode, chunk);
+        first = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,8 +114,12 @@ impl HeadReader {
     /// Feeds the next bytes. On `Complete(n)` the head is whole and the first `n` bytes of `input` belonged to it;
     /// call [`HeadReader::parse`] with the same `input`. Refuses a head longer than `max` with
     /// [`HandshakeError::HeadTooLarge`].
+    /// A line ended by a bare LF (not CRLF) within the first `max` bytes is [`HandshakeError::Malformed`]: RFC 9112
+    /// §2.2 lets a server refuse it, and this one does (a head that ends `\n\n` would otherwise wait for a blank
+    /// CRLF line until the handshake timeout).
     pub fn feed(&mut self, input: &[u8], max: usize) -> Result<Status<usize>, HandshakeError> {
         let before = self.buf.len();
+        self.bare_lf(input, max)?;
         if before == 0 {
             // The usual case: the whole head in one read, parsed in place without a copy.
             if let Some(end) = find_end(input, 0) {
@@ -144,9 +148,50 @@ impl HeadReader {
         Ok(Status::Partial)
     }
 
+    /// Fails at a bare LF among the head's bytes in `input` (those before its end, if it ends here), within the
+    /// first `max` bytes of the head.
+    fn bare_lf(&self, input: &[u8], max: usize) -> Result<(), HandshakeError> {
+        let before = self.buf.len();
+        let mut prev = self.buf.last().copied();
+        for (i, &b) in input.iter().enumerate() {
+            if before + i >= max {
+                break;
+            }
+            if b == b'\n' {
+                if prev != Some(b'\r') {
+                    return Err(HandshakeError::Malformed);
+                }
+                // A CRLF CRLF ends the head: what follows is the first frame.
+                if self.ends_at(input, i) {
+                    return Ok(());
+                }
+            }
+            prev = Some(b);
+        }
+        Ok(())
+    }
+
+    /// Whether `input[i]` (an LF) is the last byte of a CRLF CRLF, counting the held bytes before `input`.
+    fn ends_at(&self, input: &[u8], i: usize) -> bool {
+        let byte = |back: usize| -> Option<u8> {
+            if back <= i {
+                Some(input[i - back])
+            } else {
+                let k = back - i; // 1-based from the end of the held bytes
+                self.buf.len().checked_sub(k).map(|j| self.buf[j])
+            }
+        };
+        byte(1) == Some(b'\r') && byte(2) == Some(b'\n') && byte(3) == Some(b'\r')
+    }
+
     /// Whether part of a head is held.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// Heap bytes it holds.
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Parses the completed head: the stashed bytes if the head spanned reads, else `input[..n]`.
@@ -179,6 +224,17 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HandshakeError> {
     })
 }
 
+/// Checks what every request must satisfy (RFC 9112 §3.2): an HTTP/1.1 request has a `Host` header, and no
+/// request has two.
+pub fn validate_request(req: &Request) -> Result<(), HandshakeError> {
+    let mut hosts = req.header_values("host");
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(HandshakeError::DuplicateHeader),
+        (None, None) if req.http_minor_version() >= 1 => Err(HandshakeError::MissingHost),
+        _ => Ok(()),
+    }
+}
+
 /// Checks an upgrade request against §4.2.1 and returns the `Sec-WebSocket-Accept` value.
 pub fn validate_upgrade(req: &Request) -> Result<String, HandshakeError> {
     if req.method() != "GET" {
@@ -187,8 +243,14 @@ pub fn validate_upgrade(req: &Request) -> Result<String, HandshakeError> {
     if req.http_minor_version() < 1 {
         return Err(HandshakeError::HttpVersion);
     }
-    if req.header("host").is_none() {
-        return Err(HandshakeError::MissingHost);
+    validate_request(req)?;
+    if !req.uri().starts_with('/') {
+        return Err(HandshakeError::Target);
+    }
+    if req.header_values("sec-websocket-key").nth(1).is_some()
+        || req.header_values("sec-websocket-version").nth(1).is_some()
+    {
+        return Err(HandshakeError::DuplicateHeader);
     }
     if !req.has_token("upgrade", "websocket") {
         return Err(HandshakeError::UpgradeHeader);
@@ -359,6 +421,62 @@ mod tests {
         assert_eq!(parse_request(b"GARBAGE\r\n\r\n").unwrap_err().status(), 400);
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()).unwrap_err().status(), 431);
+    }
+
+    /// The verdict of feeding `data` whole, and in every two pieces: the same, or the test fails.
+    fn verdict(data: &[u8], max: usize) -> Result<Option<usize>, HandshakeError> {
+        let whole = HeadReader::default().feed(data, max).map(|s| match s {
+            Status::Complete(n) => Some(n),
+            Status::Partial => None,
+        });
+        for cut in 1..data.len() {
+            let mut r = HeadReader::default();
+            let split = r.feed(&data[..cut], max).and_then(|s| match s {
+                Status::Complete(n) => Ok(Some(n)),
+                Status::Partial => r.feed(&data[cut..], max).map(|s| match s {
+                    Status::Complete(n) => Some(cut + n),
+                    Status::Partial => None,
+                }),
+            });
+            assert_eq!(split, whole, "cut at {cut} of {:?}", String::from_utf8_lossy(data));
+        }
+        whole
+    }
+
+    #[test]
+    fn bare_lf_line_endings_are_refused_at_once_at_any_split() {
+        let lf = CHROME.iter().copied().filter(|&b| b != b'\r').collect::<Vec<u8>>();
+        assert_eq!(verdict(&lf, 8192), Err(HandshakeError::Malformed));
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 8192), Err(HandshakeError::Malformed));
+        assert_eq!(verdict(b"\n", 8192), Err(HandshakeError::Malformed));
+        // Bytes after the head are frame data: a LF there is no fault.
+        let mut framed = CHROME.to_vec();
+        framed.extend_from_slice(b"\n\n\x81\n");
+        assert_eq!(verdict(&framed, 8192), Ok(Some(CHROME.len())));
+        // Past the limit the head is too large, whatever follows.
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.extend(std::iter::repeat(b'a').take(100));
+        long.push(b'\n');
+        assert_eq!(verdict(&long, 64), Err(HandshakeError::HeadTooLarge));
+        assert_eq!(verdict(&long, 8192), Err(HandshakeError::Malformed));
+    }
+
+    #[test]
+    fn headers_that_must_appear_once_and_the_target() {
+        let ok = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let twice = |h: &str| ok.replace("\r\n\r\n", &format!("\r\n{h}\r\n\r\n"));
+        for dup in ["Host: y", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version: 13"] {
+            let e = check(&twice(dup)).unwrap_err();
+            assert_eq!((e.clone(), e.status()), (HandshakeError::DuplicateHeader, 400), "{dup}");
+        }
+        assert!(check(&twice("Sec-WebSocket-Protocol: a")).is_ok(), "other headers may repeat");
+        for target in ["*", "http://x/", "chat"] {
+            assert_eq!(check(&ok.replace("GET / ", &format!("GET {target} "))).unwrap_err(), HandshakeError::Target);
+        }
+        let plain = |r: &str| validate_request(&parse_request(r.as_bytes()).unwrap());
+        assert_eq!(plain("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(HandshakeError::DuplicateHeader));
+        assert_eq!(plain("GET / HTTP/1.1\r\n\r\n"), Err(HandshakeError::MissingHost));
+        assert_eq!(plain("GET / HTTP/1.0\r\n\r\n"), Ok(()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod mask;
 pub mod metrics;
 pub mod policy;
+pub mod prepared;
 pub mod proxy;
 pub mod redis;
 pub mod utf8;

@@ -79,6 +79,14 @@ pub struct Metrics {
     pub queued_bytes: AtomicU64,
     /// Connections closed because their send queue passed `max_queued_bytes`.
     pub slow_closed: AtomicU64,
+    /// Bytes the loop holds for its connections now, as the memory budget counts them (`Config::memory_budget`).
+    pub held_bytes: AtomicU64,
+    /// Turns ended with the budget's three quarters passed (connections holding much were not read).
+    pub pressure_turns: AtomicU64,
+    /// Connections dropped (1008) because the memory budget was passed.
+    pub budget_closed: AtomicU64,
+    /// Read bursts cut at their work quantum (the connection went to the back of the backlog).
+    pub bursts_cut: AtomicU64,
     turns: [AtomicU64; 9],
     turn_us_sum: AtomicU64,
 }
@@ -168,6 +176,10 @@ impl Metrics {
         one("payload_bytes_out_total", "counter", "Message bytes sent, before compression.", &self.payload_out);
         one("queued_bytes", "gauge", "Bytes queued for peers, not yet written.", &self.queued_bytes);
         one("slow_consumers_closed_total", "counter", "Connections closed for a full send queue.", &self.slow_closed);
+        one("held_bytes", "gauge", "Bytes held for connections, as the memory budget counts them.", &self.held_bytes);
+        one("memory_pressure_turns_total", "counter", "Turns past 3/4 of the memory budget.", &self.pressure_turns);
+        one("budget_closed_total", "counter", "Connections dropped to keep the memory budget.", &self.budget_closed);
+        one("bursts_cut_total", "counter", "Read bursts cut at their work quantum.", &self.bursts_cut);
         let _ = writeln!(o, "# HELP wskit_upgrades_refused_total Upgrades refused, by reason.");
         let _ = writeln!(o, "# TYPE wskit_upgrades_refused_total counter");
         for (i, (_, name)) in REFUSALS.iter().enumerate() {

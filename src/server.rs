@@ -20,22 +20,23 @@
 use crate::cluster::Group;
 use crate::config::Config;
 use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind, SPARE_MIN};
-use crate::deflate::{DeflatePool, PreparedMessage};
+use crate::deflate::DeflatePool;
 use crate::error::ConfigError;
 use crate::error::{HandshakeError, SendError};
 use crate::frame::Status;
 use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler, Origin};
 use crate::metrics::{Metrics, Refusal as Why};
+use crate::prepared::PreparedMessage;
 use crate::proxy::ProxyReader;
 use crate::CloseCode;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,24 @@ const WAKER: Token = Token(usize::MAX - 1);
 /// ciphertext.
 #[cfg(feature = "tls")]
 const TLS_BATCH: usize = 256 * 1024;
-/// Reads of one connection per loop turn at most (1 MiB with the 128 KiB buffer) before the others get theirs.
-const READS_PER_TURN: usize = 8;
+/// The work one connection may cause in one burst before the others get theirs: bytes read, message bytes
+/// delivered (after inflation: 1 KiB of compressed zeros is 1 MiB of message), and message bytes its handler
+/// queued for peers meanwhile (a publish counts once per subscriber). A connection past it stops between two
+/// events; what it sent and was not yet processed waits in a stash, and it goes to the back of the backlog.
+const QUANTUM: usize = 1 << 20;
+/// The work the backlog (connections cut at their quantum) may take in one turn, after every connection with a
+/// fresh event was served: a turn is never longer than this plus one quantum per fresh event, so a light client
+/// waits at most about that for its turn, however many heavy ones there are.
+const BACKLOG_PER_TURN: usize = 2 << 20;
+/// The work fresh events may take in one turn before the rest are only probed ([`Server::probe`]): when hundreds
+/// of heavy clients send at once, the light ones among them are still answered in this turn.
+const FRESH_PER_TURN: usize = 1 << 20;
+/// What a probe reads: a light client's message fits (and leaves the socket drained).
+const PROBE: usize = 4096;
+/// Bytes the end of a turn writes at most for connections touched by others (a publish to a thousand
+/// subscribers can mean a gigabyte for the kernel to take): the rest is written at the next turns, after fresh
+/// events and whoever they touch.
+const TURN_WRITES: usize = 4 << 20;
 /// The shared read buffer: large enough that a burst of 16 KiB messages is read in one `recv`.
 const READ_BUF: usize = 128 * 1024;
 /// Echoes of messages assembled from several reads or frames are written straight from their buffer (rather than
@@ -152,6 +169,39 @@ fn take_back_all(bufs: &mut BufPool, conn: &mut Connection) {
         bufs.push(b);
     }
 }
+/// Input a connection sent that waits for its next burst ([`Server::stash`]): `buf[start..end]`, in the read
+/// buffer it was read into (taken whole: nothing is copied), or the plaintext buffer when `plain`.
+#[derive(Debug)]
+struct Stash {
+    plain: bool,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Connections the kernel completes ahead of `accept` (capped by `net.core.somaxconn`, 4096 on current Linux).
+/// The standard library's 128 overflows when a few hundred clients connect at once, and each connection
+/// dropped there waits for its SYN to be sent again: 1 s, then 3 s, then 7 s.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue; with `reuse_port`, one of
+/// several sharing the port (`SO_REUSEPORT`: one per loop of a [`crate::Cluster`]).
+pub(crate) fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))))]
+    let _ = reuse_port;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// How long to wait before accepting again after `accept` failed (descriptor exhaustion).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -167,6 +217,9 @@ struct Slot {
     read_ready: bool,
     /// In the dirty list for this turn.
     dirty: bool,
+    /// The last write stopped short (the socket is full): no write is tried again before it is writable, so a
+    /// publish to a thousand subscribers that do not read costs no thousand failing sends.
+    blocked: bool,
     /// The earliest deadline this slot has in the timer heap.
     scheduled: Option<Instant>,
     /// Our FIN is sent; input is discarded until the peer's FIN or this deadline.
@@ -181,10 +234,14 @@ struct Slot {
     /// The send queue passed the high-water mark: `on_drain` is owed when it falls under the low-water mark.
     over_high: bool,
     /// Queued bytes last counted in the `queued_bytes` gauge.
-    queued: u64,
+    queued: u32,
+    /// Bytes last counted for it in the loop's memory total ([`Server::held`]).
+    held: u32,
+    /// Not read from while the loop is under memory pressure (it holds much); read again when it ends.
+    pressed: bool,
     /// Topics this connection is subscribed to.
     topics: Vec<Box<str>>,
-    /// Its read burst was cut at `READS_PER_TURN`: read on at the next turn.
+    /// In the backlog ([`Server::backlog`]): it is read there, at its place, not when an event comes.
     deferred: bool,
     /// The peer's FIN has been announced (EPOLLRDHUP): read until EOF instead of stopping at a short read.
     read_closed: bool,
@@ -200,6 +257,14 @@ impl Slot {
         #[cfg(feature = "tls")]
         if let Some(t) = &self.tls {
             return t.out().len();
+        }
+        0
+    }
+    /// Heap bytes of the TLS layer (its buffers and pending ciphertext), if any.
+    fn tls_held(&self) -> usize {
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return crate::tls::TLS_HELD + t.out().len();
         }
         0
     }
@@ -417,8 +482,32 @@ pub struct Server {
     shutdown: Option<ShutdownReport>,
     /// (generation, queued bytes) of each open connection by slot, for the send statuses handlers get.
     table: Vec<(u32, usize)>,
-    /// Connections whose read burst was cut short, to read on next turn.
-    deferred: Vec<usize>,
+    /// Connections to read at a later turn, in turn (slot, generation, debt): cut at their [`QUANTUM`], or let
+    /// read again (back-pressure released, reading resumed), which waits for the next turn so that a loop turn
+    /// always ends. `debt` is the work past its quantum the last burst caused: it is worked off a quantum per
+    /// visit before the connection reads again, so heavy connections share the backlog by work, not by visits.
+    backlog: VecDeque<(usize, u32, usize)>,
+    /// Work charged to the connection being read ([`QUANTUM`]).
+    work: usize,
+    /// Input a connection sent and was not processed yet, because its burst reached its quantum (by slot): the
+    /// buffer it was read into (the read buffer, or the plaintext buffer under TLS) and the range left.
+    stash: HashMap<usize, Stash>,
+    /// A read buffer to replace one taken into a stash.
+    spare_rbuf: Vec<u8>,
+    /// Bytes of the prepared messages' shared frames that queues still hold (each counted once, however many
+    /// queues hold it).
+    shared_bytes: Arc<AtomicUsize>,
+    /// What the slots hold, as last counted ([`Slot::held`]): with the shared frames and the stashes, the loop's
+    /// part of the memory budget.
+    held: usize,
+    /// The loop's total last added to its group's (a [`crate::Cluster`] shares one budget).
+    held_published: usize,
+    /// Past three quarters of the budget: connections holding much are not read ([`Slot::pressed`]).
+    pressure: bool,
+    /// The connections not read for it.
+    pressed: Vec<(usize, u32)>,
+    /// [`Config::queue_limit`], computed once.
+    queue_limit: usize,
     /// This loop's index among its siblings (in the top 8 bits of every generation, so ids are global).
     loop_index: u32,
     /// The sibling loops and the broker bridge, when this loop is one of a [`crate::Cluster`].
@@ -475,6 +564,29 @@ fn guarded<R>(id: ConnId, what: &str, f: impl FnOnce() -> R) -> Option<R> {
             log::error!(target: "wskit::server", "{id}: handler panicked in {what}: {}", msg.unwrap_or("(no message)"));
             None
         }
+    }
+}
+
+/// [`Server::mark_dirty`] for a slot at hand.
+#[inline]
+fn touch(dirty: &mut Vec<usize>, key: usize, slot: &mut Slot) {
+    if !slot.dirty {
+        slot.dirty = true;
+        dirty.push(key);
+    } else if dirty.last() != Some(&key) {
+        dirty.push(key);
+    }
+}
+
+/// What `max_connections_per_ip` counts by: an IPv4 address (an IPv4-mapped IPv6 one as IPv4), or an IPv6 /64
+/// network — one host is given a /64 and can use any address in it.
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -539,6 +651,22 @@ fn write_burst(sock: &mut TcpStream, data: &[u8]) -> Option<usize> {
         }
     }
     Some(done)
+}
+
+/// Writes `parts` in one vectored send, as far as the socket takes them now; `None` if the socket failed.
+fn write_slices(sock: &mut TcpStream, parts: &[&[u8]]) -> Option<usize> {
+    let mut io = [io::IoSlice::new(&[]); 16];
+    for (d, p) in io.iter_mut().zip(parts) {
+        *d = io::IoSlice::new(p);
+    }
+    loop {
+        match socket2::SockRef::from(&*sock).send_vectored(&io[..parts.len()]) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Writes one frame, `head` then `payload`, as far as the socket takes it now, as two slices of one `sendmsg` (the
@@ -616,7 +744,7 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        let listener = TcpListener::bind(addr)?;
+        let listener = TcpListener::from_std(listener(addr, false)?);
         Self::with_listener(
             listener,
             config,
@@ -639,6 +767,7 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
+        let queue_limit = config.queue_limit();
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -677,7 +806,16 @@ impl Server {
             timer_seq: 0,
             shutdown: None,
             table: Vec::new(),
-            deferred: Vec::new(),
+            backlog: VecDeque::new(),
+            work: 0,
+            stash: HashMap::new(),
+            spare_rbuf: Vec::new(),
+            shared_bytes: Arc::default(),
+            held: 0,
+            held_published: 0,
+            pressure: false,
+            pressed: Vec::new(),
+            queue_limit,
             loop_index: 0,
             group: None,
         })
@@ -734,7 +872,7 @@ impl Server {
         if let Some(m) = max_wait {
             timeout = Some(timeout.map_or(m, |t| t.min(m)));
         }
-        if !self.deferred.is_empty() {
+        if !self.backlog.is_empty() || !self.dirty.is_empty() {
             timeout = Some(Duration::ZERO);
         }
         match self.poll.poll(&mut self.events, timeout) {
@@ -809,21 +947,13 @@ impl Server {
     }
 
     fn handle_events(&mut self, now: Instant) -> usize {
-        // Reads cut short last turn go first (their sockets raise no new edge for data already there).
-        for key in std::mem::take(&mut self.deferred) {
-            if let Some(slot) = self.slots.get_mut(key) {
-                slot.deferred = false;
-                if slot.read_ready {
-                    self.do_read(key, now);
-                }
-            }
-        }
         self.ready.clear();
         for ev in self.events.iter() {
             let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
             let closed = ev.is_read_closed() || ev.is_error();
             self.ready.push((ev.token().0, readable, ev.is_writable() || ev.is_write_closed(), closed));
         }
+        let mut fresh_work = 0;
         for i in 0..self.ready.len() {
             let (token, readable, writable, closed) = self.ready[i];
             match Token(token) {
@@ -840,13 +970,28 @@ impl Server {
                         // The peer's FIN came with this edge: read through to it even after a short read, since
                         // no further edge will announce it.
                         slot.read_closed |= closed;
-                        self.do_read(key, now);
+                        if slot.deferred {
+                            // Read at its place in the backlog.
+                        } else if fresh_work < FRESH_PER_TURN {
+                            self.do_read(key, now);
+                            fresh_work += self.work;
+                        } else {
+                            self.probe(key, now);
+                        }
                     }
                     if writable {
+                        // (The read may have ended the connection.)
+                        if let Some(slot) = self.slots.get_mut(key) {
+                            slot.blocked = false;
+                        }
                         self.mark_dirty(key);
                     }
                 }
             }
+        }
+        // Every fresh event was served first; now the backlog, for a bounded amount of work.
+        if !self.backlog.is_empty() {
+            self.serve_backlog(now);
         }
         if self.accept_paused.is_some_and(|t| now >= t) {
             self.accept_paused = None;
@@ -893,6 +1038,9 @@ impl Server {
     /// Takes a new socket into the loop: registers it and gives it a connection (and TLS, for wss).
     fn insert(&mut self, mut sock: TcpStream, peer: SocketAddr, now: Instant) -> io::Result<usize> {
         let _ = sock.set_nodelay(true);
+        if self.config.socket_send_buffer > 0 {
+            let _ = socket2::SockRef::from(&sock).set_send_buffer_size(self.config.socket_send_buffer);
+        }
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         // A 24-bit counter under the loop index; 0 is never used (the live table marks an empty slot with it).
@@ -922,6 +1070,7 @@ impl Server {
             opened: false,
             read_ready: false,
             dirty: false,
+            blocked: false,
             scheduled: None,
             draining: None,
             deflate: false,
@@ -930,6 +1079,8 @@ impl Server {
             paused: false,
             over_high: false,
             queued: 0,
+            held: 0,
+            pressed: false,
             topics: Vec::new(),
             deferred: false,
             read_closed: false,
@@ -957,7 +1108,7 @@ impl Server {
                 if self.slots[key].is_tls() {
                     self.feed_tls(key, chunk.len(), now);
                 } else {
-                    self.feed(key, false, chunk.len(), now);
+                    self.feed(key, false, 0, chunk.len(), now);
                 }
             }
         }
@@ -990,36 +1141,49 @@ impl Server {
         self.adopt(sock, head.as_bytes())
     }
 
+    /// Puts a connection on top of the dirty list (again, if it is there already: the list is served from the top,
+    /// so a connection touched now goes before those left from a fan-out that outlasted a turn's writes; the
+    /// entry further down is skipped).
     fn mark_dirty(&mut self, key: usize) {
         if let Some(s) = self.slots.get_mut(key) {
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(key);
-            }
+            touch(&mut self.dirty, key, s);
         }
     }
 
+    /// Reads from a connection until the socket is drained, reading pauses, or the burst has caused a
+    /// [`QUANTUM`] of work (then it goes to the backlog). Input stashed at an earlier cut comes first.
     fn do_read(&mut self, key: usize, now: Instant) {
-        let mut reads = 0;
+        self.work = 0;
+        if !self.stash.is_empty() && self.stash.contains_key(&key) {
+            self.feed_stash(key, now);
+            if self.stash.contains_key(&key) {
+                return; // cut again, and deferred
+            }
+        }
         loop {
             let Some(slot) = self.slots.get_mut(key) else {
                 return;
             };
-            if reads == READS_PER_TURN {
-                // Fairness: a client that keeps its socket full gets this much per turn; the rest waits for the
-                // next turn (which does not sleep) so everyone else is served in between.
-                if !slot.deferred {
-                    slot.deferred = true;
-                    self.deferred.push(key);
-                }
+            if !slot.read_ready {
                 return;
             }
-            reads += 1;
+            if self.work >= QUANTUM {
+                // Fairness: the rest waits for a later turn (which does not sleep); everyone else goes first.
+                self.defer(key);
+                return;
+            }
             if slot.draining.is_some() {
                 // Discard until the peer's FIN.
                 match slot.sock.read(&mut self.rbuf) {
                     Ok(0) => return self.remove(key),
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        // A peer that sends a quantum after our FIN is not closing: drop it now.
+                        self.work += n;
+                        if self.work >= QUANTUM {
+                            return self.remove(key);
+                        }
+                        continue;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         slot.read_ready = false;
                         return;
@@ -1031,6 +1195,14 @@ impl Server {
             if !slot.wants_read(self.config.write_high_water) {
                 return; // paused; `read_ready` stays set and reading resumes after a flush
             }
+            if self.pressure && slot.held as usize >= self.config.memory_budget / 256 {
+                // Memory pressure: what it holds stays as it is until the pressure ends (then it is read again).
+                if !slot.pressed {
+                    slot.pressed = true;
+                    self.pressed.push((key, slot.gen));
+                }
+                return;
+            }
             match slot.sock.read(&mut self.rbuf) {
                 Ok(0) => {
                     slot.read_ready = false;
@@ -1038,6 +1210,7 @@ impl Server {
                 }
                 Ok(n) => {
                     let short = n < self.rbuf.len();
+                    self.work += n;
                     Metrics::add(&self.shared.metrics.bytes_in, n as u64);
                     let n = if slot.awaiting_proxy { self.strip_proxy_header(key, n, now) } else { n };
                     if n == 0 {
@@ -1045,12 +1218,18 @@ impl Server {
                     } else if self.slots[key].is_tls() {
                         self.feed_tls(key, n, now);
                     } else {
-                        self.feed(key, false, n, now);
+                        self.feed(key, false, 0, n, now);
                         // The socket is drained and the peer is mid-message: acknowledge now (after a full read
                         // the next read follows at once, and a sender in bulk gets its ACKs anyway).
                         if let Some(slot) = self.slots.get(key).filter(|s| short && s.conn.is_mid_message()) {
                             quickack(&slot.sock);
                         }
+                    }
+                    if !self.stash.is_empty() && self.stash.contains_key(&key) {
+                        // Cut at its quantum mid-read: deferred with the rest. (The socket's readiness is kept:
+                        // after a short read it is cleared when the backlog reads it and finds it drained.)
+                        self.write_through(key);
+                        return;
                     }
                     if short {
                         if let Some(s) = self.slots.get_mut(key).filter(|s| !s.read_closed) {
@@ -1067,6 +1246,103 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.peer_gone(key, now),
             }
+        }
+    }
+
+    /// Puts a connection at the back of the backlog (if it is not there already), with the work its burst
+    /// caused past its quantum as its debt.
+    fn defer(&mut self, key: usize) {
+        if self.work >= QUANTUM {
+            Metrics::add(&self.shared.metrics.bursts_cut, 1);
+        }
+        let debt = self.work.saturating_sub(QUANTUM);
+        if let Some(slot) = self.slots.get_mut(key).filter(|s| !s.deferred) {
+            slot.deferred = true;
+            self.backlog.push_back((key, slot.gen, debt));
+        }
+    }
+
+    /// A fresh event in a turn that has done its share of work already: the connection is read a little. What is
+    /// plainly cheap (the socket drained within [`PROBE`] bytes, and no compressed frame at the start) is handled
+    /// now; anything else is stashed and the connection goes to the backlog, so that a light client is not kept
+    /// waiting behind hundreds of heavy ones that became ready at the same moment.
+    fn probe(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        if slot.draining.is_some()
+            || slot.awaiting_proxy
+            || slot.is_tls()
+            || !slot.wants_read(self.config.write_high_water)
+        {
+            return self.defer(key);
+        }
+        self.work = 0;
+        let n = match slot.sock.read(&mut self.rbuf[..PROBE]) {
+            Ok(0) => return self.peer_gone(key, now),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                slot.read_ready = false;
+                return;
+            }
+            Err(_) => return self.defer(key),
+        };
+        Metrics::add(&self.shared.metrics.bytes_in, n as u64);
+        let compressed = slot.conn.deflate_params().is_some() && self.rbuf[0] & 0x40 != 0;
+        if n < PROBE && !compressed && !slot.read_closed {
+            slot.read_ready = false;
+            self.feed(key, false, 0, n, now);
+            self.write_through(key);
+        } else {
+            self.stash.insert(key, Stash { plain: false, buf: self.rbuf[..n].to_vec(), start: 0, end: n });
+            self.defer(key);
+        }
+    }
+
+    /// Serves the backlog in order, each connection at most once and for at most [`BACKLOG_PER_TURN`] of work
+    /// in all; a connection with debt works off a quantum of it instead of reading. Those not reached keep their
+    /// place for the next turn.
+    fn serve_backlog(&mut self, now: Instant) {
+        let mut budget = BACKLOG_PER_TURN;
+        for _ in 0..self.backlog.len() {
+            if budget == 0 {
+                break;
+            }
+            let Some((key, gen, debt)) = self.backlog.pop_front() else { break };
+            let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == gen && s.deferred) else { continue };
+            if debt >= QUANTUM {
+                self.backlog.push_back((key, gen, debt - QUANTUM));
+                continue;
+            }
+            slot.deferred = false;
+            self.do_read(key, now);
+            budget = budget.saturating_sub(self.work);
+        }
+    }
+
+    /// Keeps `input[off..n]` (the read buffer, or the plaintext buffer when `plain`) for the connection's next
+    /// burst, and defers it. The buffer itself is taken (a spare replaces it): nothing is copied.
+    fn stash_rest(&mut self, key: usize, plain: bool, off: usize, n: usize) {
+        let buf = if plain {
+            std::mem::take(&mut self.pbuf)
+        } else {
+            let fresh =
+                if self.spare_rbuf.is_empty() { vec![0; READ_BUF] } else { std::mem::take(&mut self.spare_rbuf) };
+            std::mem::replace(&mut self.rbuf, fresh)
+        };
+        self.stash.insert(key, Stash { plain, buf, start: off, end: n });
+        self.defer(key);
+    }
+
+    /// Feeds a connection's stashed input (its buffer is put in place of the one it was read into for the while);
+    /// it may be cut again and stashed anew.
+    fn feed_stash(&mut self, key: usize, now: Instant) {
+        let Some(st) = self.stash.remove(&key) else { return };
+        let slot_of_buf = if st.plain { &mut self.pbuf } else { &mut self.rbuf };
+        let prev = std::mem::replace(slot_of_buf, st.buf);
+        self.feed(key, st.plain, st.start, st.end, now);
+        let slot_of_buf = if st.plain { &mut self.pbuf } else { &mut self.rbuf };
+        let used = std::mem::replace(slot_of_buf, prev);
+        if !st.plain && used.len() == READ_BUF && self.spare_rbuf.is_empty() {
+            self.spare_rbuf = used;
         }
     }
 
@@ -1112,9 +1388,10 @@ impl Server {
     /// connection's reads of this turn: with hundreds of connections ready at once, the first one's answer no
     /// longer waits for the last one's processing (p99 round trip). Still one send per connection per turn in
     /// the usual case; closing, re-arming and the rest stay in `finish_turn`, which finds nothing left to write.
+    #[inline]
     fn write_through(&mut self, key: usize) {
         let Some(slot) = self.slots.get_mut(key) else { return };
-        if slot.draining.is_some() || slot.conn.is_finished() || !slot.conn.wants_write() {
+        if slot.draining.is_some() || slot.blocked || slot.conn.is_finished() || !slot.conn.wants_write() {
             return;
         }
         if let Some(written) = Self::flush(slot) {
@@ -1141,7 +1418,7 @@ impl Server {
             }
             Ok(r) => {
                 if len > 0 {
-                    self.feed(key, true, len, now);
+                    self.feed(key, true, 0, len, now);
                 }
                 if let Some(slot) = self.slots.get(key).filter(|_| n < self.rbuf.len()) {
                     // The socket is drained and a TLS record is still incomplete, or the message is: acknowledge
@@ -1162,18 +1439,26 @@ impl Server {
 
     #[cfg(not(feature = "tls"))]
     fn feed_tls(&mut self, key: usize, n: usize, now: Instant) {
-        self.feed(key, false, n, now);
+        self.feed(key, false, 0, n, now);
     }
 
-    /// Feeds `rbuf[..n]` (or the decrypted `pbuf[..n]`) to the connection, dispatching each event to the handler
-    /// and applying its commands.
-    fn feed(&mut self, key: usize, plain: bool, n: usize, now: Instant) {
+    /// Feeds `rbuf[off..n]` (or the decrypted `pbuf[off..n]`) to the connection, dispatching each event to the
+    /// handler and applying its commands. Once the burst has caused a [`QUANTUM`] of work, the rest is stashed
+    /// and the connection deferred.
+    fn feed(&mut self, key: usize, plain: bool, mut off: usize, n: usize, now: Instant) {
+        if let Some(st) = (!self.stash.is_empty()).then(|| self.stash.get_mut(&key)).flatten() {
+            // Input that came while earlier input waits (an adopted socket's bytes) goes behind it.
+            let input = if plain { &self.pbuf } else { &self.rbuf };
+            st.buf.truncate(st.end);
+            st.buf.extend_from_slice(&input[off..n]);
+            st.end = st.buf.len();
+            return;
+        }
         // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
         self.mark_dirty(key);
         if let Some(slot) = self.slots.get_mut(key) {
             lend(&mut self.bufs, &mut slot.conn);
         }
-        let mut off = 0;
         loop {
             let Server {
                 slots,
@@ -1188,6 +1473,8 @@ impl Server {
                 shared,
                 table,
                 echo_src,
+                work,
+                pressure,
                 ..
             } = self;
             let input = if plain { pbuf } else { rbuf };
@@ -1217,7 +1504,7 @@ impl Server {
             let mut panicked = false;
             match ev {
                 Event::Upgrade(req) => {
-                    let ip = slot.peer.ip();
+                    let ip = per_ip_key(slot.peer.ip());
                     let m = &shared.metrics;
                     // Limits and policy first (503, 429, 403, 400), then the handler.
                     let verdict = if config.max_connections > 0 && *open >= config.max_connections {
@@ -1254,7 +1541,7 @@ impl Server {
                         }
                         None => {
                             let protocol = ctx.protocol.take().filter(|p| req.protocols().any(|o| o == p));
-                            let deflate_ok = *contexts < config.deflate.max_contexts;
+                            let deflate_ok = *contexts < config.deflate.max_contexts && !*pressure;
                             let _ = slot.conn.accept(protocol.as_deref(), deflate_ok, now);
                             slot.opened = true;
                             *open += 1;
@@ -1304,6 +1591,7 @@ impl Server {
                     Metrics::add(&shared.metrics.messages_in, 1);
                     Metrics::add(&shared.metrics.payload_in, m.as_bytes().len() as u64);
                     let (at, len) = (m.as_bytes().as_ptr() as usize, m.as_bytes().len());
+                    *work += len;
                     ctx.echo = Some((at, len));
                     // The message ends where the core stopped reading: `last` when that is the end of the input.
                     let last = off >= n;
@@ -1339,6 +1627,10 @@ impl Server {
             if off >= n {
                 break;
             }
+            if self.work >= QUANTUM && self.slots.contains(key) {
+                self.stash_rest(key, plain, off, n);
+                break;
+            }
         }
         if let Some(slot) = self.slots.get_mut(key) {
             slot.conn.reclaim();
@@ -1366,20 +1658,19 @@ impl Server {
             echo_src,
             rbuf,
             pbuf,
+            shared_bytes,
             ..
         } = self;
         let group = group.as_deref();
         let m = &shared.metrics;
+        // Message bytes queued, every receiver counted: work charged to the connection being read.
+        let charged = std::cell::Cell::new(0usize);
         let sent = |n: usize| {
             Metrics::add(&m.messages_out, 1);
             Metrics::add(&m.payload_out, n as u64);
+            charged.set(charged.get() + n);
         };
-        let mut touch = |key: usize, slot: &mut Slot| {
-            if !slot.dirty {
-                slot.dirty = true;
-                dirty.push(key);
-            }
-        };
+        let mut touch = |key: usize, slot: &mut Slot| touch(dirty, key, slot);
         for cmd in &queue.cmds {
             match *cmd {
                 Cmd::Message { to, text, start, end } => {
@@ -1473,7 +1764,8 @@ impl Server {
                     }
                 }
                 Cmd::Broadcast { text, except, start, end } => {
-                    let mut prepared = PreparedMessage::new(text, &queue.arena[start..end]);
+                    let mut prepared =
+                        PreparedMessage::new(text, &queue.arena[start..end]).counted(shared_bytes.clone());
                     for (key, slot) in slots.iter_mut() {
                         if slot.opened && slot.conn.is_open() && Some(conn_id(key, slot.gen)) != except {
                             if slot.conn.send_prepared(&mut prepared, pool).is_ok() {
@@ -1509,7 +1801,7 @@ impl Server {
                         g.forward(*loop_index as usize, topic, text, except, &queue.arena[mid..end]);
                     }
                     let Some(subs) = topics.get(topic) else { continue };
-                    let mut prepared = PreparedMessage::new(text, &queue.arena[mid..end]);
+                    let mut prepared = PreparedMessage::new(text, &queue.arena[mid..end]).counted(shared_bytes.clone());
                     for &id in subs.iter().filter(|id| Some(**id) != except) {
                         if let Some((key, slot)) = slot_of(slots, id) {
                             if slot.conn.is_open() && slot.conn.send_prepared(&mut prepared, pool).is_ok() {
@@ -1540,6 +1832,7 @@ impl Server {
             }
         }
         queue.clear();
+        self.work += charged.get();
     }
 
     /// Calls `on_timer` for a handler timer that is due, unless it was replaced or cancelled, or its connection
@@ -1599,49 +1892,177 @@ impl Server {
                 tls.consume_out(n);
                 written += n;
                 if n < len {
+                    slot.blocked = true;
                     return Some(written);
                 }
                 continue;
             }
-            let len = slot.conn.out().len();
-            if len == 0 {
-                return Some(written);
-            }
-            let n = write_burst(&mut slot.sock, slot.conn.out())?;
+            let (len, n) = if slot.conn.has_shared() {
+                // Shared frames queued after the head go out with it in one vectored send.
+                let mut parts: [&[u8]; 16] = [&[]; 16];
+                let k = slot.conn.out_slices(&mut parts);
+                let len: usize = parts[..k].iter().map(|p| p.len()).sum();
+                if len == 0 {
+                    return Some(written);
+                }
+                (len, write_slices(&mut slot.sock, &parts[..k])?)
+            } else {
+                let len = slot.conn.out().len();
+                if len == 0 {
+                    return Some(written);
+                }
+                (len, write_burst(&mut slot.sock, slot.conn.out())?)
+            };
             slot.conn.consume_out(n);
             written += n;
             if n < len {
+                slot.blocked = true;
                 return Some(written);
             }
         }
     }
 
-    /// Flushes, closes and re-arms every connection touched this turn.
+    /// Flushes, closes and re-arms every connection touched this turn, then keeps the memory budget (which may
+    /// drop connections: those are finished in a second pass).
     fn finish_turn(&mut self, now: Instant) {
+        self.finish_dirty(now);
+        if self.enforce_budget(now) {
+            self.finish_dirty(now);
+        }
+    }
+
+    /// The loop's part of the memory budget: what its slots hold, the shared frames, the stashed input.
+    fn loop_held(&self) -> usize {
+        let stashed: usize =
+            if self.stash.is_empty() { 0 } else { self.stash.values().map(|s| s.buf.capacity()).sum() };
+        self.held + self.shared_bytes.load(Ordering::Relaxed) + stashed
+    }
+
+    /// Checks the memory budget ([`Config::memory_budget`]) at the end of a turn: past three quarters, pressure
+    /// (connections holding much are not read, new ones get no compression); past all of it, the connections
+    /// with the most queued (then the most held) are dropped as slow consumers until it holds. Returns whether
+    /// any was dropped.
+    fn enforce_budget(&mut self, now: Instant) -> bool {
+        let budget = self.config.memory_budget;
+        if budget == 0 {
+            return false;
+        }
+        let local = self.loop_held();
+        let m = &self.shared.metrics;
+        m.held_bytes.store(local as u64, Ordering::Relaxed);
+        let (total, share) = match self.group.as_deref() {
+            Some(g) => {
+                if local > self.held_published {
+                    g.held.fetch_add(local - self.held_published, Ordering::Relaxed);
+                } else {
+                    g.held.fetch_sub(self.held_published - local, Ordering::Relaxed);
+                }
+                self.held_published = local;
+                (g.held.load(Ordering::Relaxed), budget / g.loops())
+            }
+            None => (local, 0),
+        };
+        let was = self.pressure;
+        self.pressure = total > budget / 4 * 3;
+        if self.pressure {
+            Metrics::add(&m.pressure_turns, 1);
+        } else if was {
+            // Read again what was left unread.
+            for (key, gen) in std::mem::take(&mut self.pressed) {
+                if let Some(slot) = self.slots.get_mut(key).filter(|s| s.gen == gen) {
+                    slot.pressed = false;
+                    self.defer(key);
+                }
+            }
+        }
+        if total <= budget || local <= share {
+            return false;
+        }
+        // Back to the pressure mark, not just under the budget: otherwise the loop stays at the budget, under
+        // pressure, dropping one connection whenever another fills.
+        self.drop_heaviest(total - budget / 4 * 3, now)
+    }
+
+    /// Drops open connections, the most queued first (then the most held), until `over` bytes are freed.
+    #[cold]
+    fn drop_heaviest(&mut self, mut over: usize, now: Instant) -> bool {
+        let mut heavy: Vec<(u32, u32, usize)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.opened && s.draining.is_none() && !s.conn.is_finished() && s.held > 0)
+            .map(|(k, s)| (s.queued, s.held, k))
+            .collect();
+        heavy.sort_unstable_by(|a, b| b.cmp(a));
+        let mut dropped = false;
+        for (queued, held, key) in heavy {
+            if over == 0 {
+                break;
+            }
+            let slot = &mut self.slots[key];
+            log::warn!(target: "wskit::server", "{} dropped to keep the memory budget ({queued} B queued, {held} B held)", slot.peer);
+            slot.conn.drop_slow(queued as usize, now);
+            #[cfg(feature = "tls")]
+            if let Some(t) = slot.tls.as_mut() {
+                t.consume_out(usize::MAX);
+            }
+            Metrics::add(&self.shared.metrics.budget_closed, 1);
+            over = over.saturating_sub(queued as usize + held as usize);
+            self.mark_dirty(key);
+            dropped = true;
+        }
+        dropped
+    }
+
+    /// Flushes, closes and re-arms the dirty connections, the most recently touched first, until the turn has
+    /// written [`TURN_WRITES`]; the rest keep their place for the next turn (which does not wait).
+    fn finish_dirty(&mut self, now: Instant) {
+        let mut turn_written = 0;
         while let Some(key) = self.dirty.pop() {
-            let Some(slot) = self.slots.get_mut(key) else {
-                continue;
+            let Some(slot) = self.slots.get_mut(key).filter(|s| s.dirty) else {
+                continue; // gone, or an entry left below a newer one
             };
+            if turn_written >= TURN_WRITES && !slot.blocked && slot.wants_write() {
+                self.dirty.push(key);
+                return;
+            }
             slot.dirty = false;
             if slot.draining.is_some() {
                 continue;
             }
-            let Some(written) = Self::flush(slot) else {
+            let flushed = if slot.blocked { Some(0) } else { Self::flush(slot) };
+            let Some(written) = flushed else {
                 self.peer_gone(key, now);
                 continue;
             };
             take_back(&mut self.bufs, &mut slot.conn);
+            turn_written += written;
             let m = &self.shared.metrics;
             Metrics::add(&m.bytes_out, written as u64);
             let queued = slot.queued();
-            if queued as u64 != slot.queued {
+            if queued as u64 != slot.queued as u64 {
                 Metrics::add(&m.queued_bytes, queued as u64);
-                Metrics::sub(&m.queued_bytes, std::mem::replace(&mut slot.queued, queued as u64));
+                let was = std::mem::replace(&mut slot.queued, queued.min(u32::MAX as usize) as u32);
+                Metrics::sub(&m.queued_bytes, was as u64);
                 if slot.opened {
                     set_table(&mut self.table, key, (slot.gen, queued));
                 }
             }
-            if queued > self.config.max_queued_bytes && !slot.conn.is_finished() {
+            // What it holds, for the budget; a full socket holds its kernel send buffer too (Linux doubles it).
+            // Recounted unless nothing it holds can have changed: a connection that holds nothing and has nothing
+            // queued, in flight or compressed (the steady echo) is skipped.
+            if slot.held != 0
+                || queued != 0
+                || slot.blocked
+                || slot.conn.is_mid_message()
+                || slot.deflate
+                || slot.is_tls()
+            {
+                let kernel = if slot.blocked { 2 * self.config.socket_send_buffer } else { 0 };
+                let held = (slot.conn.held() + slot.tls_held() + kernel).min(u32::MAX as usize) as u32;
+                self.held = self.held + held as usize - slot.held as usize;
+                slot.held = held;
+            }
+            if queued > self.queue_limit && !slot.conn.is_finished() {
                 // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
                 Metrics::add(&m.slow_closed, 1);
                 slot.conn.drop_slow(queued, now);
@@ -1678,19 +2099,29 @@ impl Server {
             let resume = slot.read_ready && !slot.deferred && slot.wants_read(self.config.write_high_water);
             Self::arm(&mut self.timers, key, slot);
             if resume {
-                self.do_read(key, now);
+                // Read on at the next turn, not in this one: reading here could queue more, flush, drain and
+                // read again for as long as the client sends, and the turn would never end.
+                self.defer(key);
             }
         }
     }
 
-    /// The connection is over and its output written: tell the handler, send FIN, and drain.
+    /// The connection is over and its output written: tell the handler, send FIN, and drain. A peer dropped for
+    /// not reading is reset instead: its kernel buffers are freed at once, rather than while a FIN waits behind
+    /// them.
     fn finish(&mut self, key: usize, now: Instant) {
         let slot = &mut self.slots[key];
-        let timed_out = matches!(slot.conn.close_status(), CloseStatus::TimedOut(TimeoutKind::Handshake));
+        let status = slot.conn.close_status();
+        let timed_out = matches!(status, CloseStatus::TimedOut(TimeoutKind::Handshake));
+        let slow = matches!(status, CloseStatus::Error(crate::ProtocolError::SlowConsumer { .. }));
         self.notify_close(key);
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
+        if slow {
+            let _ = socket2::SockRef::from(&slot.sock).set_linger(Some(Duration::ZERO));
+            return self.remove(key);
+        }
         if timed_out || slot.sock.shutdown(Shutdown::Write).is_err() {
             return self.remove(key);
         }
@@ -1720,7 +2151,7 @@ impl Server {
         slot.opened = false;
         let status = slot.conn.close_status();
         *open -= 1;
-        let ip = slot.peer.ip();
+        let ip = per_ip_key(slot.peer.ip());
         if let Some(n) = per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -1764,12 +2195,16 @@ impl Server {
             if slot.awaiting_proxy {
                 self.proxy_partial.remove(&key);
             }
+            if slot.deferred {
+                self.stash.remove(&key);
+            }
             if slot.deflate {
                 self.contexts -= 1;
             }
             let m = &self.shared.metrics;
             Metrics::sub(&m.sockets, 1);
-            Metrics::sub(&m.queued_bytes, slot.queued);
+            Metrics::sub(&m.queued_bytes, slot.queued as u64);
+            self.held -= slot.held as usize;
             if let CloseStatus::TimedOut(TimeoutKind::Handshake) = slot.conn.close_status() {
                 m.timed_out(TimeoutKind::Handshake);
             }
@@ -1851,5 +2286,21 @@ impl Server {
             slot.conn.handle_timeout(now);
             self.mark_dirty(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limits_count_ipv6_by_its_64_bit_network() {
+        let k = |s: &str| per_ip_key(s.parse().unwrap());
+        assert_eq!(k("192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"), "IPv4-mapped counts as the IPv4 address");
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff:ffff:ffff:ffff"), "one /64");
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("2001:db8:1:2::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
     }
 }

@@ -14,6 +14,10 @@ use rustls::ServerConnection;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+/// Heap bytes of one connection's TLS state beside its pending ciphertext (rustls' connection, buffers and
+/// keys), as the memory budget counts it.
+pub const TLS_HELD: usize = 64 * 1024;
+
 /// One connection's TLS state.
 pub struct TlsLayer {
     conn: ServerConnection,

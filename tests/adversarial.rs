@@ -37,6 +37,7 @@ fn a_pong_overtakes_megabytes_of_queued_data_at_the_next_frame_boundary() {
     let mut config = Config::new().deflate(false);
     config.max_frame_out = 64 * 1024;
     config.write_high_water = 64 << 20;
+    config.max_queued_bytes = 64 << 20;
     let server = TestServer::start(config, || Flood);
     let mut c = raw_client(server.addr);
     socket2::SockRef::from(&c).set_recv_buffer_size(64 * 1024).unwrap();

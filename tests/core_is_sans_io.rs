@@ -10,6 +10,7 @@ const CORE: &[&str] = &[
     "handshake.rs",
     "mask.rs",
     "policy.rs",
+    "prepared.rs",
     "proxy.rs",
     "tls.rs",
     "utf8.rs",

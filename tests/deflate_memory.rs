@@ -17,7 +17,7 @@ child_server_entry!();
 
 #[test]
 fn bytes_per_deflate_connection_idle_and_after_one_message() {
-    let child = ChildServer::start(512 * 1024);
+    let child = ChildServer::start_with(512 * 1024, None, "max_connections_per_ip=0", None);
     let addr = child.addr;
     std::thread::sleep(Duration::from_millis(200));
     let base = proc_status_kib(child.pid(), "VmRSS");
@@ -62,4 +62,44 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
     );
     assert!(per_idle <= 1024, "{per_idle} bytes per idle deflate connection");
     assert!(per_after <= 64 * 1024, "{per_after} bytes per deflate connection after one message");
+}
+
+/// With server context takeover every connection keeps a compressor of its own: what one holds after a message,
+/// measured, stays within what `Config::memory_bound` counts for it (the slot, the inflater and the compressor).
+/// The formula once said 40 KiB + 264 KiB for zlib's contexts; zlib-rs measures 338 KiB per connection here.
+#[test]
+fn a_compressor_per_connection_is_within_the_computed_bound() {
+    const M: usize = 1000;
+    let pairs = "max_connections_per_ip=0;memory_budget=0;deflate_server_no_context_takeover=false";
+    let child = ChildServer::start_with(512 * 1024, None, pairs, None);
+    let addr = child.addr;
+    std::thread::sleep(Duration::from_millis(200));
+    let base = proc_status_kib(child.pid(), "VmRSS");
+    let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
+    let mut z = Vec::new();
+    Compressor::new(6, 15).compress(&msg, &mut z);
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
+    let mut socks = Vec::with_capacity(M);
+    for _ in 0..M {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        assert!(read_head(&mut s).contains("permessage-deflate"));
+        s.write_all(&frame).unwrap();
+        assert_eq!(read_frame(&mut s).unwrap().1, 1);
+        socks.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = proc_status_kib(child.pid(), "VmRSS");
+    let per = (after.saturating_sub(base)) * 1024 / M as u64;
+    let c = wskit::Config::new().deflate(true);
+    let mut c = c;
+    c.deflate.server_no_context_takeover = false;
+    let bound = c.memory_bound(false);
+    let counted = (bound.slot + bound.inflate + bound.compressor) as u64;
+    eprintln!("{per} B per connection after one message; the bound counts {counted} B for these parts");
+    assert!(per > 200 * 1024, "{per}: each holds a compressor of its own");
+    assert!(per <= counted, "{per} B per connection measured, {counted} B counted");
 }

@@ -120,3 +120,31 @@ fn head_limit_is_configurable() {
     let server = TestServer::echo(Config::new().max_handshake_bytes(100));
     assert_eq!(status_of(&exchange(&server, upgrade_request("/").as_bytes())), 431);
 }
+
+/// Lenient parsing refused (the hostile-load issue's F7): a head with bare LF line endings is answered 400 at
+/// once instead of waiting for the handshake timeout; `Host`, `Sec-WebSocket-Key` or `Sec-WebSocket-Version`
+/// twice, and a target that is not a path, are 400 rather than 101.
+#[test]
+fn lf_only_heads_duplicate_headers_and_odd_targets_get_400() {
+    let server = TestServer::echo(Config::new());
+    let ok = upgrade_request("/");
+    let started = std::time::Instant::now();
+    let lf_only = exchange(&server, ok.replace("\r\n", "\n").as_bytes());
+    assert_eq!(status_of(&lf_only), 400, "{lf_only}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at once, not at the handshake timeout");
+    let with = |line: &str| ok.replace("\r\n\r\n", &format!("\r\n{line}\r\n\r\n"));
+    for dup in ["Host: evil.example", &format!("Sec-WebSocket-Key: {KEY}"), "Sec-WebSocket-Version: 13"] {
+        let resp = exchange(&server, with(dup).as_bytes());
+        assert_eq!(status_of(&resp), 400, "{dup} twice: {resp}");
+    }
+    for target in ["*", "http://127.0.0.1/"] {
+        let resp = exchange(&server, ok.replacen("GET / ", &format!("GET {target} "), 1).as_bytes());
+        assert_eq!(status_of(&resp), 400, "GET {target}: {resp}");
+    }
+    let resp = exchange(&server, b"GET /page HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert_eq!(status_of(&resp), 400, "plain HTTP with two Hosts: {resp}");
+    // Still served: a good upgrade after all of them.
+    let mut c = raw_client(server.addr);
+    c.write_all(&client_frame(true, OpCode::Text, b"fine")).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().2, b"fine");
+}

@@ -23,7 +23,8 @@ const MAX: usize = 256 * 1024;
 /// The server's configuration: smaller limits than the defaults so the test is quick, a compressor per
 /// connection (the costlier deflate setting), and deadlines far away.
 const PAIRS: &str = "max_messages_buffering=100;write_high_water=262144;max_queued_bytes=2097152;timeout=120;\
-                     handshake_timeout=120;deflate_server_no_context_takeover=false";
+                     handshake_timeout=120;deflate_server_no_context_takeover=false;max_connections_per_ip=0;\
+                     memory_budget=0";
 
 /// The configuration the child server runs with (`ChildServer::start_with(MAX, …, PAIRS, …)`).
 fn config() -> Config {

@@ -20,7 +20,8 @@ fn five_hundred_concurrent_clients_times_twenty_messages() {
     if skip_external("python websockets") {
         return;
     }
-    let server = TestServer::echo(Config::new());
+    // 500 clients from one address: past the per-address default (256).
+    let server = TestServer::echo(Config::new().max_connections(0, 0));
     let out = run_python(include_str!("py/many_clients.py"), &[&server.url("/"), "500", "20"]);
     assert_eq!(out.trim(), "ok 10000");
     assert!(

@@ -98,6 +98,7 @@ impl Handler for Flood {
 fn backpressure_then_drain_callback() {
     let mut config = Config::new().deflate(false);
     config.write_high_water = 1 << 20;
+    config.max_queued_bytes = 16 << 20; // the handler queues 8 MiB in one callback
     let server = TestServer::start(config, || Flood);
     let (mut ws, _) = ws_connect(&server.url("/"), &[]).unwrap();
     ws.send(T::text("go")).unwrap();

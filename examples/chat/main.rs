@@ -1,16 +1,21 @@
-// Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]] [--loops N]
+// Run: cargo run --example chat [-- --addr 127.0.0.1:1337] [--pem FILE [--passphrase P]] [--loops N] [--set K=V]
 //      [--redis redis://127.0.0.1:6379]
 // Then open http://127.0.0.1:1337/ in two browser tabs, pick a name in each, and talk.
 //
 // The page and the WebSocket share one port and one loop, split by a `Router`: the page, the favicon and
-// `/metrics` (Prometheus text) are plain HTTP; `/ws` is the chat socket. Every user subscribes to the topic
-// `lobby`; each text message is published to the others in a small JSON object with the sender's name; joins
-// and leaves are announced; lines typed on the terminal are published from another thread through a
-// `ClusterHandle`. With --redis, several chat processes bridged by one Redis form one room (each process lists
-// only its own users in the welcome message); --loops N runs N event loops on one port.
+// `/metrics` (Prometheus text) are plain HTTP; `/ws` is the chat socket. Every user subscribes to the topic of
+// its room (`/ws?name=ann&room=ops`; `lobby` by default); each text message is published to the others in a small
+// JSON object with the sender's name; joins and leaves are announced; lines typed on the terminal are published
+// to the lobby from another thread through a `ClusterHandle`. Each address may say 64 KiB a second (a burst of
+// 256 KiB) and join 16 times a second (a burst of 64): past that it is closed with 1008, or refused with 429.
+// With --redis, several chat processes bridged by one Redis share their rooms (each process lists only its own
+// users in the welcome message); --loops N runs N event loops on one port.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::process::exit;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use wskit::redis::{RedisBridge, RedisOptions};
 use wskit::{Bridge, CloseStatus, Cluster, ClusterHandle, Config, ConnData, Ctx, Handler, Message, Response, Router};
 
@@ -78,47 +83,112 @@ impl Handler for Pages {
     }
 }
 
-/// The chat room: every user is subscribed to the topic `lobby`; names are typed per-connection data.
+/// What one address may say: text bytes per second, and the burst it may send at once. Everyone in the room
+/// receives every line, so one client flooding the room would fill every other user's downlink; the bucket is
+/// kept per address, so reconnecting does not refill it.
+const RATE: f64 = 64.0 * 1024.0;
+const BURST: f64 = 256.0 * 1024.0;
+/// What joining costs from the bucket: every join and leave is announced to the whole room, so a client
+/// reconnecting in a loop would make the room's every user take two messages per loop.
+const JOIN_COST: usize = 4096;
+
+/// A token bucket of text bytes, and how many connections from its address are open.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    conns: usize,
+}
+
+impl Bucket {
+    /// Takes `n` bytes if the bucket holds them.
+    fn take(&mut self, n: usize) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE).min(BURST);
+        self.at = now;
+        let ok = self.tokens >= n as f64;
+        if ok {
+            self.tokens -= n as f64;
+        }
+        ok
+    }
+}
+
+/// One user: its name and its room (the topic it is subscribed to).
+struct User {
+    name: String,
+    room: String,
+}
+
+/// The chat rooms: every user is subscribed to the topic of its room (`?room=`, default `lobby`); users are
+/// typed per-connection data.
 #[derive(Default)]
 struct Chat {
-    names: ConnData<String>,
+    users: ConnData<User>,
     anon: u64,
+    buckets: HashMap<IpAddr, Bucket>,
 }
 
 impl Handler for Chat {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) {
-        let wanted = req
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("name="))
-            .map(percent_decode)
-            .unwrap_or_default();
-        let mut name: String = wanted.trim().chars().filter(|c| !c.is_control()).take(32).collect();
+        if self.buckets.len() > 4096 {
+            // Forget addresses with no connection whose bucket has refilled.
+            self.buckets.retain(|_, b| b.conns > 0 || b.at.elapsed().as_secs_f64() * RATE < BURST);
+        }
+        let bucket =
+            self.buckets.entry(ctx.peer_addr().ip()).or_insert(Bucket { tokens: BURST, at: Instant::now(), conns: 0 });
+        if !bucket.take(JOIN_COST) {
+            ctx.reject(429, "too many joins from your address: try again in a few seconds\n");
+            return;
+        }
+        bucket.conns += 1;
+        let param =
+            |key: &str| req.query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix(key)).map(percent_decode);
+        let mut name: String =
+            param("name=").unwrap_or_default().trim().chars().filter(|c| !c.is_control()).take(32).collect();
         if name.is_empty() {
             self.anon += 1;
             name = format!("guest-{}", self.anon);
         }
-        let users: Vec<String> =
-            self.names.iter().map(|(_, n)| n).chain(std::iter::once(&name)).map(|n| json_str(n)).collect();
+        let room: String = param("room=")
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(32)
+            .collect();
+        let room = if room.is_empty() { LOBBY.to_string() } else { room };
+        let users: Vec<String> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.room == room)
+            .map(|(_, u)| &u.name)
+            .chain(std::iter::once(&name))
+            .map(|n| json_str(n))
+            .collect();
         ctx.send_text(&format!(r#"{{"type":"welcome","name":{},"users":[{}]}}"#, json_str(&name), users.join(",")));
-        ctx.subscribe(LOBBY);
-        ctx.publish_others(LOBBY, Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))));
-        ctx.log(log::Level::Info, format_args!("{name} joined"));
-        self.names.insert(ctx.id(), name);
+        ctx.subscribe(&room);
+        ctx.publish_others(&room, Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))));
+        ctx.log(log::Level::Info, format_args!("{name} joined {room}"));
+        self.users.insert(ctx.id(), User { name, room });
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let Message::Text(text) = msg else { return };
-        let from = self.names.get(ctx.id()).map(String::as_str).unwrap_or("?");
-        let json = format!(r#"{{"type":"message","from":{},"text":{}}}"#, json_str(from), json_str(text));
-        ctx.publish_others(LOBBY, Message::Text(&json));
+        if !self.buckets.get_mut(&ctx.peer_addr().ip()).is_some_and(|b| b.take(text.len())) {
+            ctx.close(wskit::CloseCode::POLICY, "too fast: at most 64 KiB a second");
+            return;
+        }
+        let Some(user) = self.users.get(ctx.id()) else { return };
+        let json = format!(r#"{{"type":"message","from":{},"text":{}}}"#, json_str(&user.name), json_str(text));
+        ctx.publish_others(&user.room, Message::Text(&json));
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, _status: &CloseStatus) {
         // The connection has already left its topics.
-        if let Some(name) = self.names.remove(ctx.id()) {
-            ctx.publish(LOBBY, Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&name))));
+        if let Some(b) = self.buckets.get_mut(&ctx.peer_addr().ip()) {
+            b.conns = b.conns.saturating_sub(1);
+        }
+        if let Some(u) = self.users.remove(ctx.id()) {
+            ctx.publish(&u.room, Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&u.name))));
         }
     }
 }
@@ -137,9 +207,10 @@ fn announce_from_stdin(handle: ClusterHandle) {
 
 fn main() {
     const USAGE: &str =
-        "usage: chat [--addr HOST:PORT] [--pem FILE [--passphrase P]] [--loops N] [--redis redis://HOST:PORT]";
+        "usage: chat [--addr HOST:PORT] [--pem FILE [--passphrase P]] [--loops N] [--redis redis://HOST:PORT] [--set KEY=VALUE]...";
     let mut addr = "127.0.0.1:1337".to_string();
     let (mut pem, mut passphrase, mut redis, mut loops) = (None, None, None, 1);
+    let mut sets = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value; {USAGE}")));
@@ -149,14 +220,22 @@ fn main() {
             "--passphrase" => passphrase = Some(value()),
             "--redis" => redis = Some(value()),
             "--loops" => loops = value().parse().unwrap_or_else(|_| die(USAGE)),
+            "--set" => sets.push(value()),
             "-h" | "--help" => die(USAGE),
             other => die(&format!("unknown argument {other}; {USAGE}")),
         }
     }
     let scheme = if pem.is_some() { "https" } else { "http" };
-    let mut config = Config::new();
+    // A chat line is short: 16 KiB is room for a long paste. The seed's 512 KiB default would let one user make
+    // every other user's queue take half a megabyte per line (six times that once control characters are
+    // escaped as JSON); a larger message is refused with 1009.
+    let mut config = Config::new().max_payload_size(16 * 1024);
     if let Some(pem) = pem {
         config = config.tls_pem(pem, passphrase.as_deref());
+    }
+    for pair in sets {
+        let (k, v) = pair.split_once('=').unwrap_or_else(|| die("--set takes key=value"));
+        config.set(k, v).unwrap_or_else(|e| die(&e.to_string()));
     }
     let bridge: Option<Arc<dyn Bridge>> = redis.map(|url: String| {
         let opts = RedisOptions::from_url(&url).unwrap_or_else(|e| die(&e.to_string()));
