@@ -47,19 +47,25 @@ const WAKER: Token = Token(usize::MAX - 1);
 #[cfg(feature = "tls")]
 const TLS_BATCH: usize = 256 * 1024;
 /// The work one connection may cause in one burst before the others get theirs: bytes read, message bytes
-/// delivered (after inflation: 1 KiB of compressed zeros is 1 MiB of message), and message bytes its handler
-/// queued for peers meanwhile (a publish counts once per subscriber). A connection past it stops between two
-/// events; what it sent and was not yet processed waits in a stash, and it goes to the back of the backlog.
+/// delivered when compression is in force (after inflation: 1 KiB of compressed zeros is 1 MiB of message), and
+/// message bytes its handler queued for peers meanwhile (a publish counts once per subscriber; an uncompressed
+/// echo costs what its read did, and is not counted twice). A connection past it stops between two events; what
+/// it sent and was not yet processed waits in a stash, and it goes to the back of the backlog.
 const QUANTUM: usize = 1 << 20;
 /// The work the backlog (connections cut at their quantum) may take in one turn, after every connection with a
 /// fresh event was served: a turn is never longer than this plus one quantum per fresh event, so a light client
 /// waits at most about that for its turn, however many heavy ones there are.
-const BACKLOG_PER_TURN: usize = 2 << 20;
+const BACKLOG_PER_TURN: usize = 4 << 20;
 /// The work fresh events may take in one turn before the rest are only probed ([`Server::probe`]): when hundreds
 /// of heavy clients send at once, the light ones among them are still answered in this turn.
-const FRESH_PER_TURN: usize = 1 << 20;
-/// What a probe reads: a light client's message fits (and leaves the socket drained).
-const PROBE: usize = 4096;
+const FRESH_PER_TURN: usize = 2 << 20;
+/// Work counted per byte inflated, or compressed for an echo: (de)compressing a byte costs several times what
+/// reading, unmasking or writing it does (zlib-rs at level 1 on the bench's workloads: a few hundred MB/s,
+/// against GB/s for copies).
+const DEFLATE_WEIGHT: usize = 4;
+/// What a probe reads: what an ordinary client sends at once fits (a 16 KiB message of 200 clients in step) and
+/// leaves the socket drained; uncompressed, its cost is that of the bytes themselves.
+const PROBE: usize = 64 * 1024;
 /// Bytes the end of a turn writes at most for connections touched by others (a publish to a thousand
 /// subscribers can mean a gigabyte for the kernel to take): the rest is written at the next turns, after fresh
 /// events and whoever they touch.
@@ -220,6 +226,9 @@ struct Slot {
     /// The last write stopped short (the socket is full): no write is tried again before it is writable, so a
     /// publish to a thousand subscribers that do not read costs no thousand failing sends.
     blocked: bool,
+    /// The kernel send buffer's size, read when the socket was last found full (it is full then, so this is
+    /// what the kernel holds for it: counted in the memory budget).
+    sndbuf: u32,
     /// The earliest deadline this slot has in the timer heap.
     scheduled: Option<Instant>,
     /// Our FIN is sent; input is discarded until the peer's FIN or this deadline.
@@ -252,6 +261,14 @@ struct Slot {
 }
 
 impl Slot {
+    /// The socket is full: no write until it is writable; its kernel buffer is read once, for the budget.
+    fn set_blocked(&mut self) {
+        if !self.blocked {
+            self.blocked = true;
+            let n = socket2::SockRef::from(&self.sock).send_buffer_size().unwrap_or(0);
+            self.sndbuf = n.min(u32::MAX as usize) as u32;
+        }
+    }
     /// Ciphertext waiting for the socket.
     fn tls_pending(&self) -> usize {
         #[cfg(feature = "tls")]
@@ -1071,6 +1088,7 @@ impl Server {
             read_ready: false,
             dirty: false,
             blocked: false,
+            sndbuf: 0,
             scheduled: None,
             draining: None,
             deflate: false,
@@ -1591,7 +1609,10 @@ impl Server {
                     Metrics::add(&shared.metrics.messages_in, 1);
                     Metrics::add(&shared.metrics.payload_in, m.as_bytes().len() as u64);
                     let (at, len) = (m.as_bytes().as_ptr() as usize, m.as_bytes().len());
-                    *work += len;
+                    if slot.deflate {
+                        // Inflated: its bytes may be a thousand times the input's.
+                        *work += DEFLATE_WEIGHT * len;
+                    }
                     ctx.echo = Some((at, len));
                     // The message ends where the core stopped reading: `last` when that is the end of the input.
                     let last = off >= n;
@@ -1738,7 +1759,13 @@ impl Server {
                         None => Err(crate::SendError::NotOpen),
                     };
                     match result {
-                        Ok(()) => sent(len),
+                        Ok(()) => {
+                            sent(len);
+                            // An echo without compression costs what its read did, already counted; compressed,
+                            // it costs the compression.
+                            let echo_work = if slot.deflate { DEFLATE_WEIGHT * len } else { 0 };
+                            charged.set(charged.get() - len + echo_work);
+                        }
                         Err(e) => log::debug!(target: "wskit::server", "echo to {to}: {e}"),
                     }
                     touch(key, slot);
@@ -1892,7 +1919,7 @@ impl Server {
                 tls.consume_out(n);
                 written += n;
                 if n < len {
-                    slot.blocked = true;
+                    slot.set_blocked();
                     return Some(written);
                 }
                 continue;
@@ -1916,7 +1943,7 @@ impl Server {
             slot.conn.consume_out(n);
             written += n;
             if n < len {
-                slot.blocked = true;
+                slot.set_blocked();
                 return Some(written);
             }
         }
@@ -2057,7 +2084,7 @@ impl Server {
                 || slot.deflate
                 || slot.is_tls()
             {
-                let kernel = if slot.blocked { 2 * self.config.socket_send_buffer } else { 0 };
+                let kernel = if slot.blocked { slot.sndbuf as usize } else { 0 };
                 let held = (slot.conn.held() + slot.tls_held() + kernel).min(u32::MAX as usize) as u32;
                 self.held = self.held + held as usize - slot.held as usize;
                 slot.held = held;
