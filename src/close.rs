@@ -1,6 +1,5 @@
-//! Close codes and close-frame payloads (RFC 6455 §5.5.1, §7.4).
-
-use crate::error::ProtocolError;
+//! Close codes (RFC 6455 §7.4). A leaf: the close payload's parser, which fails with a [`crate::ProtocolError`],
+//! is [`crate::frame::parse_close_payload`].
 
 /// A close status code (RFC 6455 §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,24 +49,6 @@ impl std::fmt::Display for CloseCode {
 /// Longest close reason that fits a control frame (125 − 2 bytes of code).
 pub const MAX_REASON_LEN: usize = 123;
 
-/// Parses a received close payload: `None` for an empty one (reported as 1005), else the code and reason.
-///
-/// A 1-byte payload and a code that may not be sent are 1002; a reason that is not UTF-8 is 1007.
-pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, ProtocolError> {
-    match payload.len() {
-        0 => Ok(None),
-        1 => Err(ProtocolError::CloseOneByte),
-        _ => {
-            let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
-            if !code.is_sendable() {
-                return Err(ProtocolError::InvalidCloseCode(code.0));
-            }
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
-            Ok(Some((code, reason)))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,15 +61,5 @@ mod tests {
         for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(!CloseCode(c).is_sendable(), "{c}");
         }
-    }
-
-    #[test]
-    fn payloads() {
-        assert_eq!(parse_close_payload(b""), Ok(None));
-        assert_eq!(parse_close_payload(b"\x03"), Err(ProtocolError::CloseOneByte));
-        assert_eq!(parse_close_payload(b"\x03\xe8bye"), Ok(Some((CloseCode::NORMAL, "bye"))));
-        assert_eq!(parse_close_payload(b"\x0b\xb8"), Ok(Some((CloseCode(3000), ""))));
-        assert_eq!(parse_close_payload(b"\x03\xed"), Err(ProtocolError::InvalidCloseCode(1005)));
-        assert_eq!(parse_close_payload(b"\x03\xe8\xff"), Err(ProtocolError::InvalidUtf8));
     }
 }

@@ -16,9 +16,11 @@
 use crate::config::Config;
 use crate::conn::Message;
 use crate::error::SendError;
+use crate::group::{queue_publish, Group};
+use crate::handle::ServerHandle;
 use crate::handler::{ConnId, Handler, Origin};
 use crate::metrics::Metrics;
-use crate::server::{Server, ServerHandle, ShutdownReport};
+use crate::server::{Server, ShutdownReport};
 use crate::CloseCode;
 use std::collections::HashMap;
 use std::io;
@@ -27,136 +29,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Carries topics between nodes (processes or machines). Implementations MUST NOT block the caller: the loops
-/// call [`Bridge::publish`] and [`Bridge::interest`] on their own threads.
-pub trait Bridge: Send + Sync {
-    /// Begins bridging; what other nodes publish is handed to `inbound`.
-    fn start(&self, inbound: Inbound) -> io::Result<()>;
-    /// A message published on this node, for the other nodes.
-    fn publish(&self, topic: &str, text: bool, payload: &[u8]);
-    /// This node now has (`on`) or no longer has local subscribers to `topic`.
-    fn interest(&self, topic: &str, on: bool);
-    /// The bridge's own metrics in the Prometheus text format (appended to the cluster's).
-    fn metrics_text(&self) -> String {
-        String::new()
-    }
-    /// Stops bridging (called when the cluster shuts down).
-    fn stop(&self) {}
-}
-
-/// The loops of one node, as the loops and the bridge see them.
-pub(crate) struct Group {
-    loops: OnceLock<Vec<ServerHandle>>,
-    /// How many loops have local subscribers, by topic.
-    interest: Mutex<HashMap<Box<str>, u32>>,
-    bridge: Option<Arc<dyn Bridge>>,
-    /// Bytes all loops hold for their connections, as the memory budget counts them (each loop adds its change
-    /// at the end of its turns).
-    pub(crate) held: std::sync::atomic::AtomicUsize,
-}
-
-fn queue_publish(l: &ServerHandle, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8], origin: Origin) {
-    l.shared.push(|q| q.publish(topic, text, except, origin, payload));
-}
-
-impl Group {
-    /// How many loops the group has.
-    pub(crate) fn loops(&self) -> usize {
-        self.loops.get().map_or(1, Vec::len)
-    }
-
-    /// A publish made on loop `from`: queued to every other loop and handed to the bridge.
-    pub(crate) fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]) {
-        if let Some(loops) = self.loops.get() {
-            for (i, l) in loops.iter().enumerate() {
-                if i != from {
-                    queue_publish(l, topic, text, except, payload, Origin::Loop);
-                }
-            }
-        }
-        if let Some(b) = &self.bridge {
-            b.publish(topic, text, payload);
-        }
-    }
-
-    /// A loop gained its first or lost its last subscriber to `topic`.
-    pub(crate) fn interest(&self, topic: &str, on: bool) {
-        let mut map = self.interest.lock().unwrap_or_else(|p| p.into_inner());
-        let node_changed = if on {
-            let n = map.entry(topic.into()).or_insert(0);
-            *n += 1;
-            *n == 1
-        } else {
-            match map.get_mut(topic) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    map.remove(topic);
-                    true
-                }
-                None => false,
-            }
-        };
-        if node_changed {
-            if let Some(b) = &self.bridge {
-                b.interest(topic, on);
-            }
-        }
-    }
-
-    /// Topics with local subscribers on this node now.
-    pub(crate) fn topics(&self) -> Vec<String> {
-        self.interest.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|k| k.to_string()).collect()
-    }
-
-    /// A handler's send to a connection of another loop.
-    pub(crate) fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]) {
-        if let Some(l) = self.loop_of(to) {
-            l.shared.push(|q| q.message(to, text, payload));
-        }
-    }
-
-    /// A handler's close of a connection of another loop.
-    pub(crate) fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str) {
-        if let Some(l) = self.loop_of(to) {
-            l.shared.push(|q| q.close(to, code, reason));
-        }
-    }
-
-    fn loop_of(&self, id: ConnId) -> Option<&ServerHandle> {
-        self.loops.get()?.get(id.loop_index() as usize)
-    }
-}
-
-/// How a bridge hands messages from other nodes to this node's subscribers.
-#[derive(Clone)]
-pub struct Inbound {
-    group: Arc<Group>,
-}
-
-impl std::fmt::Debug for Inbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbound").finish_non_exhaustive()
-    }
-}
-
-impl Inbound {
-    /// Delivers a message another node published to the subscribers of `topic` on every loop here (it is not
-    /// bridged again).
-    pub fn deliver(&self, topic: &str, msg: Message<'_>) {
-        if let Some(loops) = self.group.loops.get() {
-            for l in loops {
-                queue_publish(l, topic, msg.is_text(), None, msg.as_bytes(), Origin::Bridge);
-            }
-        }
-    }
-    /// The topics this node has local subscribers to (a bridge resubscribes to them after reconnecting).
-    pub fn topics(&self) -> Vec<String> {
-        self.group.topics()
-    }
-}
+pub use crate::group::{Bridge, Inbound};
 
 /// A `Send + Sync` handle to every loop of a [`Cluster`].
 #[derive(Clone)]

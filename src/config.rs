@@ -6,7 +6,7 @@
 
 use crate::deflate::DeflateConfig;
 use crate::error::ConfigError;
-use crate::policy::IpNet;
+use crate::net::IpNet;
 use crate::proxy::MAX_V2_LEN;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -136,7 +136,7 @@ pub struct Config {
     /// Proxies whose forwarding header is believed (key `trusted_proxies`, comma-separated addresses or networks:
     /// `127.0.0.1, 10.0.0.0/8`; default empty = none). When a request comes from one of them, the client is the
     /// rightmost address in `forwarded_header` that is not itself a trusted proxy, with port 0 (unknown); it is
-    /// the peer for `Ctx::peer_addr`, the per-IP limit and logs. See [`crate::policy::forwarded_client`].
+    /// the peer for `Ctx::peer_addr`, the per-IP limit and logs. See `policy::forwarded_client`.
     pub trusted_proxies: Vec<IpNet>,
     /// The header trusted proxies name the client in (key `forwarded_header`, default `X-Forwarded-For`; e.g.
     /// `X-Real-IP`).

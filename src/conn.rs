@@ -21,10 +21,11 @@
 //!                               (flush `out`, then the server closes TCP: RFC 6455 §7.1.1)
 //! ```
 
-use crate::close::{parse_close_payload, CloseCode, MAX_REASON_LEN};
+use crate::close::{CloseCode, MAX_REASON_LEN};
 use crate::config::Config;
 use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params};
 use crate::error::{HandshakeError, ProtocolError, SendError};
+use crate::frame::parse_close_payload;
 use crate::frame::{
     decode_header, encode_header, header_len, write_frame, write_message, OpCode, Status, MAX_CONTROL_PAYLOAD,
     MAX_HEADER_LEN,

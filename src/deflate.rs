@@ -14,7 +14,7 @@
 //! stripped; RSV1 marks the first frame. When the server does not keep its compression context between messages
 //! (`server_no_context_takeover`, wskit's default), the compressor is not per connection: one per window size is
 //! pooled per event loop ([`DeflatePool`]), and a message to many connections can be compressed once
-//! ([`crate::prepared::PreparedMessage`]).
+//! (`prepared::PreparedMessage`).
 //!
 //! **zlib and 8-bit windows**: zlib (and zlib-rs) refuse an 8-bit window for raw deflate. When a client asks for
 //! `server_max_window_bits=8`, wskit answers 8 and compresses with a 9-bit window: zlib never emits a match
@@ -266,8 +266,6 @@ pub fn compressor_bytes(window_bits: u8) -> usize {
     (4 << window_bits.clamp(9, 15)) + 244 * 1024
 }
 
-/// Moved to [`crate::prepared`]; kept here for callers of the earlier path.
-pub use crate::prepared::PreparedMessage;
 pub use codec::*;
 
 #[cfg(feature = "deflate")]

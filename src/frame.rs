@@ -18,6 +18,7 @@
 //! [`decode_header`] follows httparse's shape: [`Status::Complete`] with the header length, [`Status::Partial`]
 //! when more bytes are needed (nothing is consumed), or a [`ProtocolError`] for a header no valid peer sends.
 
+use crate::close::CloseCode;
 use crate::error::ProtocolError;
 
 /// The longest header: 2 bytes, 8 of extended length, 4 of mask key.
@@ -240,6 +241,24 @@ pub(crate) fn write_message(out: &mut Vec<u8>, compressed: bool, op: OpCode, pay
     }
 }
 
+/// Parses a received close payload: `None` for an empty one (reported as 1005), else the code and reason.
+///
+/// A 1-byte payload and a code that may not be sent are 1002; a reason that is not UTF-8 is 1007.
+pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, ProtocolError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(ProtocolError::CloseOneByte),
+        _ => {
+            let code = CloseCode(u16::from_be_bytes([payload[0], payload[1]]));
+            if !code.is_sendable() {
+                return Err(ProtocolError::InvalidCloseCode(code.0));
+            }
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +329,15 @@ mod tests {
         assert_eq!(decode_header(&[0x89, 0xfe, 0, 126, 0, 0, 0, 0]), Err(ProtocolError::ControlTooLong(126)));
         let top = [0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
         assert_eq!(decode_header(&top), Err(ProtocolError::LengthTopBitSet));
+    }
+
+    #[test]
+    fn payloads() {
+        assert_eq!(parse_close_payload(b""), Ok(None));
+        assert_eq!(parse_close_payload(b"\x03"), Err(ProtocolError::CloseOneByte));
+        assert_eq!(parse_close_payload(b"\x03\xe8bye"), Ok(Some((CloseCode::NORMAL, "bye"))));
+        assert_eq!(parse_close_payload(b"\x0b\xb8"), Ok(Some((CloseCode(3000), ""))));
+        assert_eq!(parse_close_payload(b"\x03\xed"), Err(ProtocolError::InvalidCloseCode(1005)));
+        assert_eq!(parse_close_payload(b"\x03\xe8\xff"), Err(ProtocolError::InvalidUtf8));
     }
 }

@@ -1,6 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+/// How the code is laid out, and one message's path through it: `docs/architecture.md`, checked by rustdoc (its
+/// links to items must resolve).
+#[doc = include_str!("../docs/architecture.md")]
+pub mod architecture {}
 pub mod close;
 pub mod cluster;
 pub mod config;
@@ -10,9 +14,12 @@ pub mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+mod group;
+mod handle;
 pub mod handshake;
 pub mod mask;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod prepared;
 pub mod proxy;
@@ -24,6 +31,7 @@ pub use cluster::{Bridge, Cluster, ClusterHandle};
 pub use config::{Config, MemoryBound};
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
+pub use prepared::PreparedMessage;
 pub mod handler;
 pub mod router;
 pub mod server;

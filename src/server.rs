@@ -17,13 +17,15 @@
 //!   RFC 6455 §7.1.1), then input is discarded until the peer's FIN or the close timeout, so a refusal or a close
 //!   frame is never destroyed by a reset.
 
-use crate::cluster::Group;
 use crate::config::Config;
 use crate::conn::{CloseStatus, Connection, Event, Message, TimeoutKind, SPARE_MIN};
 use crate::deflate::DeflatePool;
 use crate::error::ConfigError;
-use crate::error::{HandshakeError, SendError};
+use crate::error::HandshakeError;
 use crate::frame::Status;
+use crate::group::Group;
+use crate::handle::{conn_id, split_id, Shared};
+pub use crate::handle::{ServerHandle, StopHandle};
 use crate::handler::{Cmd, Commands, ConnId, Ctx, Handler, Origin};
 use crate::metrics::{Metrics, Refusal as Why};
 use crate::prepared::PreparedMessage;
@@ -309,109 +311,6 @@ impl Slot {
     }
 }
 
-/// What the loop shares with other threads.
-pub(crate) struct Shared {
-    stop: AtomicBool,
-    waker: Waker,
-    /// Commands from [`ServerHandle`]s, carried out at the loop's next turn.
-    inbox: Mutex<Commands>,
-    /// The generation of each live (open) connection by slot, 0 when none: lets a handle tell a gone id at once.
-    live: RwLock<Vec<u32>>,
-    metrics: Metrics,
-    /// A graceful shutdown asked from another thread, with its grace period.
-    shutdown: Mutex<Option<Duration>>,
-}
-
-impl Shared {
-    pub(crate) fn push(&self, f: impl FnOnce(&mut Commands)) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        let was_empty = inbox.cmds.is_empty();
-        f(&mut inbox);
-        drop(inbox);
-        if was_empty {
-            let _ = self.waker.wake();
-        }
-    }
-    fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-    }
-    fn is_live(&self, id: ConnId) -> bool {
-        let (key, gen) = split_id(id.0);
-        self.live.read().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|g| *g == gen)
-    }
-    fn set_live(&self, key: usize, gen: u32) {
-        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        if live.len() <= key {
-            live.resize(key + 1, 0);
-        }
-        live[key] = gen;
-    }
-}
-
-/// A cloneable, `Send + Sync` handle to a running server: send, publish, broadcast, close and stop from any
-/// thread. Each call queues a command and wakes the loop (one `eventfd` write per batch); the loop carries it
-/// out at its next turn, in order.
-#[derive(Clone)]
-pub struct ServerHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for ServerHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle").finish_non_exhaustive()
-    }
-}
-
-impl ServerHandle {
-    /// Sends a message to a connection; [`SendError::NotOpen`] if it is not open now (it may still close before
-    /// the loop gets to the message, which is then dropped).
-    pub fn send(&self, to: ConnId, msg: Message<'_>) -> Result<(), SendError> {
-        if !self.shared.is_live(to) {
-            return Err(SendError::NotOpen);
-        }
-        self.shared.push(|q| q.message(to, msg.is_text(), msg.as_bytes()));
-        Ok(())
-    }
-    /// Publishes a message to a topic's subscribers (see [`Ctx::publish`]).
-    pub fn publish(&self, topic: &str, msg: Message<'_>) {
-        self.shared.push(|q| q.publish(topic, msg.is_text(), None, Origin::Local, msg.as_bytes()));
-    }
-    /// Sends a message to every open connection.
-    pub fn broadcast(&self, msg: Message<'_>) {
-        self.shared.push(|q| q.broadcast(msg.is_text(), None, msg.as_bytes()));
-    }
-    /// Starts the closing handshake on a connection; [`SendError::NotOpen`] if it is not open now.
-    pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        if !code.is_sendable() {
-            return Err(SendError::InvalidCloseCode(code.0));
-        }
-        if !self.shared.is_live(to) {
-            return Err(SendError::NotOpen);
-        }
-        self.shared.push(|q| q.close(to, code, reason));
-        Ok(())
-    }
-    /// Whether the connection is open now.
-    pub fn is_open(&self, id: ConnId) -> bool {
-        self.shared.is_live(id)
-    }
-    /// Asks the loop to return from [`Server::run`] at its next turn.
-    pub fn stop(&self) {
-        self.shared.request_stop();
-    }
-    /// The loop's counters and gauges.
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-    /// Asks [`Server::run`] for a graceful shutdown ([`Server::shutdown`]) with this grace period; `run`
-    /// returns its report.
-    pub fn shutdown(&self, grace: Duration) {
-        *self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
-        let _ = self.shared.waker.wake();
-    }
-}
-
 /// An entry of the timer heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -432,25 +331,6 @@ pub struct ShutdownReport {
     pub dropped_at_deadline: usize,
     /// Bytes still queued for peers when they were dropped.
     pub bytes_unsent: usize,
-}
-
-/// Stops a running server from any thread.
-#[derive(Clone)]
-pub struct StopHandle {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for StopHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StopHandle").finish_non_exhaustive()
-    }
-}
-
-impl StopHandle {
-    /// Asks the loop to return from [`Server::run`] at its next turn.
-    pub fn stop(&self) {
-        self.shared.request_stop();
-    }
 }
 
 /// A WebSocket server on one thread.
@@ -481,7 +361,11 @@ pub struct Server {
     tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Every deadline, connection and handler timers alike, in one heap (stale entries are skipped when popped).
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Connections touched this turn, served from the top (most recent first).
     dirty: Vec<usize>,
+    /// What a turn's write budget left unserved, in its order: served before anything touched later, so a
+    /// connection touched early (the first subscriber of a busy topic) is not kept under newer touches.
+    carried: Vec<usize>,
     shared: Arc<Shared>,
     accept_paused: Option<Instant>,
     /// Open WebSocket connections, and per IP when that is limited.
@@ -607,21 +491,35 @@ fn per_ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn conn_id(key: usize, gen: u32) -> ConnId {
-    ConnId((gen as u64) << 32 | key as u64)
-}
-
 /// The mio token of a slot: the same packing as its [`ConnId`].
 fn token_of(key: usize, gen: u32) -> Token {
     Token(conn_id(key, gen).0 as usize)
 }
 
-/// Slot and generation packed in a [`ConnId`] (or a token).
-fn split_id(id: u64) -> (usize, u32) {
-    ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
+/// After a flush: a connection's queued bytes (the gauge, and the handles' table) and what it holds for the
+/// budget (`held`, the loop's total). A full socket holds its kernel send buffer too. Held bytes are recounted
+/// unless nothing can have changed them: a connection that holds nothing and has nothing queued, in flight or
+/// compressed (the steady echo) is skipped. Returns the bytes queued.
+fn recount(slot: &mut Slot, key: usize, m: &Metrics, table: &mut Vec<(u32, usize)>, held: &mut usize) -> usize {
+    let queued = slot.queued();
+    if queued as u64 != slot.queued as u64 {
+        Metrics::add(&m.queued_bytes, queued as u64);
+        let was = std::mem::replace(&mut slot.queued, queued.min(u32::MAX as usize) as u32);
+        Metrics::sub(&m.queued_bytes, was as u64);
+        if slot.opened {
+            set_table(table, key, (slot.gen, queued));
+        }
+    }
+    if slot.held != 0 || queued != 0 || slot.blocked || slot.conn.is_mid_message() || slot.deflate || slot.is_tls() {
+        let kernel = if slot.blocked { slot.sndbuf as usize } else { 0 };
+        let now = (slot.conn.held() + slot.tls_held() + kernel).min(u32::MAX as usize) as u32;
+        *held = *held + now as usize - slot.held as usize;
+        slot.held = now;
+    }
+    queued
 }
 
-/// The slot `id` names, if that connection still exists (a reused slot has another generation).
+/// Sets a slot's entry (generation, bytes queued) in the table handlers read through `Ctx`.
 fn set_table(table: &mut Vec<(u32, usize)>, key: usize, v: (u32, usize)) {
     if table.len() <= key {
         table.resize(key + 1, (0, 0));
@@ -644,6 +542,7 @@ fn unsubscribe(topics: &mut HashMap<Box<str>, Vec<ConnId>>, topic: &str, id: Con
     }
 }
 
+/// The slot `id` names, if that connection still exists (a reused slot has another generation).
 fn slot_of(slots: &mut Slab<Slot>, id: ConnId) -> Option<(usize, &mut Slot)> {
     let (key, gen) = split_id(id.0);
     slots.get_mut(key).filter(|s| s.gen == gen).map(|s| (key, s))
@@ -806,6 +705,7 @@ impl Server {
             tls_config: tls,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            carried: Vec::new(),
             shared: Arc::new(Shared {
                 stop: AtomicBool::new(false),
                 waker,
@@ -889,7 +789,7 @@ impl Server {
         if let Some(m) = max_wait {
             timeout = Some(timeout.map_or(m, |t| t.min(m)));
         }
-        if !self.backlog.is_empty() || !self.dirty.is_empty() {
+        if !self.backlog.is_empty() || !self.dirty.is_empty() || !self.carried.is_empty() {
             timeout = Some(Duration::ZERO);
         }
         match self.poll.poll(&mut self.events, timeout) {
@@ -2040,16 +1940,30 @@ impl Server {
         dropped
     }
 
-    /// Flushes, closes and re-arms the dirty connections, the most recently touched first, until the turn has
-    /// written [`TURN_WRITES`]; the rest keep their place for the next turn (which does not wait).
+    /// Flushes, closes and re-arms the dirty connections, what an earlier turn left first, then the most recently
+    /// touched first, until the turn has written [`TURN_WRITES`]; the rest keep their place, ahead of anything
+    /// touched later, for the next turn (which does not wait).
     fn finish_dirty(&mut self, now: Instant) {
         let mut turn_written = 0;
-        while let Some(key) = self.dirty.pop() {
+        loop {
+            let (key, carried) = match self.carried.pop() {
+                Some(key) => (key, true),
+                None => match self.dirty.pop() {
+                    Some(key) => (key, false),
+                    None => return,
+                },
+            };
             let Some(slot) = self.slots.get_mut(key).filter(|s| s.dirty) else {
                 continue; // gone, or an entry left below a newer one
             };
             if turn_written >= TURN_WRITES && !slot.blocked && slot.wants_write() {
-                self.dirty.push(key);
+                if carried {
+                    self.carried.push(key);
+                } else {
+                    self.dirty.push(key);
+                    // (`carried` is empty here: swapping keeps both allocations.)
+                    std::mem::swap(&mut self.carried, &mut self.dirty);
+                }
                 return;
             }
             slot.dirty = false;
@@ -2065,30 +1979,7 @@ impl Server {
             turn_written += written;
             let m = &self.shared.metrics;
             Metrics::add(&m.bytes_out, written as u64);
-            let queued = slot.queued();
-            if queued as u64 != slot.queued as u64 {
-                Metrics::add(&m.queued_bytes, queued as u64);
-                let was = std::mem::replace(&mut slot.queued, queued.min(u32::MAX as usize) as u32);
-                Metrics::sub(&m.queued_bytes, was as u64);
-                if slot.opened {
-                    set_table(&mut self.table, key, (slot.gen, queued));
-                }
-            }
-            // What it holds, for the budget; a full socket holds its kernel send buffer too (Linux doubles it).
-            // Recounted unless nothing it holds can have changed: a connection that holds nothing and has nothing
-            // queued, in flight or compressed (the steady echo) is skipped.
-            if slot.held != 0
-                || queued != 0
-                || slot.blocked
-                || slot.conn.is_mid_message()
-                || slot.deflate
-                || slot.is_tls()
-            {
-                let kernel = if slot.blocked { slot.sndbuf as usize } else { 0 };
-                let held = (slot.conn.held() + slot.tls_held() + kernel).min(u32::MAX as usize) as u32;
-                self.held = self.held + held as usize - slot.held as usize;
-                slot.held = held;
-            }
+            let queued = recount(slot, key, m, &mut self.table, &mut self.held);
             if queued > self.queue_limit && !slot.conn.is_finished() {
                 // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
                 Metrics::add(&m.slow_closed, 1);

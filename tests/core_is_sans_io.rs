@@ -9,6 +9,7 @@ const CORE: &[&str] = &[
     "frame.rs",
     "handshake.rs",
     "mask.rs",
+    "net.rs",
     "policy.rs",
     "prepared.rs",
     "proxy.rs",

@@ -180,6 +180,20 @@ impl Seen {
 enum Kind {
     Echo,
     Chat(&'static str),
+    /// `examples/broadcast`: messages reach the topic's other subscribers verbatim; a new client only upgrades.
+    Topic(&'static str),
+}
+
+impl Kind {
+    /// The path a victim called `name` opens.
+    fn path(self, name: &str) -> String {
+        match self {
+            Kind::Echo => "/".to_string(),
+            Kind::Chat(room) => format!("/ws?name={name}&room={room}"),
+            Kind::Topic(_) if name == "probe" => "/probe".to_string(),
+            Kind::Topic(topic) => format!("/{topic}"),
+        }
+    }
 }
 
 /// The steady client and the new-client probe, on threads of their own until [`Victims::finish`].
@@ -195,7 +209,7 @@ impl Victims {
         let s = stop.clone();
         let steady = std::thread::spawn(move || match kind {
             Kind::Echo => steady_echo(addr, &s),
-            Kind::Chat(room) => steady_chat(addr, room, &s),
+            Kind::Chat(_) | Kind::Topic(_) => steady_chat(addr, kind, &s),
         });
         let s = stop.clone();
         let probe = std::thread::spawn(move || probe_new(kind, addr, &s));
@@ -247,10 +261,10 @@ fn steady_echo(addr: SocketAddr, stop: &AtomicBool) -> (Vec<Duration>, usize) {
 }
 
 /// The chat's steady pair: one user says something every 10 ms, another times its arrival.
-fn steady_chat(addr: SocketAddr, room: &str, stop: &AtomicBool) -> (Vec<Duration>, usize) {
-    let (mut a, head) = upgrade_from(STEADY_FROM, addr, &format!("/ws?name=a&room={room}"), "").expect("chat user a");
+fn steady_chat(addr: SocketAddr, kind: Kind, stop: &AtomicBool) -> (Vec<Duration>, usize) {
+    let (mut a, head) = upgrade_from(STEADY_FROM, addr, &kind.path("a"), "").expect("chat user a");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let (mut b, head) = upgrade_from(STEADY_TO, addr, &format!("/ws?name=b&room={room}"), "").expect("chat user b");
+    let (mut b, head) = upgrade_from(STEADY_TO, addr, &kind.path("b"), "").expect("chat user b");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // User a reads what the room says too (a user that does not read is a slow consumer).
@@ -274,10 +288,11 @@ fn steady_chat(addr: SocketAddr, room: &str, stop: &AtomicBool) -> (Vec<Duration
                     trace(format_args!("chat user b closed: {:?}", &p[..p.len().min(40)]));
                     break;
                 }
-                // {"type":"message","from":"a","text":"steady 000123 ....."}
+                // {"type":"message","from":"a","text":"steady 000123 ....."}, or the line as it was sent
                 let text = String::from_utf8_lossy(&p[..p.len().min(80)]).into_owned();
-                if let Some(i) = text.find("\"from\":\"a\",\"text\":\"steady ") {
-                    let at = i + "\"from\":\"a\",\"text\":\"steady ".len();
+                let mark = if matches!(kind, Kind::Chat(_)) { "\"from\":\"a\",\"text\":\"steady " } else { "steady " };
+                if let Some(i) = text.find(mark).filter(|&i| text.len() >= i + mark.len() + 6) {
+                    let at = i + mark.len();
                     if let Ok(n) = text[at..at + 6].parse::<usize>() {
                         if let Some(t) = sent.lock().unwrap().get(n) {
                             if t.elapsed() > Duration::from_millis(50) {
@@ -324,17 +339,18 @@ fn probe_new(kind: Kind, addr: SocketAddr, stop: &AtomicBool) -> (Vec<Duration>,
         i = i.wrapping_add(1);
         let src = Ipv4Addr::new(127, 0, 3, i.max(1));
         let t0 = Instant::now();
-        let path = match kind {
-            Kind::Chat(room) => format!("/ws?name=probe&room={room}"),
-            Kind::Echo => "/".to_string(),
-        };
+        let path = kind.path("probe");
         let ok = match upgrade_from(src, addr, &path, "") {
             Ok((mut s, head)) if head.starts_with("HTTP/1.1 101") => {
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                if kind == Kind::Echo {
-                    let _ = s.write_all(&client_frame(true, OpCode::Binary, b"new client"));
+                match kind {
+                    Kind::Echo => {
+                        let _ = s.write_all(&client_frame(true, OpCode::Binary, b"new client"));
+                        matches!(read_frame(&mut s), Ok((_, 0x1 | 0x2, _)))
+                    }
+                    Kind::Chat(_) => matches!(read_frame(&mut s), Ok((_, 0x1 | 0x2, _))),
+                    Kind::Topic(_) => true,
                 }
-                matches!(read_frame(&mut s), Ok((_, 0x1 | 0x2, _)))
             }
             _ => false,
         };
@@ -456,13 +472,22 @@ fn deflate_zeros(addr: SocketAddr, src: Ipv4Addr, stats: Arc<Attack>, stop: Arc<
     }
 }
 
-/// F3: `subscribers` chat users that never read (from 100 addresses), and one that publishes text messages of
-/// `size` control characters (which JSON escapes sixfold) as fast as it can, reconnecting when closed.
-fn chat_flood(addr: SocketAddr, subscribers: usize, size: usize, stats: Arc<Attack>, stop: Arc<AtomicBool>) {
+/// F3: `subscribers` chat users (or topic subscribers) that never read (from 100 addresses), and one that
+/// publishes text messages of `size` control characters (which JSON escapes sixfold) as fast as it can,
+/// reconnecting when closed. The chat's users are in the lobby; the topic is `topic`.
+fn flood(
+    addr: SocketAddr,
+    topic: Option<&str>,
+    subscribers: usize,
+    size: usize,
+    stats: Arc<Attack>,
+    stop: Arc<AtomicBool>,
+) {
+    let path = |name: &str| topic.map_or(format!("/ws?name={name}"), |t| format!("/{t}"));
     let mut silent = Vec::new();
     for i in 0..subscribers {
         let src = Ipv4Addr::new(127, 0, 1, 1 + (i % 100) as u8);
-        match upgrade_from(src, addr, &format!("/ws?name=s{i}"), "") {
+        match upgrade_from(src, addr, &path(&format!("s{i}")), "") {
             Ok((s, h)) if h.starts_with("HTTP/1.1 101") => {
                 stats.upgraded.fetch_add(1, Relaxed);
                 silent.push(s);
@@ -475,7 +500,7 @@ fn chat_flood(addr: SocketAddr, subscribers: usize, size: usize, stats: Arc<Atta
     let text = "\u{1}".repeat(size);
     let frame = client_frame(true, OpCode::Text, text.as_bytes());
     while !stop.load(Relaxed) {
-        let Ok((mut s, head)) = upgrade_from(Ipv4Addr::new(127, 0, 0, 7), addr, "/ws?name=flood", "") else {
+        let Ok((mut s, head)) = upgrade_from(Ipv4Addr::new(127, 0, 0, 7), addr, &path("flood"), "") else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -640,7 +665,7 @@ fn full_f1_f2_deflate_zeros() {
 fn f3_a_chat_publish_to_silent_subscribers_is_shared_and_bounded() {
     let target = Target::start("chat", &[]);
     let (seen, stats, peak) = run("F3 chat flood, 300 silent", Kind::Chat("calm"), &target, 4.0, |a, s, t| {
-        chat_flood(a, 300, 16 * 1024, s, t)
+        flood(a, None, 300, 16 * 1024, s, t)
     });
     assert!(stats.sent.load(Relaxed) > 4 << 20, "the attack ran: {}", stats.summary());
     // Unshared, each 16 KiB line is ~96 KiB of JSON per subscriber: 300 queues of up to max_queued_bytes.
@@ -653,7 +678,7 @@ fn f3_a_chat_publish_to_silent_subscribers_is_shared_and_bounded() {
 fn full_f3_chat_flood() {
     let target = Target::start("chat", &[]);
     let (seen, _, peak) = run("F3 chat flood, 900 silent", Kind::Chat("calm"), &target, 12.0, |a, s, t| {
-        chat_flood(a, 900, 16 * 1024, s, t)
+        flood(a, None, 900, 16 * 1024, s, t)
     });
     assert!(peak < 256.0, "server RSS peaked at {peak:.0} MiB");
     check(&seen, Duration::from_millis(20), Duration::from_millis(100));
@@ -667,9 +692,36 @@ fn full_f3_chat_flood_same_room() {
     let target = Target::start("chat", &[]);
     let (_, _, peak) =
         run("F3 chat flood, 900 silent, victims in the flooded room", Kind::Chat("lobby"), &target, 12.0, |a, s, t| {
-            chat_flood(a, 900, 16 * 1024, s, t)
+            flood(a, None, 900, 16 * 1024, s, t)
         });
     assert!(peak < 256.0, "server RSS peaked at {peak:.0} MiB");
+}
+
+/// The server's own part of F3, with no application rate limit: `examples/broadcast` delivers every message
+/// verbatim to the topic's other subscribers, as fast as the publisher sends (the victims use another topic:
+/// in this one they would have to read the whole flood). One shared copy per publish, the publisher charged
+/// the fan-out, the budget dropping the subscribers that do not read.
+#[test]
+fn f3_a_topic_publish_to_silent_subscribers_is_shared_and_bounded() {
+    let target = Target::start("broadcast", &[]);
+    let (seen, stats, peak) = run("F3 topic flood, 300 silent", Kind::Topic("calm"), &target, 4.0, |a, s, t| {
+        flood(a, Some("room"), 300, 16 * 1024, s, t)
+    });
+    assert!(stats.sent.load(Relaxed) > 4 << 20, "the attack ran: {}", stats.summary());
+    // Unshared, 300 queues of up to max_queued_bytes (4 MiB) each: 1.2 GiB.
+    assert!(peak < 256.0, "server RSS peaked at {peak:.0} MiB");
+    check(&seen, CI_P99, CI_NEW);
+}
+
+#[test]
+#[ignore = "full size: cargo test --release --test hostile -- --ignored --nocapture --test-threads 1"]
+fn full_f3_topic_flood() {
+    let target = Target::start("broadcast", &[]);
+    let (seen, _, peak) = run("F3 topic flood, 900 silent", Kind::Topic("calm"), &target, 12.0, |a, s, t| {
+        flood(a, Some("room"), 900, 16 * 1024, s, t)
+    });
+    assert!(peak < 400.0, "server RSS peaked at {peak:.0} MiB");
+    check(&seen, Duration::from_millis(20), Duration::from_millis(100));
 }
 
 #[test]

@@ -7,7 +7,8 @@
 // its room (`/ws?name=ann&room=ops`; `lobby` by default); each text message is published to the others in a small
 // JSON object with the sender's name; joins and leaves are announced; lines typed on the terminal are published
 // to the lobby from another thread through a `ClusterHandle`. Each address may say 64 KiB a second (a burst of
-// 256 KiB) and join 16 times a second (a burst of 64): past that it is closed with 1008, or refused with 429.
+// 256 KiB), make the server deliver 8 MiB a second (a line's JSON times the room's other users; a burst of
+// 32 MiB) and join 16 times a second (a burst of 64): past that it is closed with 1008, or refused with 429.
 // With --redis, several chat processes bridged by one Redis share their rooms (each process lists only its own
 // users in the welcome message); --loops N runs N event loops on one port.
 
@@ -88,28 +89,57 @@ impl Handler for Pages {
 /// kept per address, so reconnecting does not refill it.
 const RATE: f64 = 64.0 * 1024.0;
 const BURST: f64 = 256.0 * 1024.0;
+/// What one address may make the server deliver: a line costs its JSON times the users who receive it. A line
+/// in a room of 900 is 900 copies for the kernel to move (the server shares one buffer, the sockets cannot):
+/// 16 KiB of control characters is 96 KiB of JSON and 86 MiB of copies, so without this one address could keep
+/// the loop copying for everyone else's turn. 8 MiB a second is ~80 lines of 100 B a second to 900 users.
+const FANOUT_RATE: f64 = 8.0 * 1024.0 * 1024.0;
+const FANOUT_BURST: f64 = 32.0 * 1024.0 * 1024.0;
 /// What joining costs from the bucket: every join and leave is announced to the whole room, so a client
 /// reconnecting in a loop would make the room's every user take two messages per loop.
 const JOIN_COST: usize = 4096;
 
-/// A token bucket of text bytes, and how many connections from its address are open.
-struct Bucket {
+/// A token bucket: `rate` a second up to `burst`.
+struct Tokens {
     tokens: f64,
     at: Instant,
+}
+
+impl Tokens {
+    fn full(burst: f64) -> Tokens {
+        Tokens { tokens: burst, at: Instant::now() }
+    }
+
+    /// Takes `n` if the bucket holds it.
+    fn take(&mut self, n: f64, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        let ok = self.tokens >= n;
+        if ok {
+            self.tokens -= n;
+        }
+        ok
+    }
+
+    fn refilled(&self, rate: f64, burst: f64) -> bool {
+        self.tokens + self.at.elapsed().as_secs_f64() * rate >= burst
+    }
+}
+
+/// One address: its text bucket, its fan-out bucket, and how many connections from it are open.
+struct Bucket {
+    text: Tokens,
+    fanout: Tokens,
     conns: usize,
 }
 
 impl Bucket {
-    /// Takes `n` bytes if the bucket holds them.
-    fn take(&mut self, n: usize) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * RATE).min(BURST);
-        self.at = now;
-        let ok = self.tokens >= n as f64;
-        if ok {
-            self.tokens -= n as f64;
-        }
-        ok
+    /// Takes a line of `text` bytes whose JSON reaches `copies` bytes in all, if both buckets hold them.
+    fn take_line(&mut self, text: usize, copies: usize) -> bool {
+        // Check both before taking either: a refused line costs nothing.
+        let fits = self.fanout.take(0.0, FANOUT_RATE, FANOUT_BURST) && self.fanout.tokens >= copies as f64;
+        fits && self.text.take(text as f64, RATE, BURST) && self.fanout.take(copies as f64, FANOUT_RATE, FANOUT_BURST)
     }
 }
 
@@ -126,17 +156,24 @@ struct Chat {
     users: ConnData<User>,
     anon: u64,
     buckets: HashMap<IpAddr, Bucket>,
+    /// Users per room.
+    rooms: HashMap<String, usize>,
 }
 
 impl Handler for Chat {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &wskit::handshake::Request) {
         if self.buckets.len() > 4096 {
             // Forget addresses with no connection whose bucket has refilled.
-            self.buckets.retain(|_, b| b.conns > 0 || b.at.elapsed().as_secs_f64() * RATE < BURST);
+            self.buckets.retain(|_, b| {
+                b.conns > 0 || !b.text.refilled(RATE, BURST) || !b.fanout.refilled(FANOUT_RATE, FANOUT_BURST)
+            });
         }
-        let bucket =
-            self.buckets.entry(ctx.peer_addr().ip()).or_insert(Bucket { tokens: BURST, at: Instant::now(), conns: 0 });
-        if !bucket.take(JOIN_COST) {
+        let bucket = self.buckets.entry(ctx.peer_addr().ip()).or_insert_with(|| Bucket {
+            text: Tokens::full(BURST),
+            fanout: Tokens::full(FANOUT_BURST),
+            conns: 0,
+        });
+        if !bucket.text.take(JOIN_COST as f64, RATE, BURST) {
             ctx.reject(429, "too many joins from your address: try again in a few seconds\n");
             return;
         }
@@ -168,17 +205,19 @@ impl Handler for Chat {
         ctx.subscribe(&room);
         ctx.publish_others(&room, Message::Text(&format!(r#"{{"type":"join","name":{}}}"#, json_str(&name))));
         ctx.log(log::Level::Info, format_args!("{name} joined {room}"));
+        *self.rooms.entry(room.clone()).or_default() += 1;
         self.users.insert(ctx.id(), User { name, room });
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
         let Message::Text(text) = msg else { return };
-        if !self.buckets.get_mut(&ctx.peer_addr().ip()).is_some_and(|b| b.take(text.len())) {
-            ctx.close(wskit::CloseCode::POLICY, "too fast: at most 64 KiB a second");
-            return;
-        }
         let Some(user) = self.users.get(ctx.id()) else { return };
         let json = format!(r#"{{"type":"message","from":{},"text":{}}}"#, json_str(&user.name), json_str(text));
+        let others = self.rooms.get(&user.room).map_or(0, |n| n.saturating_sub(1));
+        if !self.buckets.get_mut(&ctx.peer_addr().ip()).is_some_and(|b| b.take_line(text.len(), json.len() * others)) {
+            ctx.close(wskit::CloseCode::POLICY, "too fast: at most 64 KiB a second, 8 MiB a second to the room");
+            return;
+        }
         ctx.publish_others(&user.room, Message::Text(&json));
     }
 
@@ -188,6 +227,12 @@ impl Handler for Chat {
             b.conns = b.conns.saturating_sub(1);
         }
         if let Some(u) = self.users.remove(ctx.id()) {
+            if let Some(n) = self.rooms.get_mut(&u.room) {
+                *n -= 1;
+                if *n == 0 {
+                    self.rooms.remove(&u.room);
+                }
+            }
             ctx.publish(&u.room, Message::Text(&format!(r#"{{"type":"leave","name":{}}}"#, json_str(&u.name))));
         }
     }

@@ -1,0 +1,145 @@
+//! What a loop shares with other threads, and the handles that reach it: [`ServerHandle`] (send, publish,
+//! broadcast, close, stop, shut down) and [`StopHandle`]. Below the server and the cluster: each names it, it names
+//! neither.
+
+use crate::close::CloseCode;
+use crate::conn::Message;
+use crate::error::SendError;
+use crate::handler::{Commands, ConnId, Origin};
+use crate::metrics::Metrics;
+use mio::Waker;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// A connection's id: its generation and its slot.
+pub(crate) fn conn_id(key: usize, gen: u32) -> ConnId {
+    ConnId((gen as u64) << 32 | key as u64)
+}
+
+/// Slot and generation packed in a [`ConnId`] (or a token).
+pub(crate) fn split_id(id: u64) -> (usize, u32) {
+    ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
+}
+
+/// What the loop shares with other threads.
+pub(crate) struct Shared {
+    pub(crate) stop: AtomicBool,
+    pub(crate) waker: Waker,
+    /// Commands from [`ServerHandle`]s, carried out at the loop's next turn.
+    pub(crate) inbox: Mutex<Commands>,
+    /// The generation of each live (open) connection by slot, 0 when none: lets a handle tell a gone id at once.
+    pub(crate) live: RwLock<Vec<u32>>,
+    pub(crate) metrics: Metrics,
+    /// A graceful shutdown asked from another thread, with its grace period.
+    pub(crate) shutdown: Mutex<Option<Duration>>,
+}
+
+impl Shared {
+    pub(crate) fn push(&self, f: impl FnOnce(&mut Commands)) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = inbox.cmds.is_empty();
+        f(&mut inbox);
+        drop(inbox);
+        if was_empty {
+            let _ = self.waker.wake();
+        }
+    }
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+    pub(crate) fn is_live(&self, id: ConnId) -> bool {
+        let (key, gen) = split_id(id.0);
+        self.live.read().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|g| *g == gen)
+    }
+    pub(crate) fn set_live(&self, key: usize, gen: u32) {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.len() <= key {
+            live.resize(key + 1, 0);
+        }
+        live[key] = gen;
+    }
+}
+
+/// A cloneable, `Send + Sync` handle to a running server: send, publish, broadcast, close and stop from any
+/// thread. Each call queues a command and wakes the loop (one `eventfd` write per batch); the loop carries it
+/// out at its next turn, in order.
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Sends a message to a connection; [`SendError::NotOpen`] if it is not open now (it may still close before
+    /// the loop gets to the message, which is then dropped).
+    pub fn send(&self, to: ConnId, msg: Message<'_>) -> Result<(), SendError> {
+        if !self.shared.is_live(to) {
+            return Err(SendError::NotOpen);
+        }
+        self.shared.push(|q| q.message(to, msg.is_text(), msg.as_bytes()));
+        Ok(())
+    }
+    /// Publishes a message to a topic's subscribers (see [`Ctx::publish`](crate::Ctx::publish)).
+    pub fn publish(&self, topic: &str, msg: Message<'_>) {
+        self.shared.push(|q| q.publish(topic, msg.is_text(), None, Origin::Local, msg.as_bytes()));
+    }
+    /// Sends a message to every open connection.
+    pub fn broadcast(&self, msg: Message<'_>) {
+        self.shared.push(|q| q.broadcast(msg.is_text(), None, msg.as_bytes()));
+    }
+    /// Starts the closing handshake on a connection; [`SendError::NotOpen`] if it is not open now.
+    pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code.0));
+        }
+        if !self.shared.is_live(to) {
+            return Err(SendError::NotOpen);
+        }
+        self.shared.push(|q| q.close(to, code, reason));
+        Ok(())
+    }
+    /// Whether the connection is open now.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.shared.is_live(id)
+    }
+    /// Asks the loop to return from [`Server::run`](crate::Server::run) at its next turn.
+    pub fn stop(&self) {
+        self.shared.request_stop();
+    }
+    /// The loop's counters and gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+    /// Asks [`Server::run`](crate::Server::run) for a graceful shutdown ([`Server::shutdown`](crate::Server::shutdown)) with this grace period; `run`
+    /// returns its report.
+    pub fn shutdown(&self, grace: Duration) {
+        *self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
+        let _ = self.shared.waker.wake();
+    }
+}
+
+/// Stops a running server from any thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
+    }
+}
+
+impl StopHandle {
+    /// Asks the loop to return from [`Server::run`](crate::Server::run) at its next turn.
+    pub fn stop(&self) {
+        self.shared.request_stop();
+    }
+}
