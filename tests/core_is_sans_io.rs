@@ -3,7 +3,11 @@
 const CORE: &[&str] = &[
     "close.rs",
     "config.rs",
-    "conn.rs",
+    "conn/mod.rs",
+    "conn/opening.rs",
+    "conn/receive.rs",
+    "conn/send.rs",
+    "conn/timers.rs",
     "deflate.rs",
     "error.rs",
     "frame.rs",

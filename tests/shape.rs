@@ -11,21 +11,27 @@ use std::path::{Path, PathBuf};
 
 /// Functions still over 100 lines, and the most each may have.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] =
-    &[("src/conn.rs", "read_frames", 280), ("src/server.rs", "feed", 196), ("src/server.rs", "apply_commands", 203)];
+    &[("src/conn/receive.rs", "read_frames", 280), ("src/server.rs", "feed", 196), ("src/server.rs", "apply_commands", 203)];
 
 /// Files still over 800 lines of non-test code, and the most each may have.
-const LONG_FILES: &[(&str, usize)] = &[("src/conn.rs", 1280), ("src/server.rs", 1830)];
+const LONG_FILES: &[(&str, usize)] = &[("src/server.rs", 1830)];
 
 const MAX_FN: usize = 100;
 const MAX_FILE: usize = 800;
 
+/// A file that holds only a test module (`conn/tests.rs`, `conn/deflate_tests.rs`).
+fn is_test_file(p: &Path) -> bool {
+    p.file_stem().is_some_and(|s| s == "tests" || s.to_string_lossy().ends_with("_tests"))
+}
+
+/// The crate's source files, test-only files left out.
 fn sources() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
+            } else if p.extension().is_some_and(|x| x == "rs") && !is_test_file(&p) {
                 out.push(p);
             }
         }

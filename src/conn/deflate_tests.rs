@@ -1,0 +1,142 @@
+use super::*;
+use crate::deflate::Compressor;
+use crate::frame::write_client_frame;
+
+const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+fn config() -> Arc<Config> {
+    Arc::new(Config::new().max_payload_size(1 << 20))
+}
+
+/// Feeds `data` cut at `splits`; returns text/binary messages (as bytes), the last error, and the connection.
+fn run(data: &[u8], splits: &[usize]) -> (Vec<Vec<u8>>, Option<ProtocolError>, Connection) {
+    let now = Instant::now();
+    let mut c = Connection::new(config(), now);
+    let (mut msgs, mut err) = (Vec::new(), None);
+    let mut bounds = splits.to_vec();
+    bounds.push(data.len());
+    let mut last = 0;
+    for b in bounds {
+        let mut chunk = data[last..b].to_vec();
+        last = b;
+        let (mut off, total) = (0, chunk.len());
+        loop {
+            let (n, ev) = c.read(&mut chunk[off..], now);
+            off += n;
+            let mut upgrade = false;
+            match ev {
+                None if n == 0 || off == total => break,
+                None => {}
+                Some(Event::Upgrade(_)) => upgrade = true,
+                Some(Event::Message(m)) => msgs.push(m.as_bytes().to_vec()),
+                Some(Event::Error(e)) => err = Some(e),
+                Some(_) => {}
+            }
+            if upgrade {
+                c.accept(None, true, Instant::now()).unwrap();
+            }
+            if off == total {
+                break;
+            }
+        }
+    }
+    (msgs, err, c)
+}
+
+/// A compressed message in frames of `frag` bytes (RSV1 on the first only).
+fn compressed(comp: &mut Compressor, op: OpCode, msg: &[u8], frag: usize) -> Vec<u8> {
+    let mut z = Vec::new();
+    comp.compress(msg, &mut z);
+    let chunks: Vec<&[u8]> = if z.is_empty() { vec![&z[..]] } else { z.chunks(frag).collect() };
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let fin = i + 1 == chunks.len();
+        let (rsv, opcode) = if i == 0 { (0b100, op) } else { (0, OpCode::Continuation) };
+        write_client_frame(&mut out, fin, rsv, opcode, [9, 8, 7, 6], c);
+    }
+    out
+}
+
+#[test]
+fn compressed_fragmented_messages_at_every_split_point_with_context_takeover() {
+    let m1 = "κόσμε, hello hello hello hello! ".repeat(40).into_bytes();
+    let m2 = "hello hello, κόσμε again and again ".repeat(30).into_bytes();
+    // The client keeps its context: the second message refers back into the first.
+    let mut comp = Compressor::new(6, 12);
+    let mut data = HEAD.to_vec();
+    data.extend(compressed(&mut comp, OpCode::Text, &m1, 17));
+    data.extend(compressed(&mut comp, OpCode::Binary, &m2, 1000));
+    let (msgs, err, c) = run(&data, &[]);
+    assert_eq!(err, None);
+    assert_eq!(msgs, vec![m1.clone(), m2.clone()]);
+    assert_eq!(c.deflate_params().unwrap().client_max_window_bits, Some(12));
+    for a in (HEAD.len()..data.len()).step_by(3) {
+        let (msgs, err, _) = run(&data, &[a]);
+        assert_eq!((msgs.len(), err), (2, None), "split at {a}");
+        assert_eq!(msgs, vec![m1.clone(), m2.clone()], "split at {a}");
+    }
+    let all: Vec<usize> = (1..data.len()).collect();
+    assert_eq!(run(&data, &all).0, vec![m1, m2]);
+}
+
+#[test]
+fn rsv1_rules_and_bad_payloads() {
+    let mut comp = Compressor::new(6, 15);
+    // RSV1 on a continuation frame.
+    let mut d = HEAD.to_vec();
+    write_client_frame(&mut d, false, 0, OpCode::Text, [1; 4], b"a");
+    write_client_frame(&mut d, true, 0b100, OpCode::Continuation, [1; 4], b"b");
+    assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(4)));
+    // RSV1 on a control frame.
+    let mut d = HEAD.to_vec();
+    write_client_frame(&mut d, true, 0b100, OpCode::Ping, [1; 4], b"a");
+    assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(4)));
+    // RSV2 is never granted.
+    let mut d = HEAD.to_vec();
+    write_client_frame(&mut d, true, 0b010, OpCode::Text, [1; 4], b"a");
+    assert_eq!(run(&d, &[]).1, Some(ProtocolError::ReservedBits(2)));
+    // Not deflate data → 1007.
+    let mut d = HEAD.to_vec();
+    write_client_frame(&mut d, true, 0b100, OpCode::Binary, [1; 4], b"\xff\xff\xff\xff not deflate");
+    let (_, err, c) = run(&d, &[]);
+    assert_eq!(err, Some(ProtocolError::InvalidCompressedData));
+    assert!(c.out().ends_with(&[0x88, 0x02, 0x03, 0xef]));
+    // Invalid UTF-8 found after inflating → 1007.
+    let mut d = HEAD.to_vec();
+    d.extend(compressed(&mut comp, OpCode::Text, b"valid, then \xed\xa0\x80", 1000));
+    assert_eq!(run(&d, &[]).1, Some(ProtocolError::InvalidUtf8));
+}
+
+#[test]
+fn bomb_is_refused_with_1009_holding_about_one_limit() {
+    let zeros = vec![0u8; 256 << 20];
+    let mut comp = Compressor::new(9, 15);
+    let mut d = HEAD.to_vec();
+    d.extend(compressed(&mut comp, OpCode::Binary, &zeros, 1 << 20));
+    assert!(d.len() < 1 << 20);
+    let start = std::time::Instant::now();
+    let (_, err, c) = run(&d, &[]);
+    assert!(matches!(err, Some(ProtocolError::MessageTooLarge { max: 1_048_576, .. })), "{err:?}");
+    assert!(c.out().ends_with(&[0x88, 0x02, 0x03, 0xf1]), "1009");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+#[test]
+fn outbound_compresses_and_sets_rsv1_only_when_it_pays() {
+    let (_, _, mut c) = run(HEAD, &[]);
+    let n = c.out().len();
+    c.consume_out(n);
+    let mut pool = DeflatePool::new();
+    let big = "compress me please, compress me please ".repeat(10);
+    c.send_with(Message::Text(&big), &mut pool).unwrap();
+    let out = c.out().to_vec();
+    assert_eq!(out[0], 0xc1, "FIN + RSV1 + text");
+    let mut inflated = Vec::new();
+    let mut inf = Inflater::new(15);
+    inf.inflate(&out[2..], &mut inflated, 1 << 20).unwrap();
+    inf.finish(&mut inflated, 1 << 20).unwrap();
+    assert_eq!(inflated, big.as_bytes());
+    c.consume_out(out.len());
+    c.send_with(Message::Text("tiny"), &mut pool).unwrap();
+    assert_eq!(c.out(), b"\x81\x04tiny", "below min_size: uncompressed, RSV1 clear");
+}

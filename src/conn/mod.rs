@@ -1,0 +1,456 @@
+//! The per-connection state machine: bytes in, events and bytes out.
+//!
+//! A [`Connection`] never touches a socket or a clock. The shell calls, in quinn-proto's groups:
+//!
+//! * **input** — [`Connection::read`] with the bytes it read (they are unmasked in place, which is why it takes
+//!   `&mut [u8]`), and [`Connection::handle_timeout`] when [`Connection::next_deadline`] has passed;
+//! * **commands** — [`Connection::accept`] / [`Connection::reject`] / [`Connection::respond`] after a request
+//!   event, and [`Connection::send`], [`Connection::ping`], [`Connection::close`];
+//! * **output** — [`Connection::out`] holds bytes that MUST be written to the peer, then [`Connection::consume_out`];
+//!   [`Connection::wants_read`], [`Connection::wants_write`], [`Connection::next_deadline`] and
+//!   [`Connection::is_finished`] (close TCP now) tell the shell what to wait for.
+//!
+//! Protocol duties are outputs: a ping's pong, the echo of a close frame and the close frame that answers a
+//! protocol error are appended to `out` by `read` itself; the shell only has to write `out`.
+//!
+//! ```text
+//!  ReadingHead ──Upgrade──▶ AwaitingDecision ──accept──▶ Open ──close()/error──▶ ClosingByUs
+//!      │  └──Http──▶ AwaitingResponse ─respond─┐          │                         │ peer's close
+//!      │ bad head (4xx)                        ▼          │ peer's close (echoed)   ▼
+//!      └──────────────────────────────────▶ Closed ◀──────┴─────────────────────────┘
+//!                               (flush `out`, then the server closes TCP: RFC 6455 §7.1.1)
+//! ```
+
+use crate::close::{CloseCode, MAX_REASON_LEN};
+use crate::config::Config;
+use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params};
+use crate::error::{HandshakeError, ProtocolError, SendError};
+use crate::frame::parse_close_payload;
+use crate::frame::{
+    decode_header, encode_header, header_len, write_frame, write_message, OpCode, Status, MAX_CONTROL_PAYLOAD,
+    MAX_HEADER_LEN,
+};
+use crate::handshake::{self, HeadReader, Request};
+use crate::mask::apply_mask;
+use crate::prepared::{PreparedMessage, SharedFrames};
+use crate::utf8::Utf8Validator;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[cfg(all(test, feature = "deflate"))]
+mod deflate_tests;
+#[cfg(all(test, feature = "deflate"))]
+mod fragment_out_tests;
+mod opening;
+mod receive;
+mod send;
+#[cfg(test)]
+mod tests;
+mod timers;
+
+use send::{close_payload, Tail};
+
+/// A complete message from the peer, borrowed until the next call into the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message, already validated as UTF-8.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(s) => s.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+    /// Whether this is a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Message::Text(_))
+    }
+}
+
+/// What [`Connection::read`] found. Borrowed data is valid until the next call into the connection.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A valid upgrade request. The caller MUST call [`Connection::accept`] or [`Connection::reject`] before it
+    /// feeds more bytes.
+    Upgrade(Request),
+    /// A plain HTTP request (no upgrade asked). The caller MUST call [`Connection::respond`].
+    Http(Request),
+    /// A bad handshake; its refusal is queued in `out` and the connection closes once it is written.
+    HandshakeFailed(HandshakeError),
+    /// A complete text or binary message.
+    Message(Message<'a>),
+    /// A ping; its pong is queued.
+    Ping(&'a [u8]),
+    /// A pong (solicited or not).
+    Pong(&'a [u8]),
+    /// The peer's close frame: its code (1005 when it carried none) and reason. If the peer started the closing
+    /// handshake, the echo is queued.
+    Close(CloseCode, &'a str),
+    /// The peer broke the protocol or a limit; a close frame with [`ProtocolError::close_code`] is queued.
+    Error(ProtocolError),
+}
+
+/// Which wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The opening handshake did not complete in time.
+    Handshake,
+    /// A message did not complete in time (closed with 1008).
+    Message,
+    /// The peer did not answer our close frame in time.
+    Close,
+    /// Nothing arrived for `idle_timeout` (closed with 1001).
+    Idle,
+    /// A keepalive ping went unanswered for `ping_timeout` (closed with 1011).
+    Keepalive,
+    /// The connection reached `max_lifetime` (closed with 1001).
+    Lifetime,
+}
+
+/// How a connection ended, as reported to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseStatus {
+    /// The closing handshake completed; `code` and `reason` are those of the peer's close frame (1005 when it
+    /// carried no code).
+    Clean {
+        /// The peer's code.
+        code: CloseCode,
+        /// The peer's reason.
+        reason: String,
+        /// Whether the peer sent the first close frame.
+        by_peer: bool,
+    },
+    /// wskit failed the connection: the peer broke the protocol or a limit.
+    Error(ProtocolError),
+    /// A timeout ended it.
+    TimedOut(TimeoutKind),
+    /// The TCP connection ended without a closing handshake (reported as 1006).
+    Lost,
+}
+
+impl CloseStatus {
+    /// The code an application would report: the peer's, the one we failed with, or 1006.
+    pub fn code(&self) -> CloseCode {
+        match self {
+            CloseStatus::Clean { code, .. } => *code,
+            CloseStatus::Error(e) => e.close_code(),
+            CloseStatus::TimedOut(TimeoutKind::Message) => CloseCode::POLICY,
+            CloseStatus::TimedOut(TimeoutKind::Idle | TimeoutKind::Lifetime) => CloseCode::GOING_AWAY,
+            CloseStatus::TimedOut(TimeoutKind::Keepalive) => CloseCode::INTERNAL,
+            _ => CloseCode::ABNORMAL,
+        }
+    }
+}
+
+/// The payload of the frame being received.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    opcode: OpCode,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes already unmasked (the mask offset).
+    done: usize,
+    remaining: u64,
+}
+
+/// A data message that spans frames or reads.
+#[derive(Debug)]
+struct InMessage {
+    text: bool,
+    /// RSV1 was set on the first frame: the payload is inflated as it arrives.
+    compressed: bool,
+    buf: Vec<u8>,
+    frames: usize,
+    utf8: Utf8Validator,
+    deadline: Instant,
+}
+
+/// Frame-reading state, alive while the connection is open or closing by us.
+#[derive(Debug, Default)]
+struct Rx {
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    frame: Option<InFrame>,
+    msg: Option<Box<InMessage>>,
+    /// A control frame's payload that spans reads.
+    ctrl: Vec<u8>,
+    /// The previous event lent out the completed `msg`: drop it on the next call.
+    msg_delivered: bool,
+    /// The previous event lent out `ctrl`: clear it on the next call.
+    ctrl_lent: bool,
+    /// `out` holds the 101 answer: free its buffer once written (an idle connection keeps none).
+    release_out: bool,
+    /// The framing is lost (a header that cannot be decoded) or a second fault came while closing: every later
+    /// byte is discarded, however the input is split.
+    discard: bool,
+    /// While closing by us: data bytes that came after our close frame (discarded); past
+    /// [`Connection::closing_data_max`] the peer is not closing, and reading ends. (32 bits: it fits in padding.)
+    skipped: u32,
+}
+
+impl Rx {
+    /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
+    /// control payload.
+    #[inline]
+    fn release_lent(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
+        if self.msg_delivered || self.ctrl_lent {
+            self.release_lent_now(spare, out);
+        }
+    }
+
+    #[inline(never)]
+    fn release_lent_now(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.msg_delivered) {
+            if let Some(m) = self.msg.take() {
+                park(spare, out, m.buf);
+            }
+        }
+        if std::mem::take(&mut self.ctrl_lent) {
+            self.ctrl = Vec::new();
+        }
+    }
+
+    /// Drops a message still being received (the connection is closing); the framing position is kept.
+    fn drop_message(&mut self) {
+        self.msg = None;
+        self.msg_delivered = false;
+    }
+
+    /// Completes a header stashed from an earlier read with bytes from `input[*pos..]`; true once it is whole.
+    fn fill_header(&mut self, input: &[u8], pos: &mut usize) -> bool {
+        loop {
+            let have = self.hdr_len as usize;
+            let need = if have >= 2 { header_len(self.hdr[0], self.hdr[1]) } else { 2 };
+            if have == need {
+                return true;
+            }
+            if *pos == input.len() {
+                return false;
+            }
+            let take = (need - have).min(input.len() - *pos);
+            self.hdr[have..have + take].copy_from_slice(&input[*pos..*pos + take]);
+            self.hdr_len += take as u8;
+            *pos += take;
+        }
+    }
+}
+
+/// The connection's state; each variant holds what exists only in that state, named for what it waits for.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the whole HTTP request head.
+    ReadingHead { head: HeadReader, deadline: Instant },
+    /// An upgrade request was reported; waiting for `accept` or `reject`.
+    AwaitingDecision { accept: String, deflate: Option<Params>, deadline: Instant },
+    /// A plain HTTP request was reported; waiting for `respond`.
+    AwaitingResponse { deadline: Instant },
+    /// The WebSocket is open.
+    Open(Rx),
+    /// We sent a close frame; waiting for the peer's (`rx.skipped` counts the data discarded meanwhile).
+    ClosingByUs { rx: Rx, deadline: Instant },
+    /// Nothing more to read; waiting for `out` to drain, then TCP closes. Dropped at `linger` regardless.
+    Closed { linger: Instant },
+}
+
+/// Where the event found by the frame loop lives (kept free of borrows so the loop can return freely).
+enum Ready {
+    None,
+    /// A whole message inside `input[start..end]`.
+    InputMessage {
+        text: bool,
+        start: usize,
+        end: usize,
+    },
+    /// The assembled message in `rx.msg`.
+    BufMessage,
+    /// A control frame in `input[start..end]`.
+    InputControl {
+        op: OpCode,
+        start: usize,
+        end: usize,
+    },
+    /// A control frame in `rx.ctrl`.
+    BufControl {
+        op: OpCode,
+    },
+    Error(ProtocolError),
+    /// More data came after our close frame than a closing peer sends ([`Connection::closing_data_max`]).
+    Overrun,
+}
+
+/// One WebSocket connection, server side.
+#[derive(Debug)]
+pub struct Connection {
+    config: Arc<Config>,
+    state: State,
+    /// Bytes for the peer, owned: the whole queue, or its head segment once shared frames are queued (`tail`).
+    out: Vec<u8>,
+    /// What is queued after `out` once a message shared with other connections was queued
+    /// ([`Connection::send_shared`]); boxed, and only then.
+    tail: Option<Box<Tail>>,
+    /// How it ended, once known (boxed: it exists only at the end).
+    status: Option<Box<CloseStatus>>,
+    /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
+    deflate: Option<Box<DeflateState>>,
+    /// Idle, keepalive and lifetime clocks; only when one of them is configured.
+    live: Option<Box<Liveness>>,
+    /// Control frames (pongs, keepalive pings) waiting for the next frame boundary of `out`, so they never wait
+    /// behind megabytes of queued data.
+    ctrl: Vec<u8>,
+    /// Part of `ctrl` has been written (its head frame is in flight).
+    ctrl_started: bool,
+    /// Which deadlines were running when [`Connection::deadline_to_arm`] last computed one (see there).
+    armed_shape: u8,
+    /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
+    /// `usize::MAX` before the upgrade, when `out` holds HTTP.
+    frame_left: usize,
+    /// A large empty buffer in passing: lent by the shell from its loop-wide pool for the next large message
+    /// (assembled or queued), or released here by one (a delivered message, a written queue) for the shell to
+    /// take back ([`Connection::lend_buffer`], [`Connection::take_buffer`]). Reusing them spares the page faults
+    /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
+    spare: Vec<u8>,
+}
+
+/// Shared frames shorter than this are copied into the queue instead: for a short message a copy costs less than
+/// the reference and the segment it needs, and many copies of it weigh little.
+pub(crate) const SHARE_MIN: usize = 1024;
+
+/// Buffers smaller than this are not worth passing around (allocating them is cheap); the shell lends its pooled
+/// ones only for messages at least this long.
+pub(crate) const SPARE_MIN: usize = 64 * 1024;
+
+/// Keeps a large buffer that fell free (emptied) for the shell to take back ([`Connection::take_buffer`]): in
+/// `spare`, the larger of the two; the other in the queue `out` if that is empty and smaller. Keeping only the
+/// larger and freeing the other drained the loop's pool by one buffer per 1 MiB echo, so every message then paid
+/// fresh pages for its assembly (256 page faults per MiB). Buffers below [`SPARE_MIN`] are freed.
+fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
+    if buf.capacity() < SPARE_MIN {
+        return;
+    }
+    buf.clear();
+    if buf.capacity() > spare.capacity() {
+        std::mem::swap(spare, &mut buf);
+    }
+    if buf.capacity() >= SPARE_MIN && out.is_empty() && buf.capacity() > out.capacity() {
+        *out = buf;
+    }
+}
+
+/// The clocks of an open connection's liveness timers.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    opened: Instant,
+    /// When bytes last arrived.
+    last_rx: Instant,
+    /// A keepalive ping is out; the peer must send something before this.
+    ping_deadline: Option<Instant>,
+}
+
+/// permessage-deflate state of one connection; the codec contexts are created on first use.
+#[derive(Debug)]
+struct DeflateState {
+    params: Params,
+    inflater: Option<Inflater>,
+    /// Only under server context takeover; otherwise the loop's pool compresses.
+    compressor: Option<deflate::Compressor>,
+}
+
+impl Connection {
+    /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`.
+    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+        let deadline = now + config.handshake_timeout;
+        Connection {
+            config,
+            state: State::ReadingHead { head: HeadReader::default(), deadline },
+            out: Vec::new(),
+            tail: None,
+            status: None,
+            deflate: None,
+            live: None,
+            ctrl: Vec::new(),
+            ctrl_started: false,
+            armed_shape: 0,
+            frame_left: usize::MAX,
+            spare: Vec::new(),
+        }
+    }
+
+    // ── output ──────────────────────────────────────────────────────────────────────────────────────────────
+
+    /// Whether the shell should read from the socket: the connection expects input and its outbound queue is
+    /// below the high-water mark (so a peer that never reads is not fed without bound).
+    pub fn wants_read(&self) -> bool {
+        matches!(self.state, State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. })
+            && self.data_queued() < self.config.write_high_water
+    }
+
+    /// Whether bytes wait in [`Connection::out`].
+    #[inline]
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() || !self.ctrl.is_empty() || self.tail.is_some()
+    }
+
+    /// True once the connection is over and `out` is written (or abandoned): the shell MUST close the socket.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Closed { .. }) && self.out.is_empty() && self.ctrl.is_empty() && self.tail.is_none()
+    }
+
+    /// Whether the WebSocket is open (handshake done, no close sent or received).
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open(_))
+    }
+
+    /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
+    /// [`Connection::close_status`] after the socket is gone to get [`CloseStatus::Lost`] in that case).
+    pub fn close_status(&self) -> CloseStatus {
+        self.status.as_deref().cloned().unwrap_or(CloseStatus::Lost)
+    }
+
+    /// Whether the peer is in the middle of sending something: a partial frame header, a frame's payload, or a
+    /// message's later fragments. (A shell acknowledges at once then, so that a sender waiting on Nagle's
+    /// algorithm is not held up by a delayed ACK.)
+    pub fn is_mid_message(&self) -> bool {
+        match &self.state {
+            State::ReadingHead { head, .. } => !head.is_empty(),
+            State::Open(rx) | State::ClosingByUs { rx, .. } => {
+                rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered)
+            }
+            _ => false,
+        }
+    }
+
+    /// Frees what the last event lent out (a completed message's buffer, a control payload). [`Connection::read`]
+    /// does this itself on its next call; a shell calls it when a read burst is over, so an idle connection holds
+    /// no message buffer.
+    #[inline]
+    pub fn reclaim(&mut self) {
+        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
+            rx.release_lent(&mut self.spare, &mut self.out);
+        }
+    }
+
+    /// Checks the state machine's invariants (`debug_assert!`, so only in debug builds). The shell calls it after
+    /// every read unless `Config::prod` is set.
+    pub fn debug_check_invariants(&self) {
+        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &self.state {
+            debug_assert!((rx.hdr_len as usize) < MAX_HEADER_LEN, "a whole header is never left stashed");
+            debug_assert!(rx.ctrl.len() <= MAX_CONTROL_PAYLOAD, "control payloads are at most 125 bytes");
+            if let Some(m) = &rx.msg {
+                debug_assert!(m.buf.len() <= self.config.effective_max_message_size(), "message limit held");
+                debug_assert!(m.frames <= self.config.max_frames_per_message, "frame limit held");
+            }
+            if let (State::Open(_), Some(f)) = (&self.state, rx.frame) {
+                debug_assert!(f.opcode.is_control() || rx.msg.is_some(), "a data frame belongs to a message");
+            }
+        }
+    }
+
+    // ── input ───────────────────────────────────────────────────────────────────────────────────────────────
+}

@@ -1,0 +1,88 @@
+//! The opening handshake's outcomes: accept (with a subprotocol and deflate), reject, a plain HTTP response,
+//! and the refusal of a bad head.
+
+use super::*;
+
+impl Connection {
+    /// Accepts the upgrade reported by [`Event::Upgrade`]: queues the 101 answer (with the chosen subprotocol, which
+    /// MUST be one the client offered) and opens the WebSocket.
+    ///
+    /// With `allow_deflate` false, permessage-deflate is not answered even if it was offered (the shell uses this
+    /// to cap live compression contexts).
+    ///
+    /// The idle, keepalive and lifetime clocks start at `now`.
+    pub fn accept(&mut self, protocol: Option<&str>, allow_deflate: bool, now: Instant) -> Result<(), SendError> {
+        let State::AwaitingDecision { accept, deflate, .. } = &self.state else { return Err(SendError::NotOpen) };
+        let params = deflate.filter(|_| allow_deflate);
+        let ext = params.map(|p| p.response());
+        handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
+        // The 101 head counts as one unit: the first frame boundary is right after it.
+        self.frame_left = self.out.len();
+        self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
+        self.state = State::Open(Rx { release_out: true, ..Rx::default() });
+        let c = &self.config;
+        if c.idle_timeout.is_some() || c.ping_interval.is_some() || c.max_lifetime.is_some() {
+            self.live = Some(Box::new(Liveness { opened: now, last_rx: now, ping_deadline: None }));
+        }
+        Ok(())
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    pub fn deflate_params(&self) -> Option<&Params> {
+        self.deflate.as_ref().map(|d| &d.params)
+    }
+
+    /// Refuses the upgrade reported by [`Event::Upgrade`] with an HTTP status; the connection closes once the answer
+    /// is written.
+    pub fn reject(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
+        if !matches!(self.state, State::AwaitingDecision { .. }) {
+            return Err(SendError::NotOpen);
+        }
+        self.final_response(status, headers, body, now);
+        Ok(())
+    }
+
+    /// Answers the plain HTTP request reported by [`Event::Http`]; the connection closes once it is written.
+    pub fn respond(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), SendError> {
+        if !matches!(self.state, State::AwaitingResponse { .. }) {
+            return Err(SendError::NotOpen);
+        }
+        self.final_response(status, headers, body, now);
+        Ok(())
+    }
+
+    /// Queues an HTTP response after which the connection closes.
+    pub(super) fn final_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], now: Instant) {
+        handshake::write_response(&mut self.out, status, headers, body);
+        self.state = State::Closed { linger: now + self.config.close_timeout };
+    }
+
+    /// Refuses the connection before its request head, for a fault the shell found in what precedes the head
+    /// (a PROXY protocol header): queues the HTTP answer to `e`; the connection closes once it is written. Only
+    /// while the head is awaited (else `Err(NotOpen)`).
+    pub fn refuse_before_head(&mut self, e: HandshakeError, now: Instant) -> Result<(), SendError> {
+        if !matches!(self.state, State::ReadingHead { .. }) {
+            return Err(SendError::NotOpen);
+        }
+        self.refuse(e, now);
+        Ok(())
+    }
+
+    pub(super) fn refuse(&mut self, e: HandshakeError, now: Instant) -> Event<'static> {
+        handshake::write_refusal(&mut self.out, &e);
+        self.state = State::Closed { linger: now + self.config.close_timeout };
+        Event::HandshakeFailed(e)
+    }
+}

@@ -1,0 +1,119 @@
+//! Deadlines: the handshake, message, keepalive, idle, lifetime, close and linger timers, on virtual time.
+
+use super::*;
+
+impl Connection {
+    /// The earliest time at which [`Connection::handle_timeout`] must be called.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::ReadingHead { deadline, .. }
+            | State::AwaitingDecision { deadline, .. }
+            | State::AwaitingResponse { deadline }
+            | State::ClosingByUs { deadline, .. } => Some(*deadline),
+            State::Open(rx) => {
+                let msg = rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline);
+                match (msg, self.live_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::Closed { linger } => Some(*linger),
+        }
+    }
+
+    /// For a caller that keeps one timer per connection, armed at `armed` (`None`: no timer): the earlier deadline
+    /// to arm it for, or `None` when the armed timer still comes first. It answers as
+    /// `next_deadline().filter(|d| armed.map_or(true, |a| *d < a))` would, without recomputing the deadline on the
+    /// steady path: while the connection is open and no deadline has started or stopped since the last answer
+    /// (no message begun, no keepalive ping sent or answered), its deadlines can only have moved later (the peer's
+    /// traffic pushes the idle and keepalive ones back). A timer that then fires early finds nothing due; the caller
+    /// disarms it and asks again.
+    #[inline]
+    pub fn deadline_to_arm(&mut self, armed: Option<Instant>) -> Option<Instant> {
+        let shape = match &self.state {
+            // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.
+            State::Open(rx) => {
+                let msg = rx.msg.is_some() && !rx.msg_delivered;
+                let ping = self.live.as_deref().is_some_and(|l| l.ping_deadline.is_some());
+                1 | (msg as u8) << 1 | (ping as u8) << 2
+            }
+            // Deadlines set once per state, but the state may change within its variant (a close cut short):
+            // always computed.
+            _ => 0,
+        };
+        if shape != 0 && shape == self.armed_shape && armed.is_some() {
+            return None;
+        }
+        self.armed_shape = shape;
+        self.next_deadline().filter(|d| armed.map_or(true, |a| *d < a))
+    }
+
+    /// The earliest liveness deadline: idle, keepalive (ping due or pong overdue) or lifetime.
+    pub(super) fn live_deadline(&self) -> Option<Instant> {
+        let l = self.live.as_deref()?;
+        let c = &self.config;
+        let idle = c.idle_timeout.map(|d| l.last_rx + d);
+        let ping = l.ping_deadline.or_else(|| c.ping_interval.map(|d| l.last_rx + d));
+        let life = c.max_lifetime.map(|d| l.opened + d);
+        [idle, ping, life].into_iter().flatten().min()
+    }
+
+    // ── commands ────────────────────────────────────────────────────────────────────────────────────────────
+
+    /// Acts on the deadlines that passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::ReadingHead { deadline, .. }
+            | State::AwaitingDecision { deadline, .. }
+            | State::AwaitingResponse { deadline }
+                if now >= *deadline =>
+            {
+                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Handshake)));
+                self.discard_out();
+                self.state = State::Closed { linger: now };
+            }
+            State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
+                self.fail(ProtocolError::MessageTimeout, now);
+                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Message)));
+            }
+            State::Open(_) if self.live_deadline().is_some_and(|d| now >= d) => self.liveness_timeout(now),
+            State::ClosingByUs { deadline, .. } if now >= *deadline => {
+                if self.status.is_none() {
+                    self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
+                }
+                self.discard_out();
+                self.state = State::Closed { linger: now };
+            }
+            State::Closed { linger } if now >= *linger => {
+                self.discard_out();
+                self.ctrl_started = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// A liveness deadline passed: close for lifetime, idle or an unanswered ping, or send the keepalive ping.
+    pub(super) fn liveness_timeout(&mut self, now: Instant) {
+        let Some(l) = self.live.as_deref_mut() else { return };
+        let c = &self.config;
+        let kind = if c.max_lifetime.is_some_and(|d| now >= l.opened + d) {
+            Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
+        } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
+            Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
+        } else if l.ping_deadline.is_some_and(|d| now >= d) {
+            Some((TimeoutKind::Keepalive, CloseCode::INTERNAL, "keepalive ping timeout"))
+        } else {
+            if l.ping_deadline.is_none() && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
+                l.ping_deadline = Some(now + c.ping_timeout);
+                if self.is_open() {
+                    self.queue_control(OpCode::Ping, b"wskit");
+                }
+            }
+            None
+        };
+        if let Some((kind, code, reason)) = kind {
+            let _ = self.close(code, reason, now);
+            self.status = Some(Box::new(CloseStatus::TimedOut(kind)));
+        }
+    }
+}
