@@ -10,8 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Functions still over 100 lines, and the most each may have.
-const LONG_FUNCTIONS: &[(&str, &str, usize)] =
-    &[("src/conn/receive.rs", "read_frames", 280), ("src/server.rs", "feed", 196), ("src/server.rs", "apply_commands", 203)];
+const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
+    ("src/conn/receive.rs", "read_frames", 280),
+    ("src/server.rs", "feed", 196),
+    ("src/server.rs", "apply_commands", 203),
+];
 
 /// Files still over 800 lines of non-test code, and the most each may have.
 const LONG_FILES: &[(&str, usize)] = &[("src/server.rs", 1830)];
