@@ -2,6 +2,7 @@
 //! fragments, inflation, UTF-8, control frames and their duties), and a protocol fault into its close.
 
 use super::*;
+use crate::frame::FrameHeader as Header;
 
 impl Connection {
     /// Data bytes a peer may send after our close frame before it counts as not closing and reading ends: what
@@ -84,10 +85,10 @@ impl Connection {
         }
     }
 
+    /// The frame loop: runs [`Frames`] over `input` until something is ready, then hands it out.
     pub(super) fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
         let Connection { config, state, deflate, spare, out, .. } = self;
         let config = &**config;
-        let max_msg = config.effective_max_message_size();
         let (rx, closing) = match state {
             State::Open(rx) => (rx, false),
             State::ClosingByUs { rx, .. } => (rx, true),
@@ -97,236 +98,47 @@ impl Connection {
         if rx.discard {
             return (input.len(), None);
         }
-        let mut pos = 0;
-        let mut desync = false;
+        let max_msg = config.effective_max_message_size();
+        let mut frames = Frames { config, rx, deflate, spare, out, closing, max_msg, pos: 0, desync: false };
         let ready = loop {
-            if let Some(f) = &mut rx.frame {
-                if f.remaining > 0 && pos == input.len() {
-                    break Ready::None;
-                }
-                let avail = (f.remaining).min((input.len() - pos) as u64) as usize;
-                if closing && !f.opcode.is_control() {
-                    // Data after our close is discarded, not even unmasked; a peer that goes on sending is not
-                    // closing, and reading ends.
-                    f.remaining -= avail as u64;
-                    pos += avail;
-                    rx.skipped = rx.skipped.saturating_add(avail.min(u32::MAX as usize) as u32);
-                    if rx.skipped as usize > Self::closing_data_max(config) {
-                        break Ready::Overrun;
-                    }
-                    if f.remaining == 0 {
-                        let fin = f.fin;
-                        rx.frame = None;
-                        if fin {
-                            rx.msg = None;
-                        }
-                    }
-                    continue;
-                }
-                let chunk = &mut input[pos..pos + avail];
-                apply_mask(chunk, f.mask, f.done);
-                f.done += avail;
-                f.remaining -= avail as u64;
-                pos += avail;
-                let f = *f;
-                if f.opcode.is_control() {
-                    rx.ctrl.extend_from_slice(chunk);
-                    if f.remaining == 0 {
-                        rx.frame = None;
-                        break Ready::BufControl { op: f.opcode };
-                    }
-                    continue;
-                }
-                let msg = rx.msg.as_mut().expect("a data frame always has its message");
-                if msg.compressed {
-                    // Inflate as it arrives, checking the inflated size after every step; validate what came out.
-                    let d = deflate.as_mut().expect("RSV1 is accepted only when deflate was negotiated");
-                    let (window, reset) = (d.params.inflate_window(), d.params.client_no_context_takeover);
-                    let inf = d.inflater.get_or_insert_with(|| Inflater::new(window));
-                    let start = msg.buf.len();
-                    let mut result = inf.inflate(chunk, &mut msg.buf, max_msg);
-                    if result.is_ok() && f.remaining == 0 && f.fin {
-                        result = inf.finish(&mut msg.buf, max_msg);
-                        if reset {
-                            // Nothing carries over to the next message: hold no inflate state while idle.
-                            d.inflater = None;
-                        } else if inf.ended() {
-                            inf.reset();
-                        }
-                    }
-                    // The first fault in the inflated stream wins, whatever the split: what came out (up to the
-                    // limit, which every split produces) is validated before a corrupt or oversized tail counts.
-                    let valid_end = msg.buf.len().min(max_msg.saturating_add(1)).max(start);
-                    if msg.text && msg.utf8.feed(&msg.buf[start..valid_end]).is_err() {
-                        break Ready::Error(ProtocolError::InvalidUtf8);
-                    }
-                    match result {
-                        Err(InflateError::TooBig) => {
-                            let size = msg.buf.len() as u64;
-                            break Ready::Error(ProtocolError::MessageTooLarge { size, max: max_msg });
-                        }
-                        Err(InflateError::Corrupt) => break Ready::Error(ProtocolError::InvalidCompressedData),
-                        Ok(()) => {}
-                    }
-                } else {
-                    if msg.text && msg.utf8.feed(chunk).is_err() {
-                        break Ready::Error(ProtocolError::InvalidUtf8);
-                    }
-                    if msg.buf.capacity() - msg.buf.len() < chunk.len()
-                        && spare.capacity() >= msg.buf.len() + chunk.len()
-                    {
-                        // Grow into the spare buffer rather than a fresh allocation.
-                        let mut grown = std::mem::take(spare);
-                        grown.extend_from_slice(&msg.buf);
-                        park(spare, out, std::mem::replace(&mut msg.buf, grown));
-                    }
-                    msg.buf.extend_from_slice(chunk);
-                }
-                if f.remaining == 0 {
-                    rx.frame = None;
-                    if f.fin {
-                        if msg.text && msg.utf8.finish().is_err() {
-                            break Ready::Error(ProtocolError::InvalidUtf8);
-                        }
-                        break Ready::BufMessage;
-                    }
-                }
-                continue;
+            let step = if frames.rx.frame.is_some() { frames.payload(input) } else { frames.header(input, now) };
+            if let Some(ready) = step {
+                break ready;
             }
-
-            // A new frame header, possibly completing one stashed from the previous read.
-            let (h, used) = if rx.hdr_len > 0 {
-                if !rx.fill_header(input, &mut pos) {
-                    break Ready::None;
-                }
-                let n = rx.hdr_len as usize;
-                rx.hdr_len = 0;
-                match decode_header(&rx.hdr[..n]) {
-                    Ok(Status::Complete((h, _))) => (h, 0),
-                    Ok(Status::Partial) => unreachable!("the header is whole"),
-                    Err(e) => {
-                        desync = true;
-                        break Ready::Error(e);
-                    }
-                }
-            } else {
-                match decode_header(&input[pos..]) {
-                    Ok(Status::Complete((h, n))) => (h, n),
-                    Ok(Status::Partial) => {
-                        let rest = &input[pos..];
-                        rx.hdr[..rest.len()].copy_from_slice(rest);
-                        rx.hdr_len = rest.len() as u8;
-                        pos = input.len();
-                        break Ready::None;
-                    }
-                    Err(e) => {
-                        desync = true;
-                        break Ready::Error(e);
-                    }
-                }
-            };
-            pos += used;
-
-            // Rules that depend on role, extensions and state. A frame refused here has its payload skipped, so the
-            // closing handshake that follows stays in step with the peer's framing.
-            let skip = InFrame { opcode: OpCode::Binary, fin: false, mask: [0; 4], done: 0, remaining: h.len };
-            let Some(mask) = h.mask else {
-                rx.frame = Some(skip);
-                break Ready::Error(ProtocolError::UnmaskedFrame);
-            };
-            // RSV1 means "compressed", and only on the first frame of a data message after deflate was negotiated
-            // (RFC 7692 §6.1); every other reserved bit is refused.
-            let rsv_allowed =
-                if deflate.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary) { 0b100 } else { 0 };
-            if h.rsv & !rsv_allowed != 0 {
-                rx.frame = Some(skip);
-                break Ready::Error(ProtocolError::ReservedBits(h.rsv));
-            }
-            let compressed = h.rsv & 0b100 != 0;
-            let frame = InFrame { opcode: h.opcode, fin: h.fin, mask, done: 0, remaining: h.len };
-            if h.opcode.is_control() {
-                let len = h.len as usize;
-                if input.len() - pos >= len {
-                    let (start, end) = (pos, pos + len);
-                    apply_mask(&mut input[start..end], mask, 0);
-                    pos = end;
-                    break Ready::InputControl { op: h.opcode, start, end };
-                }
-                rx.ctrl.clear();
-                rx.frame = Some(frame);
-                continue;
-            }
-            let refused = if h.len > config.max_payload_size as u64 {
-                Some(ProtocolError::FrameTooLarge { size: h.len, max: config.max_payload_size })
-            } else {
-                match (h.opcode, rx.msg.as_ref()) {
-                    (OpCode::Continuation, None) if !closing => Some(ProtocolError::UnexpectedContinuation),
-                    (OpCode::Continuation, Some(m)) if m.frames >= config.max_frames_per_message => {
-                        Some(ProtocolError::TooManyFrames { max: config.max_frames_per_message })
-                    }
-                    // (For a compressed message the inflated size is checked as it is inflated.)
-                    (OpCode::Continuation, Some(m)) if !m.compressed && m.buf.len() as u64 + h.len > max_msg as u64 => {
-                        Some(ProtocolError::MessageTooLarge { size: m.buf.len() as u64 + h.len, max: max_msg })
-                    }
-                    (OpCode::Text | OpCode::Binary, Some(_)) if !closing => Some(ProtocolError::ExpectedContinuation),
-                    _ => None,
-                }
-            };
-            if let Some(e) = refused {
-                rx.frame = Some(skip);
-                break Ready::Error(e);
-            }
-            match (h.opcode, rx.msg.as_mut()) {
-                (OpCode::Continuation, Some(m)) => m.frames += 1,
-                (OpCode::Continuation, None) => {}
-                (op, _) => {
-                    let len = h.len as usize;
-                    let text = op == OpCode::Text;
-                    if !closing && !compressed && h.fin && input.len() - pos >= len {
-                        // The fast path: a whole message in this read, unmasked in place and never copied.
-                        let (start, end) = (pos, pos + len);
-                        apply_mask(&mut input[start..end], mask, 0);
-                        pos = end;
-                        break Ready::InputMessage { text, start, end };
-                    }
-                    // A large message is assembled in the spare buffer, if one is at hand.
-                    let buf = if len >= SPARE_MIN || compressed { std::mem::take(spare) } else { Vec::new() };
-                    rx.msg = Some(Box::new(InMessage {
-                        text,
-                        compressed,
-                        buf,
-                        frames: 1,
-                        utf8: Utf8Validator::new(),
-                        deadline: now + config.message_timeout,
-                    }));
-                }
-            }
-            rx.frame = Some(frame);
         };
+        let (pos, desync) = (frames.pos, frames.desync);
+        self.deliver(ready, input, pos, desync, closing, now)
+    }
 
-        let input: &'a [u8] = input;
+    /// Turns what the frame loop found into the event it reports (and, for a fault, the close it sends).
+    #[inline(always)]
+    fn deliver<'a>(
+        &'a mut self,
+        ready: Ready,
+        input: &'a [u8],
+        pos: usize,
+        desync: bool,
+        closing: bool,
+        now: Instant,
+    ) -> (usize, Option<Event<'a>>) {
         match ready {
             Ready::None => (pos, None),
-            Ready::InputMessage { text, start, end } => {
-                let data = &input[start..end];
-                if text {
-                    match std::str::from_utf8(data) {
-                        Ok(s) => (pos, Some(Event::Message(Message::Text(s)))),
-                        Err(_) => {
-                            self.fail(ProtocolError::InvalidUtf8, now);
-                            (pos, Some(Event::Error(ProtocolError::InvalidUtf8)))
-                        }
-                    }
-                } else {
-                    (pos, Some(Event::Message(Message::Binary(data))))
-                }
+            Ready::InputMessage { text: false, start, end } => {
+                (pos, Some(Event::Message(Message::Binary(&input[start..end]))))
             }
+            Ready::InputMessage { text: true, start, end } => match std::str::from_utf8(&input[start..end]) {
+                Ok(s) => (pos, Some(Event::Message(Message::Text(s)))),
+                Err(_) => {
+                    self.fail(ProtocolError::InvalidUtf8, now);
+                    (pos, Some(Event::Error(ProtocolError::InvalidUtf8)))
+                }
+            },
             Ready::BufMessage => {
                 let State::Open(rx) = &mut self.state else { unreachable!("messages are delivered while open") };
                 rx.msg_delivered = true;
                 let m = rx.msg.as_ref().expect("a completed message");
                 let ev = if m.text {
-                    // Validated incrementally above; this check cannot fail.
+                    // Validated incrementally as it arrived; this check cannot fail.
                     match std::str::from_utf8(&m.buf) {
                         Ok(s) => Message::Text(s),
                         Err(_) => unreachable!("validated text"),
@@ -342,25 +154,36 @@ impl Connection {
             }
             Ready::InputControl { op, start, end } => self.control(op, Payload::Input(&input[start..end]), pos, now),
             Ready::BufControl { op } => self.control(op, Payload::Ctrl, pos, now),
-            Ready::Error(e) => {
-                self.fail(e.clone(), now);
-                if desync && !closing {
-                    // No frame boundary can be trusted after an undecodable header, so the peer's close could not
-                    // be read: send ours and close TCP without waiting for it (the shell drains until FIN).
-                    self.state = State::Closed { linger: now + self.config.close_timeout };
-                } else if closing {
-                    // A fault while closing ends reading: drop this input and all that follows.
-                    if let State::ClosingByUs { rx, .. } = &mut self.state {
-                        rx.discard = true;
-                    }
-                }
-                if closing {
-                    // It is not reported a second time.
-                    return (input.len(), None);
-                }
-                (if desync { input.len() } else { pos }, Some(Event::Error(e)))
+            Ready::Error(e) => self.fault(e, input.len(), pos, desync, closing, now),
+        }
+    }
+
+    /// A protocol fault found by the frame loop: our close goes out, and reading goes on only to meet the peer's.
+    fn fault<'a>(
+        &mut self,
+        e: ProtocolError,
+        len: usize,
+        pos: usize,
+        desync: bool,
+        closing: bool,
+        now: Instant,
+    ) -> (usize, Option<Event<'a>>) {
+        self.fail(e.clone(), now);
+        if desync && !closing {
+            // No frame boundary can be trusted after an undecodable header, so the peer's close could not be
+            // read: send ours and close TCP without waiting for it (the shell drains until FIN).
+            self.state = State::Closed { linger: now + self.config.close_timeout };
+        } else if closing {
+            // A fault while closing ends reading: drop this input and all that follows.
+            if let State::ClosingByUs { rx, .. } = &mut self.state {
+                rx.discard = true;
             }
         }
+        if closing {
+            // It is not reported a second time.
+            return (len, None);
+        }
+        (if desync { len } else { pos }, Some(Event::Error(e)))
     }
 
     pub(super) fn control<'a>(
@@ -439,6 +262,259 @@ impl Connection {
                 &rx.ctrl
             }
             _ => unreachable!("control frames arrive while open or closing"),
+        }
+    }
+}
+
+/// The frame loop's view of a connection: the parts one read touches, borrowed apart, and where it is in the
+/// input. Each step returns `Some` when the loop must stop (something is ready, or the input is used up).
+struct Frames<'c> {
+    config: &'c Config,
+    rx: &'c mut Rx,
+    deflate: &'c mut Option<Box<DeflateState>>,
+    spare: &'c mut Vec<u8>,
+    out: &'c mut Vec<u8>,
+    /// Our close was sent: data is skipped, not read.
+    closing: bool,
+    max_msg: usize,
+    /// How much of the input is used.
+    pos: usize,
+    /// A header could not be decoded: no later frame boundary can be trusted.
+    desync: bool,
+}
+
+impl Frames<'_> {
+    /// Payload bytes of the current frame: unmasked in place, then kept (control), inflated or appended (data).
+    #[inline]
+    fn payload(&mut self, input: &mut [u8]) -> Option<Ready> {
+        let f = self.rx.frame.as_mut().expect("a frame is being read");
+        if f.remaining > 0 && self.pos == input.len() {
+            return Some(Ready::None);
+        }
+        let avail = f.remaining.min((input.len() - self.pos) as u64) as usize;
+        if self.closing && !f.opcode.is_control() {
+            return self.skip(avail);
+        }
+        let chunk = &mut input[self.pos..self.pos + avail];
+        apply_mask(chunk, f.mask, f.done);
+        f.done += avail;
+        f.remaining -= avail as u64;
+        self.pos += avail;
+        let f = *f;
+        if f.opcode.is_control() {
+            self.rx.ctrl.extend_from_slice(chunk);
+            if f.remaining == 0 {
+                self.rx.frame = None;
+                return Some(Ready::BufControl { op: f.opcode });
+            }
+            return None;
+        }
+        let compressed = self.rx.msg.as_ref().expect("a data frame always has its message").compressed;
+        let fault = if compressed { self.inflate(chunk, f) } else { self.append(chunk) };
+        if fault.is_some() {
+            return fault;
+        }
+        if f.remaining == 0 {
+            self.rx.frame = None;
+            if f.fin {
+                let msg = self.rx.msg.as_mut().expect("a data frame always has its message");
+                if msg.text && msg.utf8.finish().is_err() {
+                    return Some(Ready::Error(ProtocolError::InvalidUtf8));
+                }
+                return Some(Ready::BufMessage);
+            }
+        }
+        None
+    }
+
+    /// Data after our close is discarded, not even unmasked; a peer that goes on sending is not closing, and
+    /// reading ends.
+    fn skip(&mut self, avail: usize) -> Option<Ready> {
+        let rx = &mut *self.rx;
+        let f = rx.frame.as_mut().expect("a frame is being read");
+        f.remaining -= avail as u64;
+        self.pos += avail;
+        rx.skipped = rx.skipped.saturating_add(avail.min(u32::MAX as usize) as u32);
+        if rx.skipped as usize > Connection::closing_data_max(self.config) {
+            return Some(Ready::Overrun);
+        }
+        if f.remaining == 0 {
+            let fin = f.fin;
+            rx.frame = None;
+            if fin {
+                rx.msg = None;
+            }
+        }
+        None
+    }
+
+    /// Inflates a compressed chunk as it arrives, checking the inflated size after every step, and validates
+    /// what came out.
+    fn inflate(&mut self, chunk: &[u8], f: InFrame) -> Option<Ready> {
+        let max_msg = self.max_msg;
+        let msg = self.rx.msg.as_mut().expect("a data frame always has its message");
+        let d = self.deflate.as_mut().expect("RSV1 is accepted only when deflate was negotiated");
+        let (window, reset) = (d.params.inflate_window(), d.params.client_no_context_takeover);
+        let inf = d.inflater.get_or_insert_with(|| Inflater::new(window));
+        let start = msg.buf.len();
+        let mut result = inf.inflate(chunk, &mut msg.buf, max_msg);
+        if result.is_ok() && f.remaining == 0 && f.fin {
+            result = inf.finish(&mut msg.buf, max_msg);
+            if reset {
+                // Nothing carries over to the next message: hold no inflate state while idle.
+                d.inflater = None;
+            } else if inf.ended() {
+                inf.reset();
+            }
+        }
+        // The first fault in the inflated stream wins, whatever the split: what came out (up to the limit, which
+        // every split produces) is validated before a corrupt or oversized tail counts.
+        let valid_end = msg.buf.len().min(max_msg.saturating_add(1)).max(start);
+        if msg.text && msg.utf8.feed(&msg.buf[start..valid_end]).is_err() {
+            return Some(Ready::Error(ProtocolError::InvalidUtf8));
+        }
+        match result {
+            Err(InflateError::TooBig) => {
+                let size = msg.buf.len() as u64;
+                Some(Ready::Error(ProtocolError::MessageTooLarge { size, max: max_msg }))
+            }
+            Err(InflateError::Corrupt) => Some(Ready::Error(ProtocolError::InvalidCompressedData)),
+            Ok(()) => None,
+        }
+    }
+
+    /// Appends an uncompressed chunk to the message being assembled (validating text as it comes).
+    fn append(&mut self, chunk: &[u8]) -> Option<Ready> {
+        let msg = self.rx.msg.as_mut().expect("a data frame always has its message");
+        if msg.text && msg.utf8.feed(chunk).is_err() {
+            return Some(Ready::Error(ProtocolError::InvalidUtf8));
+        }
+        if msg.buf.capacity() - msg.buf.len() < chunk.len() && self.spare.capacity() >= msg.buf.len() + chunk.len() {
+            // Grow into the spare buffer rather than a fresh allocation.
+            let mut grown = std::mem::take(self.spare);
+            grown.extend_from_slice(&msg.buf);
+            park(self.spare, self.out, std::mem::replace(&mut msg.buf, grown));
+        }
+        msg.buf.extend_from_slice(chunk);
+        None
+    }
+
+    /// A new frame header, possibly completing one stashed from the previous read; then the frame it starts.
+    #[inline(always)]
+    fn header(&mut self, input: &mut [u8], now: Instant) -> Option<Ready> {
+        let decoded = if self.rx.hdr_len > 0 {
+            if !self.rx.fill_header(input, &mut self.pos) {
+                return Some(Ready::None);
+            }
+            let n = std::mem::take(&mut self.rx.hdr_len) as usize;
+            decode_header(&self.rx.hdr[..n]).map(|s| match s {
+                Status::Complete((h, _)) => (h, 0),
+                Status::Partial => unreachable!("the header is whole"),
+            })
+        } else {
+            match decode_header(&input[self.pos..]) {
+                Ok(Status::Complete((h, n))) => Ok((h, n)),
+                Ok(Status::Partial) => {
+                    let rest = &input[self.pos..];
+                    self.rx.hdr[..rest.len()].copy_from_slice(rest);
+                    self.rx.hdr_len = rest.len() as u8;
+                    self.pos = input.len();
+                    return Some(Ready::None);
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match decoded {
+            Ok((h, used)) => {
+                self.pos += used;
+                self.begin(h, input, now)
+            }
+            Err(e) => {
+                self.desync = true;
+                Some(Ready::Error(e))
+            }
+        }
+    }
+
+    /// Applies the rules that depend on role, extensions and state to a decoded header, then starts its frame
+    /// (and, for a data frame that is not a continuation, its message). A frame refused here has its payload
+    /// skipped, so the closing handshake that follows stays in step with the peer's framing.
+    #[inline(always)]
+    fn begin(&mut self, h: Header, input: &mut [u8], now: Instant) -> Option<Ready> {
+        let skip = InFrame { opcode: OpCode::Binary, fin: false, mask: [0; 4], done: 0, remaining: h.len };
+        let Some(mask) = h.mask else {
+            self.rx.frame = Some(skip);
+            return Some(Ready::Error(ProtocolError::UnmaskedFrame));
+        };
+        if let Some(e) = self.refusal(&h) {
+            self.rx.frame = Some(skip);
+            return Some(Ready::Error(e));
+        }
+        let frame = InFrame { opcode: h.opcode, fin: h.fin, mask, done: 0, remaining: h.len };
+        let len = h.len as usize;
+        if h.opcode.is_control() {
+            if input.len() - self.pos >= len {
+                let (start, end) = (self.pos, self.pos + len);
+                apply_mask(&mut input[start..end], mask, 0);
+                self.pos = end;
+                return Some(Ready::InputControl { op: h.opcode, start, end });
+            }
+            self.rx.ctrl.clear();
+            self.rx.frame = Some(frame);
+            return None;
+        }
+        match (h.opcode, self.rx.msg.as_mut()) {
+            (OpCode::Continuation, Some(m)) => m.frames += 1,
+            (OpCode::Continuation, None) => {}
+            (op, _) => {
+                let text = op == OpCode::Text;
+                let compressed = h.rsv & 0b100 != 0;
+                if !self.closing && !compressed && h.fin && input.len() - self.pos >= len {
+                    // The fast path: a whole message in this read, unmasked in place and never copied.
+                    let (start, end) = (self.pos, self.pos + len);
+                    apply_mask(&mut input[start..end], mask, 0);
+                    self.pos = end;
+                    return Some(Ready::InputMessage { text, start, end });
+                }
+                // A large message is assembled in the spare buffer, if one is at hand.
+                let buf = if len >= SPARE_MIN || compressed { std::mem::take(self.spare) } else { Vec::new() };
+                let deadline = now + self.config.message_timeout;
+                let utf8 = Utf8Validator::new();
+                self.rx.msg = Some(Box::new(InMessage { text, compressed, buf, frames: 1, utf8, deadline }));
+            }
+        }
+        self.rx.frame = Some(frame);
+        None
+    }
+
+    /// Why a header with a mask cannot start its frame here, if it cannot.
+    #[inline]
+    fn refusal(&self, h: &Header) -> Option<ProtocolError> {
+        // RSV1 means "compressed", and only on the first frame of a data message after deflate was negotiated
+        // (RFC 7692 §6.1); every other reserved bit is refused.
+        let rsv_allowed =
+            if self.deflate.is_some() && matches!(h.opcode, OpCode::Text | OpCode::Binary) { 0b100 } else { 0 };
+        if h.rsv & !rsv_allowed != 0 {
+            return Some(ProtocolError::ReservedBits(h.rsv));
+        }
+        if h.opcode.is_control() {
+            return None;
+        }
+        let (config, max_msg) = (self.config, self.max_msg as u64);
+        if h.len > config.max_payload_size as u64 {
+            return Some(ProtocolError::FrameTooLarge { size: h.len, max: config.max_payload_size });
+        }
+        match (h.opcode, self.rx.msg.as_ref()) {
+            (OpCode::Continuation, None) if !self.closing => Some(ProtocolError::UnexpectedContinuation),
+            (OpCode::Continuation, Some(m)) if m.frames >= config.max_frames_per_message => {
+                Some(ProtocolError::TooManyFrames { max: config.max_frames_per_message })
+            }
+            // (For a compressed message the inflated size is checked as it is inflated.)
+            (OpCode::Continuation, Some(m)) if !m.compressed && m.buf.len() as u64 + h.len > max_msg => {
+                Some(ProtocolError::MessageTooLarge { size: m.buf.len() as u64 + h.len, max: self.max_msg })
+            }
+            (OpCode::Text | OpCode::Binary, Some(_)) if !self.closing => Some(ProtocolError::ExpectedContinuation),
+            _ => None,
         }
     }
 }
