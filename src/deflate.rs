@@ -399,6 +399,12 @@ mod codec {
             if out.len() - start >= 4 && out.ends_with(&TAIL) {
                 out.truncate(out.len() - 4);
             }
+            if out.len() == start {
+                // Nothing new to flush (an empty message right after a flush): zlib-rs writes nothing at all,
+                // but the peer appends `00 00 FF FF` to whatever comes, and on its own that tail is no block.
+                // One zero byte makes it an empty stored block (RFC 7692 §7.2.3.6), as stock zlib would send.
+                out.push(0);
+            }
         }
 
         /// Forgets the context.
@@ -579,6 +585,24 @@ mod tests {
                 inf.finish(&mut out, 1 << 20).unwrap();
                 assert_eq!(out, text);
             }
+        }
+    }
+
+    /// Found by the simulator (tests/sim.rs, seed 46): under context takeover an empty message compressed to
+    /// nothing, and the peer's inflater, reading the `00 00 FF FF` it appends as the start of a block, lost the
+    /// stream from the next message on.
+    #[test]
+    fn an_empty_message_keeps_the_stream_in_step() {
+        let mut c = Compressor::new(1, 15);
+        let mut inf = Inflater::new(15);
+        for msg in [&b"hello hello"[..], b"", b"", b"world", b"", b"hello world"] {
+            let mut z = Vec::new();
+            c.compress(msg, &mut z);
+            assert!(!z.is_empty(), "an empty compressed payload is not a deflate block");
+            let mut out = Vec::new();
+            inf.inflate(&z, &mut out, 1 << 20).unwrap();
+            inf.finish(&mut out, 1 << 20).unwrap();
+            assert_eq!(out, msg);
         }
     }
 
