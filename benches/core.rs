@@ -6,7 +6,6 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 use wskit::frame::{decode_header, write_client_frame, OpCode};
 use wskit::mask::{apply_mask, apply_mask_bytewise, apply_mask_portable};
@@ -58,7 +57,7 @@ fn utf8(c: &mut Criterion) {
 fn handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("handshake");
     g.throughput(Throughput::Bytes(HEAD.len() as u64));
-    let config = Arc::new(Config::new().deflate(false));
+    let config = Config::new().deflate(false).limits();
     g.bench_function("upgrade_to_101", |b| {
         b.iter(|| {
             let mut conn = Connection::new(config.clone(), Instant::now());
@@ -74,7 +73,7 @@ fn handshake(c: &mut Criterion) {
 
 fn echo(c: &mut Criterion) {
     let mut g = c.benchmark_group("echo_through_connection");
-    let config = Arc::new(Config::new().deflate(false).max_payload_size(1 << 20));
+    let config = Config::new().deflate(false).max_payload_size(1 << 20).limits();
     for size in [20usize, 1024, 16 * 1024] {
         let mut conn = Connection::new(config.clone(), Instant::now());
         let mut h = HEAD.to_vec();

@@ -225,7 +225,7 @@ impl Cluster {
                 #[cfg(feature = "tls")]
                 let made = Server::for_cluster(listener, config, tls, handler, i as u32, group);
                 #[cfg(not(feature = "tls"))]
-                let made = Server::for_cluster(listener, config, handler, i as u32, group);
+                let made = Server::for_cluster(listener, config, (), handler, i as u32, group);
                 let mut server = match made {
                     Ok(s) => s,
                     Err(e) => {

@@ -31,6 +31,27 @@ pub struct SniCert {
     pub passphrase: Option<String>,
 }
 
+/// The part of a [`Config`] one connection reads: its limits, deadlines and permessage-deflate policy (each field
+/// is the `Config` field of the same name; `max_message_size` is the limit in force). [`Config::limits`] makes it.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct Limits {
+    pub max_handshake_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub message_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_payload_size: usize,
+    pub max_message_size: usize,
+    pub max_frames_per_message: usize,
+    pub write_high_water: usize,
+    pub max_frame_out: usize,
+    pub idle_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+    pub ping_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+    pub deflate: DeflateConfig,
+}
+
 /// Server configuration. Every limit is checked before a buffer grows.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -481,6 +502,27 @@ impl Config {
     /// The message limit in force (`max_message_size`, or `max_payload_size` when unset).
     pub fn effective_max_message_size(&self) -> usize {
         self.max_message_size.unwrap_or(self.max_payload_size)
+    }
+
+    /// What one connection reads of this configuration, to share among a loop's connections
+    /// ([`crate::Connection::new`] takes it).
+    pub fn limits(&self) -> std::sync::Arc<Limits> {
+        std::sync::Arc::new(Limits {
+            max_handshake_bytes: self.max_handshake_bytes,
+            handshake_timeout: self.handshake_timeout,
+            message_timeout: self.message_timeout,
+            close_timeout: self.close_timeout,
+            max_payload_size: self.max_payload_size,
+            max_message_size: self.effective_max_message_size(),
+            max_frames_per_message: self.max_frames_per_message,
+            write_high_water: self.write_high_water,
+            max_frame_out: self.max_frame_out,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_lifetime: self.max_lifetime,
+            deflate: self.deflate.clone(),
+        })
     }
 
     /// The most heap memory one connection can make wskit hold, whatever its peer sends, as a function of this

@@ -85,7 +85,7 @@ pub fn frame(data: &[u8]) {
     }
 }
 
-fn transcript(config: &Arc<Config>, data: &[u8], step: usize) -> (Vec<String>, Vec<u8>) {
+fn transcript(config: &Arc<crate::config::Limits>, data: &[u8], step: usize) -> (Vec<String>, Vec<u8>) {
     let t0 = Instant::now();
     let mut c = Connection::new(config.clone(), t0);
     let mut evs = Vec::new();
@@ -131,7 +131,7 @@ pub fn connection(data: &[u8]) {
     let deflate = flags & 1 != 0;
     let mut cfg = Config::new().max_payload_size(64 * 1024).max_message_size(256 * 1024).deflate(deflate);
     cfg.deflate.min_size = 0;
-    let cfg = Arc::new(cfg);
+    let cfg = cfg.limits();
     let ext = match (deflate, flags & 2 != 0) {
         (false, _) => "",
         (true, true) => {
@@ -149,6 +149,126 @@ pub fn connection(data: &[u8]) {
     assert_eq!(one.0, split.0, "events depend on the split");
     // How many pongs go out depends on how often the queue is drained (waiting pongs are coalesced into the
     // newest, RFC 6455 §5.5.2); everything else must be identical.
+    assert_eq!(without_pongs(&one.1), without_pongs(&split.1), "output depends on the split");
+}
+
+/// The fuzzed endpoint's application: echoes, sends a second copy of messages that start with `2`, publishes
+/// messages that start with `p` to a topic every connection joins, closes on `c`, and panics on `!`.
+struct FuzzApp {
+    log: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+impl crate::Handler for FuzzApp {
+    fn on_open(&mut self, ctx: &mut crate::Ctx<'_>, _req: &crate::handshake::Request) {
+        ctx.subscribe("t");
+    }
+    fn on_message(&mut self, ctx: &mut crate::Ctx<'_>, msg: Message<'_>) {
+        self.log.borrow_mut().push(format!("{msg:?}"));
+        match msg.as_bytes().first() {
+            Some(b'!') => panic!("the fuzzed handler panics, as asked"),
+            Some(b'c') => ctx.close(crate::CloseCode::NORMAL, "asked"),
+            Some(b'p') => ctx.publish("t", msg),
+            Some(b'2') => {
+                ctx.send(msg);
+                ctx.send(msg);
+            }
+            _ => {
+                ctx.send(msg);
+            }
+        }
+    }
+    fn on_close(&mut self, _ctx: &mut crate::Ctx<'_>, status: &crate::CloseStatus) {
+        self.log.borrow_mut().push(format!("close {:?}", status.code()));
+    }
+}
+
+/// One client's bytes through a whole endpoint by its sans-I/O interface, `step` bytes a read, every transmit
+/// taken whole: the handler's events and the bytes written, after the peer's FIN and every deadline.
+fn endpoint_transcript(cfg: &Config, stream: &[u8], step: usize) -> (Vec<String>, Vec<u8>) {
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut ep = crate::Endpoint::new(cfg.clone(), Box::new(FuzzApp { log: log.clone() }));
+    let t0 = Instant::now();
+    let peer = core::net::SocketAddr::from(([10, 0, 0, 1], 4000));
+    let id = ep.accept(peer, t0).expect("a plain endpoint accepts");
+    let mut out = Vec::new();
+    let chunks = stream.chunks(step.max(1)).map(Some).chain(std::iter::once(None));
+    for (i, chunk) in chunks.enumerate() {
+        let now = t0 + Duration::from_millis(i as u64);
+        let eof = chunk.is_none();
+        ep.ready(id, true, false, eof);
+        let mut chunk = chunk.unwrap_or_default();
+        while let Some(op) = ep.poll_read(now) {
+            let n = chunk.len().min(op.max);
+            ep.read_buf()[..n].copy_from_slice(&chunk[..n]);
+            let result = match n {
+                0 if eof => Ok(0),
+                0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            };
+            if !op.peek {
+                chunk = &chunk[n..];
+            }
+            ep.received(op, result, now);
+            endpoint_drain(&mut ep, &mut out, now);
+        }
+        ep.handle_timeout(now);
+        ep.end_turn(now);
+        endpoint_drain(&mut ep, &mut out, now);
+    }
+    for k in 1..4 {
+        let later = t0 + Duration::from_secs(3600 * k);
+        ep.handle_timeout(later);
+        ep.end_turn(later);
+        endpoint_drain(&mut ep, &mut out, later);
+    }
+    assert_eq!(ep.connection_count(), 0, "the connection ended");
+    assert_eq!(ep.held_bytes(), 0, "nothing is held after it");
+    let events = log.borrow().clone();
+    (events, out)
+}
+
+fn endpoint_drain(ep: &mut crate::Endpoint, out: &mut Vec<u8>, now: Instant) {
+    loop {
+        while let Some(t) = ep.poll_transmit(now) {
+            let id = t.id;
+            let mut buf = [&[][..]; crate::endpoint::MAX_PARTS];
+            let before = out.len();
+            for p in t.parts(&mut buf) {
+                out.extend_from_slice(p);
+            }
+            let n = out.len() - before;
+            ep.sent(id, Ok(n), now);
+        }
+        match ep.poll_order() {
+            Some(crate::Order::MeasureSendBuffer(id)) => ep.send_buffer_is(id, 0),
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
+/// A whole endpoint (admission, the handler's calls and commands, the zero-copy echo, topics, timers, the end of
+/// its turns) under one client's arbitrary bytes after a valid upgrade, fed in pieces of any size, then its FIN:
+/// nothing panics, the connection ends with nothing held, and neither the handler's events nor the bytes
+/// written depend on how the input was split.
+pub fn endpoint(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let (flags, step, body) = (data[0], data[1] as usize % 31 + 1, &data[2..]);
+    let deflate = flags & 1 != 0;
+    let mut cfg = Config::new().max_payload_size(64 * 1024).max_message_size(256 * 1024).deflate(deflate);
+    cfg.deflate.min_size = 0;
+    cfg.max_connections_per_ip = 0;
+    let ext = if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
+    let mut stream = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{ext}\r\n"
+    )
+    .into_bytes();
+    stream.extend_from_slice(body);
+    let one = endpoint_transcript(&cfg, &stream, stream.len());
+    let split = endpoint_transcript(&cfg, &stream, step);
+    assert_eq!(one.0, split.0, "the handler's events depend on the split");
     assert_eq!(without_pongs(&one.1), without_pongs(&split.1), "output depends on the split");
 }
 

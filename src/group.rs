@@ -27,6 +27,24 @@ pub trait Bridge: Send + Sync {
     fn stop(&self) {}
 }
 
+/// What an endpoint asks of the other loops of its node, and through them of the bridge: the one interface
+/// between an [`crate::Endpoint`] and a [`crate::Cluster`]. [`Group`] implements it; a test may join endpoints
+/// with its own.
+pub(crate) trait Siblings: Send + Sync {
+    /// How many loops the node has.
+    fn loops(&self) -> usize;
+    /// A publish made on loop `from`: for every other loop and the bridge.
+    fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]);
+    /// Loop's first subscriber to `topic` came (`on`), or its last left.
+    fn interest(&self, topic: &str, on: bool);
+    /// A handler's send to a connection of another loop.
+    fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]);
+    /// A handler's close of a connection of another loop.
+    fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str);
+    /// Bytes all loops hold for their connections (each loop adds its change at the end of its turns).
+    fn held(&self) -> &std::sync::atomic::AtomicUsize;
+}
+
 /// The loops of one node, as the loops and the bridge see them.
 pub(crate) struct Group {
     pub(crate) loops: OnceLock<Vec<ServerHandle>>,
@@ -49,14 +67,14 @@ pub(crate) fn queue_publish(
     l.shared.push(|q| q.publish(topic, text, except, origin, payload));
 }
 
-impl Group {
+impl Siblings for Group {
     /// How many loops the group has.
-    pub(crate) fn loops(&self) -> usize {
+    fn loops(&self) -> usize {
         self.loops.get().map_or(1, Vec::len)
     }
 
     /// A publish made on loop `from`: queued to every other loop and handed to the bridge.
-    pub(crate) fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]) {
+    fn forward(&self, from: usize, topic: &str, text: bool, except: Option<ConnId>, payload: &[u8]) {
         if let Some(loops) = self.loops.get() {
             for (i, l) in loops.iter().enumerate() {
                 if i != from {
@@ -70,7 +88,7 @@ impl Group {
     }
 
     /// A loop gained its first or lost its last subscriber to `topic`.
-    pub(crate) fn interest(&self, topic: &str, on: bool) {
+    fn interest(&self, topic: &str, on: bool) {
         let mut map = self.interest.lock().unwrap_or_else(|p| p.into_inner());
         let node_changed = if on {
             let n = map.entry(topic.into()).or_insert(0);
@@ -96,23 +114,29 @@ impl Group {
         }
     }
 
-    /// Topics with local subscribers on this node now.
-    pub(crate) fn topics(&self) -> Vec<String> {
-        self.interest.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|k| k.to_string()).collect()
-    }
-
     /// A handler's send to a connection of another loop.
-    pub(crate) fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]) {
+    fn send_to_loop(&self, to: ConnId, text: bool, payload: &[u8]) {
         if let Some(l) = self.loop_of(to) {
             l.shared.push(|q| q.message(to, text, payload));
         }
     }
 
     /// A handler's close of a connection of another loop.
-    pub(crate) fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str) {
+    fn close_on_loop(&self, to: ConnId, code: CloseCode, reason: &str) {
         if let Some(l) = self.loop_of(to) {
             l.shared.push(|q| q.close(to, code, reason));
         }
+    }
+
+    fn held(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.held
+    }
+}
+
+impl Group {
+    /// Topics with local subscribers on this node now.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        self.interest.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|k| k.to_string()).collect()
     }
 
     pub(crate) fn loop_of(&self, id: ConnId) -> Option<&ServerHandle> {

@@ -7,9 +7,8 @@ use crate::conn::Message;
 use crate::error::SendError;
 use crate::handler::{Commands, ConnId, Origin};
 use crate::metrics::Metrics;
-use mio::Waker;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 /// A connection's id: its generation and its slot.
@@ -22,10 +21,14 @@ pub(crate) fn split_id(id: u64) -> (usize, u32) {
     ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
 }
 
+/// Wakes a loop from another thread (the mio shell's `Waker`; any function for an embedder's own loop).
+pub(crate) type Wake = Box<dyn Fn() + Send + Sync>;
+
 /// What the loop shares with other threads.
 pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
-    pub(crate) waker: Waker,
+    /// Set once by whoever runs the loop; until then commands wait unannounced for the next turn.
+    pub(crate) waker: OnceLock<Wake>,
     /// Commands from [`ServerHandle`]s, carried out at the loop's next turn.
     pub(crate) inbox: Mutex<Commands>,
     /// The generation of each live (open) connection by slot, 0 when none: lets a handle tell a gone id at once.
@@ -36,18 +39,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            waker: OnceLock::new(),
+            inbox: Mutex::new(Commands::default()),
+            live: RwLock::new(Vec::new()),
+            metrics: Metrics::default(),
+            shutdown: Mutex::new(None),
+        }
+    }
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w();
+        }
+    }
     pub(crate) fn push(&self, f: impl FnOnce(&mut Commands)) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = inbox.cmds.is_empty();
         f(&mut inbox);
         drop(inbox);
         if was_empty {
-            let _ = self.waker.wake();
+            self.wake();
         }
     }
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        self.wake();
     }
     pub(crate) fn is_live(&self, id: ConnId) -> bool {
         let (key, gen) = split_id(id.0);
@@ -63,7 +81,7 @@ impl Shared {
 }
 
 /// A cloneable, `Send + Sync` handle to a running server: send, publish, broadcast, close and stop from any
-/// thread. Each call queues a command and wakes the loop (one `eventfd` write per batch); the loop carries it
+/// thread. Each call queues a command and wakes the loop (one `eventfd` write per batch under the mio shell); the loop carries it
 /// out at its next turn, in order.
 #[derive(Clone)]
 pub struct ServerHandle {
@@ -121,7 +139,7 @@ impl ServerHandle {
     /// returns its report.
     pub fn shutdown(&self, grace: Duration) {
         *self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
-        let _ = self.shared.waker.wake();
+        self.shared.wake();
     }
 }
 

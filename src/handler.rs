@@ -21,9 +21,14 @@ impl ConnId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
-    /// The slot in its loop's connection table (low 32 bits).
-    pub(crate) fn slot(self) -> usize {
+    /// A small integer to key a table of sockets by (the endpoint's slot: low 32 bits). Another connection gets
+    /// it once this one is gone; the id as a whole is never reused.
+    pub fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
+    }
+    /// The slot in its loop's connection table.
+    pub(crate) fn slot(self) -> usize {
+        self.index()
     }
     /// The generation that tells this connection from earlier ones in the same slot (high 32 bits).
     pub(crate) fn generation(self) -> u32 {
@@ -323,14 +328,23 @@ pub enum SendStatus {
     Dropped,
 }
 
+/// A connection's entry in its loop's table: its generation, whether it is open for sends, and the bytes queued
+/// for it as of its last flush (what [`Ctx`] computes send statuses from, without touching the connection).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Entry {
+    pub(crate) gen: u32,
+    pub(crate) open: bool,
+    pub(crate) queued: usize,
+}
+
 /// The connection object handed to every callback: who the connection is, and the commands it may give.
 pub struct Ctx<'a> {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) queue: &'a mut Commands,
     pub(crate) metrics: &'a crate::metrics::Metrics,
-    /// (generation, queued bytes) of every open connection by slot, as of the last flush.
-    pub(crate) table: &'a [(u32, usize)],
+    /// Every connection of the loop by slot, its bytes queued as of the last flush.
+    pub(crate) table: &'a [Entry],
     pub(crate) high_water: usize,
     /// Bytes this callback queued to its own connection.
     pub(crate) pending_self: usize,
@@ -356,7 +370,7 @@ impl<'a> Ctx<'a> {
         peer: SocketAddr,
         queue: &'a mut Commands,
         metrics: &'a crate::metrics::Metrics,
-        table: &'a [(u32, usize)],
+        table: &'a [Entry],
         high_water: usize,
     ) -> Self {
         Ctx {
@@ -378,7 +392,7 @@ impl<'a> Ctx<'a> {
     /// Bytes queued for `to` (as of the last flush, plus what this callback queued to itself), or `None` if it is
     /// not open.
     fn queued_for(&self, to: ConnId) -> Option<usize> {
-        let listed = self.table.get(to.slot()).filter(|(g, _)| *g == to.generation()).map(|(_, q)| *q);
+        let listed = self.table.get(to.slot()).filter(|e| e.gen == to.generation() && e.open).map(|e| e.queued);
         if to == self.id {
             // During `on_open` the connection is not listed yet, but sends to it go out after the 101.
             return (!self.closed).then(|| listed.unwrap_or(0) + self.pending_self);

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod deflate;
+pub mod endpoint;
 pub mod error;
 pub mod frame;
 #[doc(hidden)]
@@ -30,6 +31,7 @@ pub use close::CloseCode;
 pub use cluster::{Bridge, Cluster, ClusterHandle};
 pub use config::{Config, MemoryBound};
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
+pub use endpoint::{Endpoint, Order, Read, Transmit};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};
 pub use prepared::PreparedMessage;
 pub mod handler;

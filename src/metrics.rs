@@ -138,8 +138,11 @@ impl Metrics {
         Self::add(&self.turns[i], 1);
         Self::add(&self.turn_us_sum, us);
     }
-    pub(crate) fn turn_since(&self, start: std::time::Instant) {
-        self.turn(start.elapsed().as_micros() as u64);
+    /// Handshakes answered with HTTP `status` so far (refusals and bad heads; statuses not counted one by one are
+    /// summed under 0).
+    pub fn handshake_failures(&self, status: u16) -> u64 {
+        let i = STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len() - 1);
+        self.handshake_status[i].load(Relaxed)
     }
     /// Upgrades refused for `why` so far.
     pub fn refusals(&self, why: Refusal) -> u64 {

@@ -157,7 +157,7 @@ mod tests {
         let config = Config::new().tls_pem(root.join("localhost.pem"), None);
         let server_cfg = crate::tls_config::server_config(&config).unwrap().unwrap();
         let mut server = TlsLayer::new(server_cfg).unwrap();
-        let mut conn = Connection::new(Arc::new(config), Instant::now());
+        let mut conn = Connection::new(config.limits(), Instant::now());
 
         let pem = std::fs::read_to_string(root.join("localhost-cert.pem")).unwrap();
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();

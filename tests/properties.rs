@@ -4,7 +4,6 @@
 //! streams, which random bytes rarely reach.
 
 use proptest::prelude::*;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wskit::frame::{decode_header, encode_header, write_client_frame, OpCode, Status};
 use wskit::utf8::Utf8Validator;
@@ -84,7 +83,7 @@ proptest! {
         let cfg = Config::new()
             .timeout(ms(3_000))
             .liveness(Some(ms(30_000)), ping.then_some(ms(8_000)), ms(12_000), Some(ms(200_000)));
-        let mut c = Connection::new(Arc::new(cfg), Instant::now());
+        let mut c = Connection::new(cfg.limits(), Instant::now());
         let mut now = Instant::now();
         let mut head = HEAD.to_vec();
         prop_assert!(matches!(c.read(&mut head, now).1, Some(Event::Upgrade(_))));

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Instant;
 use wskit::frame::{write_client_frame, write_frame, OpCode};
 use wskit::{Config, Connection, Event, Message};
@@ -79,7 +78,7 @@ fn feed(c: &mut Connection, input: &[u8]) -> (Vec<String>, Vec<u8>) {
 }
 
 fn open(config: Config, extra: &str) -> (Connection, Vec<u8>) {
-    let mut c = Connection::new(Arc::new(config), Instant::now());
+    let mut c = Connection::new(config.limits(), Instant::now());
     let (_, out) = feed(&mut c, request(extra).as_bytes());
     (c, out)
 }
@@ -311,7 +310,7 @@ fn blocks() -> BTreeMap<&'static str, String> {
 
     // ── error answers ──
     let mut s = String::new();
-    let mut h = Connection::new(Arc::new(Config::new()), Instant::now());
+    let mut h = Connection::new(Config::new().limits(), Instant::now());
     let (evs, out) = feed(&mut h, request("").replace("Version: 13", "Version: 8").as_bytes());
     let _ = writeln!(s, "a request with Sec-WebSocket-Version: 8\nevent: {}\n", evs.join(", "));
     s.push_str(&head_text(&out));

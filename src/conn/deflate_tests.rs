@@ -1,11 +1,12 @@
 use super::*;
+use crate::config::Config;
 use crate::deflate::Compressor;
 use crate::frame::write_client_frame;
 
 const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
-fn config() -> Arc<Config> {
-    Arc::new(Config::new().max_payload_size(1 << 20))
+fn config() -> Arc<Limits> {
+    Config::new().max_payload_size(1 << 20).limits()
 }
 
 /// Feeds `data` cut at `splits`; returns text/binary messages (as bytes), the last error, and the connection.

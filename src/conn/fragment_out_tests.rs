@@ -1,8 +1,9 @@
 use super::*;
+use crate::config::Config;
 
 #[test]
 fn long_compressed_message_is_one_stream_across_frames() {
-    let cfg = Arc::new(Config::new().max_frame_out(100));
+    let cfg = Config::new().max_frame_out(100).limits();
     let mut c = Connection::new(cfg, Instant::now());
     let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".to_vec();
     let (_, ev) = c.read(&mut head, Instant::now());

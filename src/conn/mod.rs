@@ -22,7 +22,7 @@
 //! ```
 
 use crate::close::{CloseCode, MAX_REASON_LEN};
-use crate::config::Config;
+use crate::config::Limits;
 use crate::deflate::{self, DeflatePool, InflateError, Inflater, Params};
 use crate::error::{HandshakeError, ProtocolError, SendError};
 use crate::frame::parse_close_payload;
@@ -127,7 +127,9 @@ pub enum CloseStatus {
         /// Whether the peer sent the first close frame.
         by_peer: bool,
     },
-    /// wskit failed the connection: the peer broke the protocol or a limit.
+    /// wskit failed the connection: the peer broke the protocol or a limit. (Also when it did so after our own
+    /// close frame had gone out — a handler's `close`, or 1011 after a panic: that frame carried our code, and this
+    /// status names the fault that followed.)
     Error(ProtocolError),
     /// A timeout ended it.
     TimedOut(TimeoutKind),
@@ -288,7 +290,7 @@ enum Ready {
 /// One WebSocket connection, server side.
 #[derive(Debug)]
 pub struct Connection {
-    config: Arc<Config>,
+    config: Arc<Limits>,
     state: State,
     /// Bytes for the peer, owned: the whole queue, or its head segment once shared frames are queued (`tail`).
     out: Vec<u8>,
@@ -363,8 +365,9 @@ struct DeflateState {
 }
 
 impl Connection {
-    /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`.
-    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+    /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`. It
+    /// reads only its [`Limits`] ([`crate::Config::limits`], shared by a loop's connections).
+    pub fn new(config: Arc<Limits>, now: Instant) -> Self {
         let deadline = now + config.handshake_timeout;
         Connection {
             config,
@@ -443,7 +446,7 @@ impl Connection {
             debug_assert!((rx.hdr_len as usize) < MAX_HEADER_LEN, "a whole header is never left stashed");
             debug_assert!(rx.ctrl.len() <= MAX_CONTROL_PAYLOAD, "control payloads are at most 125 bytes");
             if let Some(m) = &rx.msg {
-                debug_assert!(m.buf.len() <= self.config.effective_max_message_size(), "message limit held");
+                debug_assert!(m.buf.len() <= self.config.max_message_size, "message limit held");
                 debug_assert!(m.frames <= self.config.max_frames_per_message, "frame limit held");
             }
             if let (State::Open(_), Some(f)) = (&self.state, rx.frame) {

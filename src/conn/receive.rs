@@ -8,7 +8,7 @@ impl Connection {
     /// Data bytes a peer may send after our close frame before it counts as not closing and reading ends: what
     /// it may have had in flight (two frames of the largest size, at least 1 MiB). Without it, a client that
     /// ignores a close is read from at line rate until the close timeout.
-    pub fn closing_data_max(config: &Config) -> usize {
+    pub fn closing_data_max(config: &Limits) -> usize {
         config.max_payload_size.saturating_mul(2).clamp(1 << 20, u32::MAX as usize - 1)
     }
 
@@ -98,7 +98,7 @@ impl Connection {
         if rx.discard {
             return (input.len(), None);
         }
-        let max_msg = config.effective_max_message_size();
+        let max_msg = config.max_message_size;
         let mut frames = Frames { config, rx, deflate, spare, out, closing, max_msg, pos: 0, desync: false };
         let ready = loop {
             let step = if frames.rx.frame.is_some() { frames.payload(input) } else { frames.header(input, now) };
@@ -269,7 +269,7 @@ impl Connection {
 /// The frame loop's view of a connection: the parts one read touches, borrowed apart, and where it is in the
 /// input. Each step returns `Some` when the loop must stop (something is ready, or the input is used up).
 struct Frames<'c> {
-    config: &'c Config,
+    config: &'c Limits,
     rx: &'c mut Rx,
     deflate: &'c mut Option<Box<DeflateState>>,
     spare: &'c mut Vec<u8>,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Config;
 use crate::frame::write_client_frame;
 use std::time::Duration;
 
@@ -18,12 +19,12 @@ enum Ev {
     Error(ProtocolError),
 }
 
-fn config() -> Arc<Config> {
-    Arc::new(Config::new().max_payload_size(1 << 20).max_frames_per_message(1000))
+fn config() -> Arc<Limits> {
+    Config::new().max_payload_size(1 << 20).max_frames_per_message(1000).limits()
 }
 
 /// Feeds `data` cut at `splits` (accepting every upgrade) and returns the events and everything written.
-fn run(cfg: Arc<Config>, data: &[u8], splits: &[usize]) -> (Vec<Ev>, Vec<u8>, Connection) {
+fn run(cfg: Arc<Limits>, data: &[u8], splits: &[usize]) -> (Vec<Ev>, Vec<u8>, Connection) {
     let now = Instant::now();
     let mut c = Connection::new(cfg, now);
     let mut evs = Vec::new();
@@ -82,7 +83,7 @@ fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn a_lent_buffer_carries_a_large_message_then_its_echo() {
     let now = Instant::now();
-    let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+    let mut c = Connection::new(Config::new().deflate(false).limits(), now);
     let mut head = HEAD.to_vec();
     let (n, ev) = c.read(&mut head, now);
     assert!(n == HEAD.len() && matches!(ev, Some(Event::Upgrade(_))));
@@ -124,7 +125,7 @@ fn a_lent_buffer_carries_a_large_message_then_its_echo() {
 #[test]
 fn both_large_buffers_of_an_echo_go_back() {
     let now = Instant::now();
-    let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+    let mut c = Connection::new(Config::new().deflate(false).limits(), now);
     let mut head = HEAD.to_vec();
     assert!(matches!(c.read(&mut head, now).1, Some(Event::Upgrade(_))));
     c.accept(None, false, now).unwrap();
@@ -163,7 +164,7 @@ fn both_large_buffers_of_an_echo_go_back() {
 fn a_direct_frame_cut_anywhere_ends_as_a_queued_one_would() {
     let now = Instant::now();
     let open_with = |config: Config| {
-        let mut c = Connection::new(Arc::new(config), now);
+        let mut c = Connection::new(config.limits(), now);
         let mut head = HEAD.to_vec();
         let _ = c.read(&mut head, now);
         c.accept(None, false, now).unwrap();
@@ -220,7 +221,7 @@ fn a_direct_frame_cut_anywhere_ends_as_a_queued_one_would() {
     let mut c = open();
     c.close(CloseCode::NORMAL, "", now).unwrap();
     assert!(c.direct_header(true, 10).is_none(), "closing");
-    assert!(Connection::new(Arc::new(Config::new()), now).direct_header(true, 10).is_none(), "not open yet");
+    assert!(Connection::new(Config::new().limits(), now).direct_header(true, 10).is_none(), "not open yet");
 }
 
 /// Owned frames and frames shared with other queues, interleaved, come out in order however the writes are
@@ -229,7 +230,7 @@ fn a_direct_frame_cut_anywhere_ends_as_a_queued_one_would() {
 fn shared_frames_keep_their_place_in_the_queue_at_every_cut() {
     let now = Instant::now();
     let open = || {
-        let mut c = Connection::new(Arc::new(Config::new().deflate(false)), now);
+        let mut c = Connection::new(Config::new().deflate(false).limits(), now);
         let mut head = HEAD.to_vec();
         let _ = c.read(&mut head, now);
         c.accept(None, false, now).unwrap();
@@ -366,7 +367,7 @@ fn one_shot_session_transcript() {
 #[test]
 fn liveness_deadlines_on_virtual_time() {
     let s = Duration::from_secs;
-    let cfg = Arc::new(Config::new().liveness(Some(s(100)), Some(s(10)), s(5), Some(s(1000))));
+    let cfg = Config::new().liveness(Some(s(100)), Some(s(10)), s(5), Some(s(1000))).limits();
     let t0 = Instant::now();
     let mut c = Connection::new(cfg, t0);
     let mut head = HEAD.to_vec();
@@ -392,7 +393,7 @@ fn liveness_deadlines_on_virtual_time() {
     c.consume_out(c.out().len());
 
     // Idle (no keepalive) and lifetime.
-    let cfg = Arc::new(Config::new().liveness(Some(s(30)), None, s(5), Some(s(50))));
+    let cfg = Config::new().liveness(Some(s(30)), None, s(5), Some(s(50))).limits();
     let mut c = Connection::new(cfg.clone(), t0);
     let mut head = HEAD.to_vec();
     let _ = c.read(&mut head, t0);
@@ -495,14 +496,14 @@ fn limits_are_checked_at_the_header() {
     let n = crate::frame::encode_header(true, 0, OpCode::Binary, Some([1, 2, 3, 4]), 16 << 20, &mut h);
     fails_with(h[..n].to_vec(), ProtocolError::FrameTooLarge { size: 16 << 20, max: 1 << 20 }, 1009);
     // Message limit across fragments.
-    let cfg = Arc::new(Config::new().max_payload_size(100).max_message_size(150));
+    let cfg = Config::new().max_payload_size(100).max_message_size(150).limits();
     let mut data = HEAD.to_vec();
     data.extend(frame(false, OpCode::Binary, &[0; 100]));
     data.extend(frame(true, OpCode::Continuation, &[0; 51]));
     let (evs, _, _) = run(cfg, &data, &[]);
     assert_eq!(evs.last(), Some(&Ev::Error(ProtocolError::MessageTooLarge { size: 151, max: 150 })));
     // Frames per message.
-    let cfg = Arc::new(Config::new().max_frames_per_message(3));
+    let cfg = Config::new().max_frames_per_message(3).limits();
     let mut data = HEAD.to_vec();
     data.extend(frame(false, OpCode::Binary, b"x"));
     for _ in 0..2 {
@@ -515,7 +516,7 @@ fn limits_are_checked_at_the_header() {
 
 #[test]
 fn timeouts() {
-    let cfg = Arc::new(Config::new().timeout(Duration::from_secs(5)).close_timeout(Duration::from_secs(2)));
+    let cfg = Config::new().timeout(Duration::from_secs(5)).close_timeout(Duration::from_secs(2)).limits();
     let t0 = Instant::now();
     // Handshake timeout: nothing sent.
     let mut c = Connection::new(cfg.clone(), t0);

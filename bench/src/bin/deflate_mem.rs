@@ -6,7 +6,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 use wskit::deflate::Compressor;
 use wskit::frame::{write_client_frame, OpCode};
@@ -78,7 +77,7 @@ fn main() {
         let mut config = Config::new();
         config.deflate.client_max_window_bits = bits;
         config.deflate.client_no_context_takeover = nct;
-        let config = Arc::new(config);
+        let config = config.limits();
         let head = format!("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits={bits}\r\n\r\n");
         let mut z = Vec::new();
         Compressor::new(6, bits).compress(&msg, &mut z);

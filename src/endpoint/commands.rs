@@ -1,15 +1,20 @@
 //! Applying the commands handlers queued: sends, the zero-copy echo, closes, broadcasts, topics, pauses and
-//! handler timers.
+//! handler timers. Nothing here touches a socket: an echo that can go out from where it lies becomes the next
+//! transmit ([`Direct`]).
 
 use super::*;
 
-/// What applying the handlers' commands touches, borrowed apart from the rest of the server.
+/// What applying the handlers' commands touches, borrowed apart from the rest of the endpoint.
 struct Apply<'s> {
     slots: &'s mut Slab<Slot>,
+    table: &'s [Entry],
     dirty: &'s mut Vec<usize>,
     pool: &'s mut DeflatePool,
     bufs: &'s mut BufPool,
     m: &'s Metrics,
+    /// The echo waiting to be written from where it lies, if any.
+    direct: &'s mut Option<Direct>,
+    rbuf: &'s mut [u8],
     /// Message bytes queued, every receiver counted: work charged to the connection being read.
     charged: usize,
 }
@@ -22,10 +27,45 @@ fn sent(m: &Metrics, charged: &mut usize, n: usize) {
     *charged += n;
 }
 
+/// Queues an echo that was to be written from where it lies (nothing of it was written): before anything else
+/// is queued to its connection, or before the read buffer is reused.
+pub(super) fn settle(direct: &mut Option<Direct>, slots: &mut Slab<Slot>, rbuf: &[u8]) {
+    match direct.take() {
+        Some(Direct::Input { key, start, hl, end }) => {
+            if let Some(slot) = slots.get_mut(key) {
+                slot.conn.sent_direct(&rbuf[start..start + hl], &rbuf[start + hl..end], 0);
+            }
+        }
+        Some(Direct::Lent { key, head, hl }) => {
+            if let Some(slot) = slots.get_mut(key) {
+                slot.conn.sent_delivered_direct(&head[..hl], 0);
+            }
+        }
+        None => {}
+    }
+}
+
+/// The connection `id` names, with any echo of its own still waiting queued first (so what is queued now goes
+/// after it).
+#[inline]
+fn target<'a>(
+    direct: &mut Option<Direct>,
+    slots: &'a mut Slab<Slot>,
+    table: &[Entry],
+    rbuf: &[u8],
+    id: ConnId,
+) -> Option<(usize, &'a mut Slot)> {
+    let (key, _) = split_id(id.0);
+    if matches!(*direct, Some(Direct::Input { key: k, .. } | Direct::Lent { key: k, .. }) if k == key) {
+        settle(direct, slots, rbuf);
+    }
+    slot_of(slots, table, id)
+}
+
 impl Apply<'_> {
     /// Queues a message to a connection of this loop; false if it is not one.
     fn message(&mut self, to: ConnId, text: bool, bytes: &[u8]) -> bool {
-        let Some((key, slot)) = slot_of(self.slots, to) else { return false };
+        let Some((key, slot)) = target(self.direct, self.slots, self.table, self.rbuf, to) else { return false };
         if bytes.len() >= SPARE_MIN {
             lend(self.bufs, &mut slot.conn);
         }
@@ -39,20 +79,21 @@ impl Apply<'_> {
 
     /// Sends the message being handled back to its sender from where it lies (see [`EchoSrc`]).
     #[inline(always)]
-    fn echo(&mut self, to: ConnId, text: bool, len: usize, src: &Option<EchoSrc>, rbuf: &mut [u8], pbuf: &[u8]) {
-        let Some((key, slot)) = slot_of(self.slots, to) else { return };
+    fn echo(&mut self, to: ConnId, text: bool, len: usize, src: Option<EchoSrc>, pbuf: &[u8]) {
+        let Some((key, slot)) = target(self.direct, self.slots, self.table, self.rbuf, to) else { return };
         if len >= SPARE_MIN {
             lend(self.bufs, &mut slot.conn);
         }
-        let (m, pool) = (self.m, &mut *self.pool);
-        let result = match *src {
-            Some(EchoSrc::Input { plain: false, start, end, last }) => {
-                echo_from_read(slot, rbuf, (start, end), text, last, pool, m)
+        let pool = &mut *self.pool;
+        let result = match src {
+            _ if slot.conn.delivered().is_some() => {
+                let last = src.is_some_and(|s| s.last);
+                echo_lent(key, slot, text, len, last, pool, self.direct)
             }
-            Some(EchoSrc::Input { plain: true, start, end, .. }) => {
-                slot.conn.send_with(message(text, &pbuf[start..end]), pool)
+            Some(EchoSrc { plain: false, end, direct, .. }) => {
+                echo_from_read(key, slot, self.rbuf, (end - len, end), text, direct, pool, self.direct)
             }
-            Some(EchoSrc::Lent { last }) => echo_lent(slot, text, len, last, pool, m),
+            Some(EchoSrc { plain: true, end, .. }) => slot.conn.send_with(message(text, &pbuf[end - len..end]), pool),
             None => Err(crate::SendError::NotOpen),
         };
         match result {
@@ -60,7 +101,7 @@ impl Apply<'_> {
                 sent(self.m, &mut self.charged, len);
                 // An echo without compression costs what its read did, already counted; compressed, it costs the
                 // compression.
-                let echo_work = if slot.deflate { DEFLATE_WEIGHT * len } else { 0 };
+                let echo_work = if slot.flags.has(Flags::DEFLATE) { DEFLATE_WEIGHT * len } else { 0 };
                 self.charged = self.charged - len + echo_work;
             }
             Err(e) => log::debug!(target: "wskit::server", "echo to {to}: {e}"),
@@ -69,7 +110,7 @@ impl Apply<'_> {
     }
 
     fn frame(&mut self, to: ConnId, fin: bool, op: crate::frame::OpCode, payload: &[u8]) {
-        if let Some((key, slot)) = slot_of(self.slots, to) {
+        if let Some((key, slot)) = target(self.direct, self.slots, self.table, self.rbuf, to) {
             if let Err(e) = slot.conn.send_frame(fin, op, payload) {
                 log::debug!(target: "wskit::server", "send to {to}: {e}");
             }
@@ -79,7 +120,7 @@ impl Apply<'_> {
 
     /// Starts closing a connection of this loop; false if it is not one.
     fn close(&mut self, to: ConnId, code: CloseCode, reason: &str, now: Instant) -> bool {
-        let Some((key, slot)) = slot_of(self.slots, to) else { return false };
+        let Some((key, slot)) = target(self.direct, self.slots, self.table, self.rbuf, to) else { return false };
         if let Err(e) = slot.conn.close(code, reason, now) {
             log::debug!(target: "wskit::server", "close {to}: {e}");
         }
@@ -89,9 +130,10 @@ impl Apply<'_> {
 
     /// Queues one shared message to every open connection but `except`.
     fn broadcast(&mut self, mut prepared: PreparedMessage, except: Option<ConnId>) {
+        settle(self.direct, self.slots, self.rbuf);
         let n = prepared.payload.len();
         for (key, slot) in self.slots.iter_mut() {
-            if slot.opened && slot.conn.is_open() && Some(conn_id(key, slot.gen)) != except {
+            if slot.is_open_phase() && slot.conn.is_open() && Some(conn_id(key, self.table[key].gen)) != except {
                 if slot.conn.send_prepared(&mut prepared, self.pool).is_ok() {
                     sent(self.m, &mut self.charged, n);
                 }
@@ -104,7 +146,7 @@ impl Apply<'_> {
     fn publish(&mut self, mut prepared: PreparedMessage, subs: &[ConnId], except: Option<ConnId>) {
         let n = prepared.payload.len();
         for &id in subs.iter().filter(|id| Some(**id) != except) {
-            if let Some((key, slot)) = slot_of(self.slots, id) {
+            if let Some((key, slot)) = target(self.direct, self.slots, self.table, self.rbuf, id) {
                 if slot.conn.is_open() && slot.conn.send_prepared(&mut prepared, self.pool).is_ok() {
                     sent(self.m, &mut self.charged, n);
                     touch(self.dirty, key, slot);
@@ -115,21 +157,23 @@ impl Apply<'_> {
 }
 
 /// Echoes a message that lies in the read buffer. The last message of a plain read, with nothing queued ahead,
-/// goes out now from the read buffer itself: its header is written over the (consumed) bytes before the payload
-/// -- the client's header was 4 bytes longer, mask included -- and the frame leaves in one `send`, never copied
-/// (the write-through would send it next anyway).
+/// is answered from the read buffer itself: its header is written over the (consumed) bytes before the payload
+/// -- the client's header was 4 bytes longer, mask included -- and the frame becomes the next transmit, never
+/// copied.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn echo_from_read(
+    key: usize,
     slot: &mut Slot,
     rbuf: &mut [u8],
     (start, end): (usize, usize),
     text: bool,
-    last: bool,
+    direct_ok: bool,
     pool: &mut DeflatePool,
-    m: &Metrics,
+    direct: &mut Option<Direct>,
 ) -> Result<(), crate::SendError> {
-    let direct = last.then(|| slot.conn.direct_header(text, end - start)).flatten();
-    match direct {
+    let header = (direct_ok && direct.is_none()).then(|| slot.conn.direct_header(text, end - start)).flatten();
+    match header {
         Some((head, hl)) if start >= hl => {
             let at = &mut rbuf[start - hl..start];
             // The usual 2-byte header by hand (a variable-length copy calls memcpy).
@@ -138,9 +182,7 @@ fn echo_from_read(
             } else {
                 at.copy_from_slice(&head[..hl]);
             }
-            let written = write_burst(&mut slot.sock, &rbuf[start - hl..end]).unwrap_or(0);
-            slot.conn.sent_direct(&head[..hl], &rbuf[start..end], written);
-            Metrics::add(&m.bytes_out, written as u64);
+            *direct = Some(Direct::Input { key, start: start - hl, hl, end });
             Ok(())
         }
         _ => slot.conn.send_with(message(text, &rbuf[start..end]), pool),
@@ -148,25 +190,24 @@ fn echo_from_read(
 }
 
 /// Echoes a long message assembled in the connection (from several reads or frames): from the buffer it was
-/// assembled in, header and payload as two slices of one `sendmsg`.
+/// assembled in, header and payload as two slices of one vectored send, when it is the last thing of its read;
+/// else copied into the queue.
 fn echo_lent(
+    key: usize,
     slot: &mut Slot,
     text: bool,
     len: usize,
     last: bool,
     pool: &mut DeflatePool,
-    m: &Metrics,
+    direct: &mut Option<Direct>,
 ) -> Result<(), crate::SendError> {
-    let worth = len >= DIRECT_MIN && (last || len >= SPARE_MIN) && !slot.is_tls();
-    let direct = worth.then(|| slot.conn.direct_header(text, len)).flatten();
-    match (direct, slot.conn.delivered()) {
-        (Some((head, hl)), Some(bytes)) => {
-            let written = write_direct(&mut slot.sock, &head[..hl], bytes);
-            slot.conn.sent_delivered_direct(&head[..hl], written);
-            Metrics::add(&m.bytes_out, written as u64);
+    let worth = len >= DIRECT_MIN && last && !slot.is_tls() && direct.is_none();
+    match worth.then(|| slot.conn.direct_header(text, len)).flatten() {
+        Some((head, hl)) => {
+            *direct = Some(Direct::Lent { key, head, hl });
             Ok(())
         }
-        _ => slot.conn.send_delivered(text, pool),
+        None => slot.conn.send_delivered(text, pool),
     }
 }
 
@@ -174,13 +215,14 @@ fn echo_lent(
 /// subscriber on this loop and of its last).
 fn subscribe(
     slots: &mut Slab<Slot>,
+    table: &[Entry],
     topics: &mut HashMap<Box<str>, Vec<ConnId>>,
-    group: Option<&Group>,
+    group: Option<&dyn Siblings>,
     to: ConnId,
     on: bool,
     topic: &str,
 ) {
-    let Some((_, slot)) = slot_of(slots, to).filter(|(_, s)| s.opened) else { return };
+    let Some((_, slot)) = slot_of(slots, table, to).filter(|(_, s)| s.is_open_phase()) else { return };
     let subscribed = slot.topics.iter().position(|t| &**t == topic);
     match (on, subscribed) {
         (true, None) => {
@@ -199,21 +241,76 @@ fn subscribe(
     }
 }
 
-impl Server {
-    pub(super) fn apply_commands(&mut self, now: Instant) {
-        if self.queue.cmds.is_empty() {
-            return;
+impl Endpoint {
+    /// Queues the echo waiting to be written from where it lies (see [`settle`]).
+    #[inline]
+    pub(super) fn settle_direct(&mut self) {
+        if self.direct.is_some() && self.in_flight.is_none() {
+            settle(&mut self.direct, &mut self.slots, &self.rbuf);
         }
-        let Server {
+    }
+
+    pub(super) fn apply_commands(&mut self, now: Instant) {
+        let alone = match self.queue.cmds[..] {
+            [] => return,
+            [Cmd::Echo { to, text, len }] => Some((to, text, len)),
+            _ => None,
+        };
+        // The steady echo: one message back to its sender from where it lies, nothing else asked.
+        match alone {
+            Some((to, text, len)) if self.echo_alone(to, text, len) => self.queue.cmds.clear(),
+            _ => self.apply_all(now),
+        }
+    }
+
+    /// [`Endpoint::apply_commands`] when the only command is an echo that can be written from the read buffer:
+    /// its header goes in front of the payload and it becomes the next transmit. False if it cannot.
+    #[inline]
+    fn echo_alone(&mut self, to: ConnId, text: bool, len: usize) -> bool {
+        let Some(EchoSrc { direct: true, end, .. }) = self.echo_src else { return false };
+        let (key, gen) = split_id(to.0);
+        let Some(slot) = self.slots.get_mut(key).filter(|_| self.table[key].gen == gen && self.direct.is_none()) else {
+            return false;
+        };
+        // (A message the connection assembled is not in the input, whatever `end` says: the general path lends
+        // it out from the connection.)
+        if slot.conn.delivered().is_some() {
+            return false;
+        }
+        let start = end - len;
+        match slot.conn.direct_header(text, len) {
+            Some((head, hl)) if start >= hl => {
+                let at = &mut self.rbuf[start - hl..start];
+                if let ([a0, a1], [h0, h1, ..]) = (&mut *at, head) {
+                    (*a0, *a1) = (h0, h1);
+                } else {
+                    at.copy_from_slice(&head[..hl]);
+                }
+                self.direct = Some(Direct::Input { key, start: start - hl, hl, end });
+                let m = &self.shared.metrics;
+                Metrics::add(&m.messages_out, 1);
+                Metrics::add(&m.payload_out, len as u64);
+                // (An uncompressed echo costs what its read did, already counted.)
+                if slot.flags.has(Flags::DEFLATE) {
+                    self.work += DEFLATE_WEIGHT * len;
+                }
+                touch(&mut self.dirty, key, slot);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn apply_all(&mut self, now: Instant) {
+        let Endpoint {
             slots,
+            table,
             queue,
             dirty,
             shared,
             pool,
             topics,
             timers,
-            timer_live,
-            timer_seq,
             group,
             loop_index,
             bufs,
@@ -221,10 +318,12 @@ impl Server {
             rbuf,
             pbuf,
             shared_bytes,
+            direct,
             ..
         } = self;
         let (group, loop_index) = (group.as_deref(), *loop_index);
-        let mut a = Apply { slots, dirty, pool, bufs, m: &shared.metrics, charged: 0 };
+        let m = &shared.metrics;
+        let mut a = Apply { slots, table, dirty, pool, bufs, m, direct, rbuf, charged: 0 };
         // A command for a connection of a sibling loop goes to that loop's queue.
         let sibling = |to: ConnId| group.filter(|_| to.loop_index() != loop_index);
         for cmd in &queue.cmds {
@@ -237,7 +336,7 @@ impl Server {
                         }
                     }
                 }
-                Cmd::Echo { to, text, len } => a.echo(to, text, len, echo_src, rbuf, pbuf),
+                Cmd::Echo { to, text, len } => a.echo(to, text, len, *echo_src, pbuf),
                 Cmd::Frame { to, fin, op, start, end } => a.frame(to, fin, op, &queue.arena[start..end]),
                 Cmd::Close { to, code, start, end } => {
                     let reason = std::str::from_utf8(&queue.arena[start..end]).unwrap_or("");
@@ -253,7 +352,7 @@ impl Server {
                 }
                 Cmd::Subscribe { to, on, start, end } => {
                     if let Ok(topic) = std::str::from_utf8(&queue.arena[start..end]) {
-                        subscribe(a.slots, topics, group, to, on, topic);
+                        subscribe(a.slots, a.table, topics, group, to, on, topic);
                     }
                 }
                 Cmd::Publish { text, except, origin, start, mid, end } => {
@@ -267,22 +366,22 @@ impl Server {
                     }
                 }
                 Cmd::Pause { to, on } => {
-                    if let Some((key, slot)) = slot_of(a.slots, to) {
-                        slot.paused = on;
+                    if let Some((key, slot)) = slot_of(a.slots, a.table, to) {
+                        if on {
+                            slot.flags.set(Flags::PAUSED);
+                        } else {
+                            slot.flags.clear(Flags::PAUSED);
+                        }
                         // Resuming reads at the end of the turn what arrived meanwhile.
                         touch(a.dirty, key, slot);
                     }
                 }
                 Cmd::Timer { to, token, after, repeat } => {
-                    if slot_of(a.slots, to).is_some() {
-                        *timer_seq += 1;
-                        timer_live.insert((to.0, token), (*timer_seq, repeat.then_some(after)));
-                        timers.push(Reverse((now + after, Timer::Handler { seq: *timer_seq, conn: to.0, token })));
+                    if slot_of(a.slots, a.table, to).is_some() {
+                        timers.set_handler(to.0, token, now + after, repeat.then_some(after));
                     }
                 }
-                Cmd::CancelTimer { to, token } => {
-                    timer_live.remove(&(to.0, token));
-                }
+                Cmd::CancelTimer { to, token } => timers.cancel_handler(to.0, token),
                 Cmd::Stop => shared.stop.store(true, Ordering::SeqCst),
             }
         }
@@ -291,27 +390,16 @@ impl Server {
         self.work += charged;
     }
 
-    /// Calls `on_timer` for a handler timer that is due, unless it was replaced or cancelled, or its connection
-    /// is gone.
-    pub(super) fn fire_handler_timer(&mut self, now: Instant, seq: u64, conn: u64, token: u64) {
-        let Some(&(live_seq, every)) = self.timer_live.get(&(conn, token)) else { return };
-        if live_seq != seq {
-            return; // replaced or cancelled
-        }
+    /// Calls `on_timer` for a handler timer that is due, unless its connection is gone.
+    pub(super) fn fire_handler_timer(&mut self, now: Instant, conn: u64, token: u64) {
         let id = ConnId(conn);
-        let Some((key, slot)) = slot_of(&mut self.slots, id).filter(|(_, s)| s.opened) else {
-            self.timer_live.remove(&(conn, token));
+        let Some((key, slot)) = slot_of(&mut self.slots, &self.table, id).filter(|(_, s)| s.is_open_phase()) else {
+            self.timers.cancel_handler(conn, token);
             return;
         };
-        match every {
-            Some(d) => self.timers.push(Reverse((now + d, Timer::Handler { seq, conn, token }))),
-            None => {
-                self.timer_live.remove(&(conn, token));
-            }
-        }
         let peer = slot.peer;
-        let mut ctx =
-            Ctx::new(id, peer, &mut self.queue, &self.shared.metrics, &self.table, self.config.write_high_water);
+        let hw = self.config.write_high_water;
+        let mut ctx = Ctx::new(id, peer, &mut self.queue, &self.shared.metrics, &self.table, hw);
         let handler = &mut self.handler;
         guarded(id, "on_timer", || handler.on_timer(&mut ctx, token));
         self.mark_dirty(key);

@@ -1,0 +1,252 @@
+//! Events: feeding a read's bytes to a connection's core, event by event, and each event to the handler —
+//! admission of upgrades included (the limits, the policy, then the handler's say).
+
+use super::*;
+use crate::handshake::Request;
+
+/// Behind trusted proxies: the client their forwarding header names (port unknown) becomes the peer.
+fn forwarded_peer(config: &Config, peer: &mut SocketAddr, req: &Request) {
+    if config.trusted_proxies.is_empty() {
+        return;
+    }
+    let values = req.header_values(&config.forwarded_header);
+    if let Some(ip) = crate::policy::forwarded_client(peer.ip(), &config.trusted_proxies, values) {
+        *peer = SocketAddr::new(ip, 0);
+    }
+}
+
+/// Limits and policy, before the handler sees an upgrade (503, 429, 403, 400): the subprotocol chosen, or why not.
+fn limits<'c>(
+    config: &'c Config,
+    open: usize,
+    per_ip: &HashMap<IpAddr, u32>,
+    ip: IpAddr,
+    req: &Request,
+) -> Result<Option<&'c str>, (Why, u16, Vec<u8>)> {
+    let full = |why, status, body: &str| Err((why, status, body.as_bytes().to_vec()));
+    if config.max_connections > 0 && open >= config.max_connections {
+        return full(Why::Full, 503, "too many connections\n");
+    }
+    if config.max_connections_per_ip > 0
+        && per_ip.get(&ip).is_some_and(|n| *n as usize >= config.max_connections_per_ip)
+    {
+        return full(Why::PerIp, 429, "too many connections from your address\n");
+    }
+    crate::policy::admit(req, config).map_err(|r| {
+        let why = if r.status == 403 { Why::Origin } else { Why::Subprotocol };
+        (why, r.status, r.reason.as_bytes().to_vec())
+    })
+}
+
+/// What one step of [`Endpoint::feed`] came to.
+enum Step {
+    /// The input yields nothing more.
+    Done,
+    /// Input was used and more is left, but no event came yet.
+    Again,
+    /// An event reached the handler.
+    Handled,
+}
+
+/// The handler's say on an upgrade the limits let through (`verdict`): the subprotocol to accept with, or
+/// `None` once refused (by the limits, the policy, or the handler, whose panic is a 500).
+fn decide(
+    handler: &mut dyn Handler,
+    ctx: &mut Ctx<'_>,
+    conn: &mut Connection,
+    verdict: Result<Option<&str>, (Why, u16, Vec<u8>)>,
+    req: &Request,
+    prod: bool,
+    now: Instant,
+) -> Option<Option<String>> {
+    let refusal = match verdict {
+        Err(refused) => Some(refused),
+        Ok(chosen) => {
+            ctx.protocol = chosen.map(str::to_string);
+            if guarded(ctx.id, "on_open", || handler.on_open(ctx, req)).is_none() {
+                ctx.decision = Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
+            }
+            ctx.decision.take().map(|r| (Why::Handler, r.status, r.body))
+        }
+    };
+    if let Some((why, status, body)) = refusal {
+        refuse(ctx.metrics, conn, why, status, &body, now);
+        return None;
+    }
+    if !prod {
+        log::debug!(target: "wskit::server", "{} {} open {}", ctx.id, ctx.peer, req.uri());
+    }
+    Some(ctx.protocol.take().filter(|p| req.protocols().any(|o| o == p)))
+}
+
+/// Refuses an upgrade with its status (and, for the limits a client may wait out, `Retry-After`).
+fn refuse(m: &Metrics, conn: &mut Connection, why: Why, status: u16, body: &[u8], now: Instant) {
+    m.refused(why, status);
+    let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
+    if status == 503 || status == 429 {
+        headers.push(("Retry-After", "1"));
+    }
+    let _ = conn.reject(status, &headers, body, now);
+}
+
+/// Answers a plain HTTP request: the handler's response, a 500 if it panicked, or 426 if it has none.
+fn answer_http(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, conn: &mut Connection, req: &Request, now: Instant) {
+    let resp = match guarded(ctx.id, "on_http", || handler.on_http(ctx, req)) {
+        Some(r) => r,
+        None => Some(crate::handler::Response::new(500, "text/plain", "internal error\n")),
+    };
+    let _ = match resp {
+        Some(r) => {
+            let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            conn.respond(r.status, &headers, &r.body, now)
+        }
+        None => conn.respond(
+            426,
+            &[("Upgrade", "websocket"), ("Content-Type", "text/plain; charset=utf-8")],
+            b"This is a WebSocket endpoint.\n",
+            now,
+        ),
+    };
+}
+
+impl Endpoint {
+    /// Accepts an upgrade the limits, the policy and the handler let through, and counts it.
+    fn opened(&mut self, key: usize, ip: IpAddr, protocol: Option<&str>, now: Instant) {
+        let config = &*self.config;
+        let deflate_ok = self.contexts < config.deflate.max_contexts && !self.pressure;
+        let slot = &mut self.slots[key];
+        let _ = slot.conn.accept(protocol, deflate_ok, now);
+        slot.phase = Phase::Open;
+        self.open += 1;
+        if config.max_connections_per_ip > 0 {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        let m = &self.shared.metrics;
+        Metrics::add(&m.open, 1);
+        Metrics::add(&m.opened, 1);
+        let entry = &mut self.table[key];
+        entry.open = true;
+        entry.queued = 0;
+        self.shared.set_live(key, entry.gen);
+        if slot.conn.deflate_params().is_some() {
+            slot.flags.set(Flags::DEFLATE);
+            self.contexts += 1;
+        }
+    }
+
+    /// Feeds `input[off..n]` (the read buffer, or the decrypted `pbuf` when `plain`) to the connection,
+    /// dispatching each event to the handler and applying its commands (`direct`: the last message's echo may be
+    /// written from where it lies). Once the burst has caused a [`QUANTUM`] of work, the rest is stashed and the
+    /// connection deferred.
+    pub(super) fn feed(&mut self, key: usize, plain: bool, mut off: usize, n: usize, direct: bool, now: Instant) {
+        if let Some(st) = (!self.stash.is_empty()).then(|| self.stash.get_mut(&key)).flatten() {
+            // Input that came while earlier input waits (an adopted socket's bytes) goes behind it.
+            let input = if plain { &self.pbuf } else { &self.rbuf };
+            st.buf.truncate(st.end);
+            st.buf.extend_from_slice(&input[off..n]);
+            st.end = st.buf.len();
+            return;
+        }
+        // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
+        self.mark_dirty(key);
+        if let Some(slot) = self.slots.get_mut(key) {
+            lend(&mut self.bufs, &mut slot.conn);
+        }
+        loop {
+            match self.feed_one(key, plain, &mut off, n, direct, now) {
+                Step::Done => break,
+                Step::Again => continue,
+                Step::Handled => {}
+            }
+            if cfg!(debug_assertions) && !self.config.prod {
+                if let Some(slot) = self.slots.get(key) {
+                    slot.conn.debug_check_invariants();
+                }
+            }
+            // (The slot was marked dirty at the top, and only the end of the turn clears the mark.)
+            self.apply_commands(now);
+            self.echo_src = None;
+            if off >= n {
+                break;
+            }
+            // The input not yet processed was counted when it was read; a burst is cut when the work done with
+            // the rest (what it inflated, the output it caused) reaches the quantum.
+            if self.work.saturating_sub(n - off) >= QUANTUM && self.slots.contains(key) {
+                self.stash_rest(key, plain, off, n);
+                break;
+            }
+        }
+        // A message lent out for an echo still to be written stays until it is written.
+        let lent_out = matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key);
+        if let Some(slot) = self.slots.get_mut(key).filter(|_| !lent_out) {
+            slot.conn.reclaim();
+            take_back(&mut self.bufs, &mut slot.conn);
+        }
+    }
+
+    /// Reads the next event out of `input[*off..n]` (the read buffer, or the plaintext one when `plain`) and
+    /// hands it to the handler, whose commands are left queued.
+    #[inline]
+    fn feed_one(&mut self, key: usize, plain: bool, off: &mut usize, n: usize, direct: bool, now: Instant) -> Step {
+        let Endpoint { slots, handler, queue, rbuf, pbuf, config, shared, table, echo_src, work, .. } = self;
+        let input = if plain { pbuf } else { rbuf };
+        let slot = &mut slots[key];
+        let id = conn_id(key, table[key].gen);
+        let (used, ev) = slot.conn.read(&mut input[*off..n], now);
+        *off += used;
+        let Some(ev) = ev else { return if used == 0 || *off >= n { Step::Done } else { Step::Again } };
+        if let Event::Upgrade(req) | Event::Http(req) = &ev {
+            forwarded_peer(config, &mut slot.peer, req);
+        }
+        let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics, table, config.write_high_water);
+        let mut panicked = false;
+        let mut accepted = None;
+        match ev {
+            Event::Upgrade(req) => {
+                let ip = per_ip_key(slot.peer.ip());
+                let verdict = limits(config, self.open, &self.per_ip, ip, &req);
+                let decided = decide(&mut **handler, &mut ctx, &mut slot.conn, verdict, &req, config.prod, now);
+                accepted = decided.map(|protocol| (ip, protocol));
+            }
+            Event::Http(req) => answer_http(&mut **handler, &mut ctx, &mut slot.conn, &req, now),
+            Event::HandshakeFailed(e) => {
+                shared.metrics.handshake_failed(e.status());
+                if !config.prod {
+                    log::debug!(target: "wskit::server", "{id} {} handshake refused ({}): {e}", slot.peer, e.status());
+                }
+            }
+            Event::Message(m) => {
+                Metrics::add(&shared.metrics.messages_in, 1);
+                let len = m.as_bytes().len();
+                Metrics::add(&shared.metrics.payload_in, len as u64);
+                if slot.flags.has(Flags::DEFLATE) {
+                    // Inflated: its bytes may be a thousand times the input's.
+                    *work += DEFLATE_WEIGHT * len;
+                }
+                ctx.echo = Some((m.as_bytes().as_ptr() as usize, len));
+                // A message found whole in the input ends where the core stopped reading; one it assembled is
+                // lent out by the connection (told apart when the echo is applied).
+                let last = *off >= n;
+                *echo_src = Some(EchoSrc { plain, end: *off, last, direct: direct && last && !plain });
+                panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
+            }
+            Event::Ping(p) => panicked = guarded(id, "on_ping", || handler.on_ping(&mut ctx, p)).is_none(),
+            Event::Pong(p) => panicked = guarded(id, "on_pong", || handler.on_pong(&mut ctx, p)).is_none(),
+            Event::Close(..) => {}
+            Event::Error(e) => {
+                if !config.prod {
+                    log::debug!(target: "wskit::server", "{id} {} protocol error: {e}", slot.peer);
+                }
+                guarded(id, "on_error", || handler.on_error(&mut ctx, &e));
+            }
+        }
+        if panicked {
+            // The handler's state for this connection is suspect: close it with 1011; everyone else goes on.
+            let _ = slot.conn.close(crate::CloseCode::INTERNAL, "internal error", now);
+        }
+        if let Some((ip, protocol)) = accepted {
+            self.opened(key, ip, protocol.as_deref(), now);
+        }
+        Step::Handled
+    }
+}

@@ -1,0 +1,161 @@
+//! The timer table: one heap for every deadline of the loop, connections' and handlers' alike. A connection has
+//! at most one live entry (its earliest deadline, `Slot::scheduled`); a handler timer is live while its sequence
+//! number is the one recorded for its (connection, token). Stale entries are skipped when they come due, and
+//! compacted away when they outnumber the live ones by far.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+/// An entry of the heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The connection's earliest deadline (handshake, message, keepalive, idle, lifetime, close, linger, drain).
+    Conn { key: usize, gen: u32 },
+    /// A handler timer.
+    Handler { seq: u64, conn: u64, token: u64 },
+}
+
+/// A deadline that came due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Connection `key` of generation `gen` was armed for it (it may have been re-armed or gone since).
+    Conn { key: usize, gen: u32 },
+    /// A live handler timer (an interval is armed again already).
+    Handler { conn: u64, token: u64 },
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// The live sequence number and period of each handler timer, by (connection, token).
+    live: HashMap<(u64, u64), (u64, Option<Duration>)>,
+    seq: u64,
+}
+
+impl Timers {
+    /// The earliest entry's deadline (it may be stale: then it wakes the loop for nothing, once).
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Entries in the heap, stale ones included.
+    pub(super) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Arms connection `key`'s timer for `at`.
+    pub(super) fn arm_conn(&mut self, key: usize, gen: u32, at: Instant) {
+        self.heap.push(Reverse((at, Timer::Conn { key, gen })));
+    }
+
+    /// Starts (or replaces) a handler timer, due at `at` and then every `every` if given.
+    pub(super) fn set_handler(&mut self, conn: u64, token: u64, at: Instant, every: Option<Duration>) {
+        self.seq += 1;
+        self.live.insert((conn, token), (self.seq, every));
+        self.heap.push(Reverse((at, Timer::Handler { seq: self.seq, conn, token })));
+    }
+
+    pub(super) fn cancel_handler(&mut self, conn: u64, token: u64) {
+        self.live.remove(&(conn, token));
+    }
+
+    /// The next entry due at `now`, skipping handler timers replaced or cancelled; an interval is armed again.
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        while let Some(Reverse((t, timer))) = self.heap.peek().copied() {
+            if t > now {
+                return None;
+            }
+            self.heap.pop();
+            match timer {
+                Timer::Conn { key, gen } => return Some(Due::Conn { key, gen }),
+                Timer::Handler { seq, conn, token } => {
+                    let Some(&(live, every)) = self.live.get(&(conn, token)) else { continue };
+                    if live != seq {
+                        continue; // replaced or cancelled
+                    }
+                    match every {
+                        Some(d) => self.heap.push(Reverse((now + d, timer))),
+                        None => {
+                            self.live.remove(&(conn, token));
+                        }
+                    }
+                    return Some(Due::Handler { conn, token });
+                }
+            }
+        }
+        None
+    }
+
+    /// Drops the stale entries (connections gone, deadlines moved earlier, handler timers replaced or cancelled)
+    /// once they outnumber the live ones by far. Entries are otherwise skipped only when they come due, so a
+    /// churn of short connections would leave one per connection for up to the longest deadline (tens of
+    /// seconds): memory that grew with the connection rate, not with the connections held. Amortised O(1) per
+    /// call. `armed(key, gen, at)`: whether that connection is armed for that deadline; `exists(id)`: whether a
+    /// connection is still there.
+    pub(super) fn compact(
+        &mut self,
+        connections: usize,
+        armed: impl Fn(usize, u32, Instant) -> bool,
+        exists: impl Fn(u64) -> bool,
+    ) {
+        if self.heap.len() <= 2 * (connections + self.live.len()) + 1024 {
+            return;
+        }
+        self.live.retain(|(conn, _), _| exists(*conn));
+        let live = &self.live;
+        self.heap.retain(|Reverse((t, timer))| match *timer {
+            Timer::Conn { key, gen } => armed(key, gen, *t),
+            Timer::Handler { seq, conn, token } => live.get(&(conn, token)).is_some_and(|&(l, _)| l == seq),
+        });
+        if self.heap.capacity() > 4 * self.heap.len() + 1024 {
+            self.heap.shrink_to(2 * self.heap.len() + 1024);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_timers_fire_once_or_every_period_until_replaced_or_cancelled() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = Timers::default();
+        t.set_handler(1, 7, t0 + s, None);
+        t.set_handler(1, 8, t0 + s, Some(s));
+        t.set_handler(1, 9, t0 + s, None);
+        t.set_handler(1, 9, t0 + 3 * s, None); // replaces the first 9
+        t.cancel_handler(1, 7);
+        t.arm_conn(4, 2, t0 + 2 * s);
+        assert_eq!(t.pop_due(t0), None);
+        assert_eq!(t.pop_due(t0 + s), Some(Due::Handler { conn: 1, token: 8 }));
+        assert_eq!(t.pop_due(t0 + s), None, "7 was cancelled, the first 9 replaced");
+        let mut due = Vec::new();
+        while let Some(d) = t.pop_due(t0 + 3 * s) {
+            due.push(d);
+        }
+        assert!(due.contains(&Due::Conn { key: 4, gen: 2 }));
+        assert!(due.contains(&Due::Handler { conn: 1, token: 9 }));
+        assert_eq!(
+            due.iter().filter(|d| **d == Due::Handler { conn: 1, token: 8 }).count(),
+            1,
+            "the interval came again"
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_only_live_entries() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        for key in 0..5000 {
+            t.arm_conn(key, 1, t0 + Duration::from_secs(key as u64 % 7 + 1));
+        }
+        // Connection 3 alone is still armed (for its deadline), the rest are gone.
+        let d3 = t0 + Duration::from_secs(4);
+        t.compact(1, |key, gen, at| key == 3 && gen == 1 && at == d3, |_| false);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next(), Some(d3));
+    }
+}

@@ -1,0 +1,538 @@
+//! The mio shell: one `Poll`, one thread, the sockets, and an [`Endpoint`] that decides everything else.
+//!
+//! The shell accepts, reads and writes what the endpoint asks, carries out its socket orders, reads the clock
+//! once per turn, and sleeps until the endpoint's next deadline. It holds no connection state besides the
+//! sockets (keyed by the endpoint's ids), and it is the only module that touches a socket, mio or the clock.
+//!
+//! * **Tokens are connection ids**: `generation << 32 | slot`. An event for a connection that was closed and
+//!   whose slot was reused does not match the new connection's generation, and the endpoint ignores it.
+//! * **Reads**: into the endpoint's one read buffer; `EINTR` is retried, everything else is reported.
+//! * **Writes**: one send (vectored when the transmit has several parts) per transmit; `WouldBlock` is 0 bytes.
+//! * **Turns**: events, then reads (and the writes each read causes), then deadlines, then the end-of-turn
+//!   writes and the socket orders.
+
+use crate::config::Config;
+use crate::endpoint::{Endpoint, Order, Read, Transmit, MAX_PARTS};
+pub use crate::endpoint::{ShutdownReport, READ_BUF};
+use crate::error::ConfigError;
+use crate::group::Group;
+pub use crate::handle::{ServerHandle, StopHandle};
+use crate::handler::{ConnId, Handler};
+use crate::metrics::Metrics;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// Connections the kernel completes ahead of `accept` (capped by `net.core.somaxconn`, 4096 on current Linux).
+/// The standard library's 128 overflows when a few hundred clients connect at once, and each connection
+/// dropped there waits for its SYN to be sent again: 1 s, then 3 s, then 7 s.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long to wait before accepting again after `accept` failed (descriptor exhaustion).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A non-blocking TCP listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue; with `reuse_port`, one of
+/// several sharing the port (`SO_REUSEPORT`: one per loop of a [`crate::Cluster`]).
+pub(crate) fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))))]
+    let _ = reuse_port;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A WebSocket server on one thread.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    local: SocketAddr,
+    ep: Endpoint,
+    /// The sockets, by the endpoint's slot, each with its connection's generation.
+    socks: Vec<Option<(u32, TcpStream)>>,
+    accept_paused: Option<Instant>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local", &self.local).field("endpoint", &self.ep).finish()
+    }
+}
+
+/// The server's own `Poll` is pollable: register the server in the caller's `Poll` and call
+/// [`Server::handle_ready`] when its token is ready (its epoll descriptor becomes readable when any of its
+/// sockets is ready).
+#[cfg(unix)]
+impl mio::event::Source for Server {
+    fn register(&mut self, registry: &mio::Registry, token: Token, interests: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).register(registry, token, interests)
+    }
+    fn reregister(&mut self, registry: &mio::Registry, token: Token, interests: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).reregister(registry, token, interests)
+    }
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.poll.as_raw_fd()).deregister(registry)
+    }
+}
+
+fn config_error(e: ConfigError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+#[cfg(feature = "tls")]
+type Tls = Option<Arc<rustls::ServerConfig>>;
+#[cfg(not(feature = "tls"))]
+type Tls = ();
+
+impl Server {
+    /// Binds a listener and prepares the loop. The config is validated here; a bad one is an
+    /// `InvalidInput` error whose message names the key.
+    pub fn bind(addr: impl ToSocketAddrs, config: Config, handler: impl Handler + 'static) -> io::Result<Server> {
+        Self::bind_boxed(addr, config, Box::new(handler))
+    }
+
+    /// [`Server::bind`] with a boxed handler.
+    pub fn bind_boxed(addr: impl ToSocketAddrs, config: Config, handler: Box<dyn Handler>) -> io::Result<Server> {
+        config.validate().map_err(config_error)?;
+        #[cfg(feature = "tls")]
+        let tls =
+            crate::tls_config::server_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        #[cfg(not(feature = "tls"))]
+        let tls = ();
+        Self::bind_inner(addr, config, tls, handler)
+    }
+
+    /// Serves wss with a rustls configuration the caller built (instead of `ssl_cert` and friends).
+    #[cfg(feature = "tls")]
+    pub fn bind_tls(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Handler + 'static,
+    ) -> io::Result<Server> {
+        config.validate().map_err(config_error)?;
+        Self::bind_inner(addr, config, Some(tls), Box::new(handler))
+    }
+
+    /// A loop of a [`crate::Cluster`]: its listener (bound with `SO_REUSEPORT`), index and group.
+    pub(crate) fn for_cluster(
+        listener: std::net::TcpListener,
+        config: Config,
+        tls: Tls,
+        handler: Box<dyn Handler>,
+        index: u32,
+        group: Arc<Group>,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let mut server = Self::with_listener(TcpListener::from_std(listener), config, tls, handler)?;
+        server.ep.join_group(index, group);
+        Ok(server)
+    }
+
+    fn bind_inner(addr: impl ToSocketAddrs, config: Config, tls: Tls, handler: Box<dyn Handler>) -> io::Result<Server> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+        Self::with_listener(TcpListener::from_std(listener(addr, false)?), config, tls, handler)
+    }
+
+    fn with_listener(
+        mut listener: TcpListener,
+        config: Config,
+        tls: Tls,
+        handler: Box<dyn Handler>,
+    ) -> io::Result<Server> {
+        let local = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        #[cfg(feature = "tls")]
+        let ep = match tls {
+            Some(tls) => Endpoint::with_tls(config, tls, handler),
+            None => Endpoint::new(config, handler),
+        };
+        #[cfg(not(feature = "tls"))]
+        let ep = {
+            let () = tls;
+            Endpoint::new(config, handler)
+        };
+        ep.set_waker(move || {
+            let _ = waker.wake();
+        });
+        let events = Events::with_capacity(1024);
+        Ok(Server { poll, events, listener, local, ep, socks: Vec::new(), accept_paused: None })
+    }
+
+    /// The address the listener is bound to (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A handle that stops [`Server::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { shared: self.ep.shared().clone() }
+    }
+
+    /// A handle to send, publish, close and stop from other threads.
+    pub fn handle(&self) -> ServerHandle {
+        self.ep.handle()
+    }
+
+    /// The loop's counters and gauges.
+    pub fn metrics(&self) -> &Metrics {
+        self.ep.metrics()
+    }
+
+    /// Sockets currently held (handshaking, open, closing or draining).
+    pub fn connection_count(&self) -> usize {
+        self.ep.connection_count()
+    }
+
+    /// Whether a stop was asked (by a [`StopHandle`] or a handler).
+    pub fn is_stopped(&self) -> bool {
+        self.ep.is_stopped()
+    }
+
+    /// Serves until stopped ([`StopHandle::stop`], [`crate::Ctx::stop_server`]) or shut down
+    /// ([`ServerHandle::shutdown`], whose report it returns).
+    pub fn run(&mut self) -> io::Result<Option<ShutdownReport>> {
+        while !self.is_stopped() {
+            self.poll_once(None)?;
+            let asked = self.ep.shared().shutdown.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(grace) = asked {
+                return self.shutdown(grace).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One turn of the loop: waits for readiness (at most `max_wait`, and never past the earliest deadline), then
+    /// handles what came. For callers that drive the loop themselves.
+    /// Returns how many readiness events it handled.
+    pub fn poll_once(&mut self, max_wait: Option<Duration>) -> io::Result<usize> {
+        let mut timeout = self.next_timeout();
+        if let Some(m) = max_wait {
+            timeout = Some(timeout.map_or(m, |t| t.min(m)));
+        }
+        if self.ep.busy() {
+            timeout = Some(Duration::ZERO);
+        }
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        let handled = self.turn(now);
+        self.ep.metrics().turn(now.elapsed().as_micros() as u64);
+        Ok(handled)
+    }
+
+    /// For a server embedded in the caller's `Poll`: handles everything that is ready or due now, without
+    /// waiting. Call it when the server's token is ready and when [`Server::next_timeout`] has passed.
+    pub fn handle_ready(&mut self) -> io::Result<()> {
+        while self.poll_once(Some(Duration::ZERO))? >= self.events.capacity() {}
+        Ok(())
+    }
+
+    /// Graceful shutdown: stops accepting, sends close 1001 to every open connection, drops those still in the
+    /// opening handshake, and serves until every closing handshake is done or `grace` has passed; what is left
+    /// is then dropped (its `on_close` still runs). [`Server::run`] returns afterwards.
+    pub fn shutdown(&mut self, grace: Duration) -> io::Result<ShutdownReport> {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.accept_paused = None;
+        let now = Instant::now();
+        self.ep.begin_shutdown(now);
+        self.ep.end_turn(now);
+        self.pump(now);
+        let deadline = now + grace;
+        while self.ep.closing() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.poll_once(Some(left))?;
+        }
+        let now = Instant::now();
+        let report = self.ep.finish_shutdown(now);
+        self.pump(now);
+        Ok(report)
+    }
+
+    /// How long the loop may sleep before a deadline is due (`None`: no deadline). A caller that embeds the
+    /// server in its own `Poll` ([`Server`] is a mio `Source` on Unix) bounds its wait with this.
+    pub fn next_timeout(&self) -> Option<Duration> {
+        let wake_at = match (self.ep.next_timeout(), self.accept_paused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wake_at.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// The turn after a wait: readiness to the endpoint, then its reads and writes, deadlines, and the end of
+    /// the turn.
+    fn turn(&mut self, now: Instant) -> usize {
+        let mut accept = self.accept_paused.is_some_and(|t| now >= t);
+        let mut handled = 0;
+        for ev in self.events.iter() {
+            handled += 1;
+            match ev.token() {
+                LISTENER => accept = true,
+                WAKER => self.ep.take_inbox(now),
+                Token(t) => {
+                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    let closed = ev.is_read_closed() || ev.is_error();
+                    let writable = ev.is_writable() || ev.is_write_closed();
+                    self.ep.ready(ConnId(t as u64), readable, writable, closed);
+                }
+            }
+        }
+        if accept {
+            self.accept_paused = None;
+            self.accept(now);
+        }
+        self.pump(now);
+        self.ep.handle_timeout(now);
+        self.ep.end_turn(now);
+        self.pump(now);
+        handled
+    }
+
+    /// Makes the reads, writes and socket changes the endpoint asks for, until it asks for none.
+    fn pump(&mut self, now: Instant) {
+        while let Some(op) = self.ep.poll_read(now) {
+            let result = self.read(op);
+            self.ep.received(op, result, now);
+            self.transmit(now);
+        }
+        self.transmit(now);
+        self.orders(now);
+    }
+
+    fn read(&mut self, op: Read) -> io::Result<usize> {
+        let Some(sock) = sock_of(&mut self.socks, op.id) else { return Err(io::ErrorKind::NotConnected.into()) };
+        let buf = &mut self.ep.read_buf()[..op.max];
+        loop {
+            let r = if op.peek { sock.peek(buf) } else { sock.read(buf) };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: Instant) {
+        while let Some(t) = self.ep.poll_transmit(now) {
+            let id = t.id;
+            let result = match sock_of(&mut self.socks, id) {
+                Some(sock) => write(sock, &t),
+                None => Err(io::ErrorKind::NotConnected.into()),
+            };
+            self.ep.sent(id, result, now);
+        }
+    }
+
+    /// Carries out the endpoint's socket orders.
+    fn orders(&mut self, now: Instant) {
+        while let Some(order) = self.ep.poll_order() {
+            let failed = match order {
+                Order::Interest { id, write } => {
+                    let want = if write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                    let registry = self.poll.registry();
+                    sock_of(&mut self.socks, id)
+                        .is_some_and(|s| registry.reregister(s, Token(id.as_u64() as usize), want).is_err())
+                }
+                Order::ShutdownWrite(id) => {
+                    sock_of(&mut self.socks, id).is_some_and(|s| s.shutdown(Shutdown::Write).is_err())
+                }
+                Order::Reset(id) => {
+                    if let Some(s) = sock_of(&mut self.socks, id) {
+                        let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+                    }
+                    self.release(id);
+                    false
+                }
+                Order::Release(id) => {
+                    self.release(id);
+                    false
+                }
+                Order::QuickAck(id) => {
+                    if let Some(s) = sock_of(&mut self.socks, id) {
+                        quickack(s);
+                    }
+                    false
+                }
+                Order::MeasureSendBuffer(id) => {
+                    if let Some(s) = sock_of(&mut self.socks, id) {
+                        let n = socket2::SockRef::from(&*s).send_buffer_size().unwrap_or(0);
+                        self.ep.send_buffer_is(id, n);
+                    }
+                    false
+                }
+            };
+            if failed {
+                self.ep.socket_failed(order_id(order), now);
+            }
+        }
+    }
+
+    /// Deregisters and closes a connection's socket.
+    fn release(&mut self, id: ConnId) {
+        if sock_of(&mut self.socks, id).is_some() {
+            if let Some((_, mut sock)) = self.socks[id.slot()].take() {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        // Sockets the endpoint let go are released first: their slots may be given out again.
+        self.orders(now);
+        loop {
+            match self.listener.accept() {
+                Ok((sock, peer)) => {
+                    let _ = self.insert(sock, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically EMFILE: pause accepting briefly instead of spinning on a listener that stays ready.
+                    log::warn!(target: "wskit::server", "accept: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    self.accept_paused = Some(now + ACCEPT_BACKOFF);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes a new socket into the loop: gives it to the endpoint and registers it under its id.
+    fn insert(&mut self, mut sock: TcpStream, peer: SocketAddr, now: Instant) -> io::Result<ConnId> {
+        let _ = sock.set_nodelay(true);
+        if self.ep.config().socket_send_buffer > 0 {
+            let _ = socket2::SockRef::from(&sock).set_send_buffer_size(self.ep.config().socket_send_buffer);
+        }
+        let id = self.ep.accept(peer, now).ok_or_else(|| io::Error::other("TLS could not be set up"))?;
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(id.as_u64() as usize), Interest::READABLE) {
+            log::warn!(target: "wskit::server", "register {peer}: {e}");
+            self.ep.socket_failed(id, now);
+            self.orders(now);
+            return Err(e);
+        }
+        let key = id.slot();
+        if self.socks.len() <= key {
+            self.socks.resize_with(key + 1, || None);
+        }
+        self.socks[key] = Some((id.generation(), sock));
+        Ok(id)
+    }
+
+    /// Serves a TCP connection accepted elsewhere (by another server on another port, say). `already_read` is
+    /// what was read from it so far, fed first: the whole request head when another HTTP server parsed it and
+    /// hands the upgrade over, or nothing. Returns the connection's id.
+    pub fn adopt(&mut self, sock: std::net::TcpStream, already_read: &[u8]) -> io::Result<ConnId> {
+        sock.set_nonblocking(true)?;
+        let peer = sock.peer_addr()?;
+        let now = Instant::now();
+        let id = self.insert(TcpStream::from_std(sock), peer, now)?;
+        self.ep.receive_bytes(id, already_read, now);
+        // Whatever else the socket holds is read now (its readiness edge may have passed before registration).
+        self.ep.ready(id, true, false, false);
+        self.pump(now);
+        self.ep.end_turn(now);
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// [`Server::adopt`] for a socket whose request head another HTTP server already parsed: the request
+    /// target (`/chat?room=1`) and its headers are enough (a GET over HTTP/1.1 is assumed); nothing after the
+    /// head may have been read from the socket.
+    pub fn adopt_parsed(
+        &mut self,
+        sock: std::net::TcpStream,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<ConnId> {
+        let mut head = format!("GET {target} HTTP/1.1\r\n");
+        for (k, v) in headers {
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "header with a line break or colon"));
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.adopt(sock, head.as_bytes())
+    }
+}
+
+/// The socket of a live connection id.
+fn sock_of(socks: &mut [Option<(u32, TcpStream)>], id: ConnId) -> Option<&mut TcpStream> {
+    match socks.get_mut(id.slot()) {
+        Some(Some((gen, sock))) if *gen == id.generation() => Some(sock),
+        _ => None,
+    }
+}
+
+fn order_id(order: Order) -> ConnId {
+    match order {
+        Order::Interest { id, .. }
+        | Order::ShutdownWrite(id)
+        | Order::Reset(id)
+        | Order::Release(id)
+        | Order::QuickAck(id)
+        | Order::MeasureSendBuffer(id) => id,
+    }
+}
+
+/// Writes a transmit in one send (vectored when it has several parts): the bytes the socket took, 0 when it is
+/// full.
+fn write(sock: &mut TcpStream, t: &Transmit<'_>) -> io::Result<usize> {
+    loop {
+        let r = match t.single() {
+            Some(one) => sock.write(one),
+            None => {
+                let mut buf = [&[][..]; MAX_PARTS];
+                let parts = t.parts(&mut buf);
+                let mut io = [io::IoSlice::new(&[]); MAX_PARTS];
+                for (d, p) in io.iter_mut().zip(parts) {
+                    *d = io::IoSlice::new(p);
+                }
+                socket2::SockRef::from(&*sock).send_vectored(&io[..parts.len()])
+            }
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            r => return r,
+        }
+    }
+}
+
+/// Acknowledges received data at once instead of after the delayed-ACK timer (Linux `TCP_QUICKACK`; it lasts
+/// until the kernel's heuristics turn delayed ACKs back on, so it is set after each read that leaves the peer
+/// mid-message). A peer that sends with Nagle's algorithm waits for this ACK before its next segment.
+fn quickack(sock: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(sock).set_tcp_quickack(true);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = sock;
+}

@@ -1,0 +1,101 @@
+//! Scale, the CI size (issue 18): one endpoint holding 20,000 idle connections with no socket at all, as
+//! `bench/src/bin/scale.rs` holds a million (its figures are in docs/scaling.md). Checked here: idle connections
+//! hold nothing the memory budget counts; a turn with 100 of them active touches only those 100 (all answered in
+//! that turn); every keepalive coming due at once is served within the turns' write budgets, and the timer table
+//! holds one entry per connection after it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use wskit::frame::{write_client_frame, OpCode};
+use wskit::{Config, ConnId, Ctx, Endpoint, Handler, Message, Order};
+
+const CONNS: usize = 20_000;
+
+struct Echo;
+impl Handler for Echo {
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        ctx.send(msg);
+    }
+}
+
+/// Writes everything as if every socket took every byte; returns the transmits.
+fn drain(ep: &mut Endpoint, now: Instant) -> usize {
+    let mut n = 0;
+    loop {
+        while let Some(t) = ep.poll_transmit(now) {
+            let (id, len) = (t.id, t.len());
+            ep.sent(id, Ok(len), now);
+            n += 1;
+        }
+        let mut any = false;
+        while let Some(o) = ep.poll_order() {
+            any = true;
+            if let Order::MeasureSendBuffer(id) = o {
+                ep.send_buffer_is(id, 0);
+            }
+        }
+        if !any {
+            return n;
+        }
+    }
+}
+
+#[test]
+fn twenty_thousand_idle_connections_cost_only_their_own_turns() {
+    let head = b"GET / HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let config = Config { max_connections_per_ip: 0, ..Config::default() };
+    let mut ep = Endpoint::new(config.clone(), Box::new(Echo));
+    let mut now = Instant::now();
+    let mut ids: Vec<ConnId> = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32)), 40_000);
+        let id = ep.accept(peer, now).unwrap();
+        ep.receive_bytes(id, head, now);
+        ids.push(id);
+        if i % 1000 == 999 {
+            ep.end_turn(now);
+            drain(&mut ep, now);
+        }
+    }
+    ep.end_turn(now);
+    drain(&mut ep, now);
+    assert_eq!(ep.metrics().open.load(Relaxed), CONNS as u64);
+    assert_eq!(ep.held_bytes(), 0, "idle connections hold nothing the budget counts");
+    assert_eq!(ep.timer_entries(), CONNS, "one deadline (the keepalive) per connection");
+
+    // 100 active: each answered in the turn, and nothing else written.
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, 0, OpCode::Binary, [1, 2, 3, 4], &[7; 20]);
+    for round in 0..3 {
+        now += Duration::from_millis(10);
+        let active: Vec<ConnId> = ids.iter().skip(round).step_by(CONNS / 100).copied().collect();
+        for &id in &active {
+            ep.ready(id, true, false, false);
+        }
+        let (mut reads, mut writes) = (0, 0);
+        while let Some(op) = ep.poll_read(now) {
+            reads += 1;
+            ep.read_buf()[..frame.len()].copy_from_slice(&frame);
+            ep.received(op, Ok(frame.len()), now);
+            writes += drain(&mut ep, now);
+        }
+        ep.handle_timeout(now);
+        ep.end_turn(now);
+        writes += drain(&mut ep, now);
+        assert_eq!((reads, writes), (active.len(), active.len()), "one read and one write per active connection");
+    }
+
+    // Every keepalive due at once: all pinged within a few turns, one timer entry each afterwards.
+    now += config.ping_interval.unwrap() + Duration::from_secs(1);
+    ep.handle_timeout(now);
+    let mut pings = 0;
+    for _ in 0..4 {
+        ep.end_turn(now);
+        pings += drain(&mut ep, now);
+    }
+    assert_eq!(pings, CONNS, "every connection pinged");
+    assert!(!ep.busy());
+    assert_eq!(ep.timer_entries(), CONNS, "one deadline (the pong's) per connection");
+}
