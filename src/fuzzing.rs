@@ -153,7 +153,8 @@ pub fn connection(data: &[u8]) {
 }
 
 /// The fuzzed endpoint's application: echoes, sends a second copy of messages that start with `2`, publishes
-/// messages that start with `p` to a topic every connection joins, closes on `c`, and panics on `!`.
+/// messages that start with `p` to a topic every connection joins, and closes on `c`. (Not a panic: cargo-fuzz
+/// builds abort on any panic, caught or not; the simulator covers a handler's panics.)
 struct FuzzApp {
     log: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
 }
@@ -165,7 +166,6 @@ impl crate::Handler for FuzzApp {
     fn on_message(&mut self, ctx: &mut crate::Ctx<'_>, msg: Message<'_>) {
         self.log.borrow_mut().push(format!("{msg:?}"));
         match msg.as_bytes().first() {
-            Some(b'!') => panic!("the fuzzed handler panics, as asked"),
             Some(b'c') => ctx.close(crate::CloseCode::NORMAL, "asked"),
             Some(b'p') => ctx.publish("t", msg),
             Some(b'2') => {

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod prepared;
 pub mod proxy;
 pub mod redis;
+mod spill;
 pub mod utf8;
 
 pub use close::CloseCode;

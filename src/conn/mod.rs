@@ -33,6 +33,7 @@ use crate::frame::{
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
 use crate::prepared::{PreparedMessage, SharedFrames};
+use crate::spill::Spill;
 use crate::utf8::Utf8Validator;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -182,7 +183,7 @@ struct Rx {
     frame: Option<InFrame>,
     msg: Option<Box<InMessage>>,
     /// A control frame's payload that spans reads.
-    ctrl: Vec<u8>,
+    ctrl: Spill<u8>,
     /// The previous event lent out the completed `msg`: drop it on the next call.
     msg_delivered: bool,
     /// The previous event lent out `ctrl`: clear it on the next call.
@@ -215,7 +216,7 @@ impl Rx {
             }
         }
         if std::mem::take(&mut self.ctrl_lent) {
-            self.ctrl = Vec::new();
+            self.ctrl.clear();
         }
     }
 
@@ -305,7 +306,7 @@ pub struct Connection {
     live: Option<Box<Liveness>>,
     /// Control frames (pongs, keepalive pings) waiting for the next frame boundary of `out`, so they never wait
     /// behind megabytes of queued data.
-    ctrl: Vec<u8>,
+    ctrl: Spill<u8>,
     /// Part of `ctrl` has been written (its head frame is in flight).
     ctrl_started: bool,
     /// Which deadlines were running when [`Connection::deadline_to_arm`] last computed one (see there).
@@ -377,7 +378,7 @@ impl Connection {
             status: None,
             deflate: None,
             live: None,
-            ctrl: Vec::new(),
+            ctrl: Spill::default(),
             ctrl_started: false,
             armed_shape: 0,
             frame_left: usize::MAX,

@@ -196,7 +196,7 @@ impl Connection {
         let closing = matches!(self.state, State::ClosingByUs { .. });
         // A control payload that spanned reads was collected in `rx.ctrl`; take it out while we act on it.
         let owned: Vec<u8> = match (&payload, &mut self.state) {
-            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => std::mem::take(&mut rx.ctrl),
+            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => rx.ctrl.take(),
             _ => Vec::new(),
         };
         let data: &[u8] = match &payload {
@@ -257,9 +257,9 @@ impl Connection {
     pub(super) fn lend_ctrl(&mut self, ctrl: Vec<u8>) -> &[u8] {
         match &mut self.state {
             State::Open(rx) | State::ClosingByUs { rx, .. } => {
-                rx.ctrl = ctrl;
+                rx.ctrl.set(ctrl);
                 rx.ctrl_lent = true;
-                &rx.ctrl
+                rx.ctrl.as_slice()
             }
             _ => unreachable!("control frames arrive while open or closing"),
         }
@@ -302,7 +302,7 @@ impl Frames<'_> {
         self.pos += avail;
         let f = *f;
         if f.opcode.is_control() {
-            self.rx.ctrl.extend_from_slice(chunk);
+            self.rx.ctrl.edit(|c| c.extend_from_slice(chunk));
             if f.remaining == 0 {
                 self.rx.frame = None;
                 return Some(Ready::BufControl { op: f.opcode });

@@ -64,7 +64,7 @@ impl Connection {
     #[inline]
     pub fn out(&self) -> &[u8] {
         if !self.ctrl.is_empty() && self.at_boundary() {
-            return &self.ctrl;
+            return self.ctrl.as_slice();
         }
         if self.out.is_empty() {
             if let Some(t) = self.tail.as_deref() {
@@ -138,14 +138,14 @@ impl Connection {
     /// head, a spare buffer, and its compression contexts. Frames shared with other queues are not counted here
     /// (whoever made them counts them once). For a loop-wide memory budget; O(1).
     pub fn held(&self) -> usize {
-        let mut n = self.out.capacity() + self.ctrl.capacity() + self.spare.capacity();
+        let mut n = self.out.capacity() + self.ctrl.heap_bytes() + self.spare.capacity();
         if let Some(t) = self.tail.as_deref() {
             n += t.own + t.segs.capacity() * std::mem::size_of::<Seg>();
         }
         n += match &self.state {
             State::ReadingHead { head, .. } => head.held(),
             State::Open(rx) | State::ClosingByUs { rx, .. } => {
-                rx.ctrl.capacity() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
+                rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
             }
             _ => 0,
         };
@@ -182,10 +182,10 @@ impl Connection {
     pub(super) fn consume_head(&mut self, n: usize) {
         if !self.ctrl.is_empty() && self.at_boundary() {
             if n >= self.ctrl.len() {
-                self.ctrl = Vec::new();
+                self.ctrl.clear();
                 self.ctrl_started = false;
             } else if n > 0 {
-                self.ctrl.drain(..n);
+                self.ctrl.edit(|c| c.drain(..n).count());
                 self.ctrl_started = true;
             }
             return;
@@ -323,7 +323,7 @@ impl Connection {
             }
             self.ctrl.clear();
         }
-        write_frame(&mut self.ctrl, true, 0, op, payload);
+        self.ctrl.edit(|c| write_frame(c, true, 0, op, payload));
     }
 
     /// Appends a data message to `out` (see [`write_message`]), in the spare buffer if `out` is empty and too small.

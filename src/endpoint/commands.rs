@@ -223,10 +223,10 @@ fn subscribe(
     topic: &str,
 ) {
     let Some((_, slot)) = slot_of(slots, table, to).filter(|(_, s)| s.is_open_phase()) else { return };
-    let subscribed = slot.topics.iter().position(|t| &**t == topic);
+    let subscribed = slot.topics.as_slice().iter().position(|t| &**t == topic);
     match (on, subscribed) {
         (true, None) => {
-            slot.topics.push(topic.into());
+            slot.topics.edit(|t| t.push(topic.into()));
             let subs = topics.entry(topic.into()).or_default();
             subs.push(to);
             if let (1, Some(g)) = (subs.len(), group) {
@@ -234,7 +234,7 @@ fn subscribe(
             }
         }
         (false, Some(i)) => {
-            slot.topics.swap_remove(i);
+            slot.topics.edit(|t| t.swap_remove(i));
             unsubscribe(topics, topic, to, group);
         }
         _ => {}

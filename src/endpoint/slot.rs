@@ -81,8 +81,8 @@ pub(super) struct Slot {
     pub(super) sndbuf: u32,
     /// Bytes last counted for it in the loop's memory total ([`Endpoint::held`]).
     pub(super) held: u32,
-    /// Topics this connection is subscribed to.
-    pub(super) topics: Vec<Box<str>>,
+    /// Topics this connection is subscribed to (one word while none).
+    pub(super) topics: crate::spill::Spill<Box<str>>,
 }
 
 impl Slot {
@@ -102,12 +102,21 @@ impl Slot {
             tls,
             sndbuf: 0,
             held: 0,
-            topics: Vec::new(),
+            topics: Default::default(),
         }
     }
     #[cfg(not(feature = "tls"))]
     pub(super) fn new(conn: Connection, peer: SocketAddr, phase: Phase, _tls: Option<()>) -> Slot {
-        Slot { conn, peer, phase, flags: Flags::default(), scheduled: None, sndbuf: 0, held: 0, topics: Vec::new() }
+        Slot {
+            conn,
+            peer,
+            phase,
+            flags: Flags::default(),
+            scheduled: None,
+            sndbuf: 0,
+            held: 0,
+            topics: Default::default(),
+        }
     }
     /// `on_close` is owed.
     #[inline]

@@ -202,7 +202,7 @@ impl Endpoint {
                 _ => r.closed_otherwise += 1,
             }
         }
-        for topic in std::mem::take(&mut slot.topics) {
+        for topic in slot.topics.take() {
             unsubscribe(topics, &topic, id, group.as_deref());
         }
         if !config.prod {
