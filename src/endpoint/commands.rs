@@ -245,8 +245,10 @@ impl Endpoint {
     /// Queues the echo waiting to be written from where it lies (see [`settle`]).
     #[inline]
     pub(super) fn settle_direct(&mut self) {
-        if self.direct.is_some() && self.in_flight.is_none() {
+        if let (Some(Direct::Input { key, .. } | Direct::Lent { key, .. }), None) = (self.direct, self.in_flight) {
             settle(&mut self.direct, &mut self.slots, &self.rbuf);
+            // Queued now: the end of the turn writes it.
+            self.mark_dirty(key);
         }
     }
 
@@ -294,7 +296,7 @@ impl Endpoint {
                 if slot.flags.has(Flags::DEFLATE) {
                     self.work += DEFLATE_WEIGHT * len;
                 }
-                touch(&mut self.dirty, key, slot);
+                // (The end of its feed marks it for the end of the turn if anything is left to do.)
                 true
             }
             _ => false,

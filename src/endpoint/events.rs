@@ -147,8 +147,6 @@ impl Endpoint {
             st.end = st.buf.len();
             return;
         }
-        // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output.
-        self.mark_dirty(key);
         if let Some(slot) = self.slots.get_mut(key) {
             lend(&mut self.bufs, &mut slot.conn);
         }
@@ -163,7 +161,6 @@ impl Endpoint {
                     slot.conn.debug_check_invariants();
                 }
             }
-            // (The slot was marked dirty at the top, and only the end of the turn clears the mark.)
             self.apply_commands(now);
             self.echo_src = None;
             if off >= n {
@@ -178,9 +175,18 @@ impl Endpoint {
         }
         // A message lent out for an echo still to be written stays until it is written.
         let lent_out = matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key);
-        if let Some(slot) = self.slots.get_mut(key).filter(|_| !lent_out) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        if !lent_out {
             slot.conn.reclaim();
             take_back(&mut self.bufs, &mut slot.conn);
+        }
+        // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output: the
+        // end of the turn acts on what they changed. A connection they left quiet (the steady echo, its answer
+        // about to go out whole) only has its timer checked, now.
+        if !lent_out && slot.is_quiet(self.table[key].queued) {
+            turn::arm(&mut self.timers, key, self.table[key].gen, slot);
+        } else {
+            touch(&mut self.dirty, key, slot);
         }
     }
 

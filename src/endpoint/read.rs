@@ -206,7 +206,8 @@ impl Endpoint {
     /// `n` bytes were read from a connection being read (`short`: fewer than asked, so the socket is drained).
     fn read_some(&mut self, key: usize, n: usize, short: bool, now: Instant) {
         self.work += n;
-        if self.slots[key].is_draining() {
+        let slot = &mut self.slots[key];
+        if slot.is_draining() {
             // Discarded until the peer's FIN; a peer that sends a quantum after our FIN is not closing: drop it.
             if self.work >= QUANTUM {
                 self.end_burst();
@@ -214,8 +215,13 @@ impl Endpoint {
             }
             return;
         }
+        // A short read drained the socket (unless its FIN is known to follow): a new edge announces new bytes.
+        let drained = short && !slot.flags.has(Flags::READ_CLOSED);
+        if drained {
+            slot.flags.clear(Flags::READ_READY);
+        }
         Metrics::add(&self.shared.metrics.bytes_in, n as u64);
-        let n = if self.slots[key].phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
+        let n = if slot.phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
         if n > 0 {
             self.input(key, n, short, now);
         }
@@ -223,14 +229,11 @@ impl Endpoint {
             return self.end_burst();
         }
         if !self.stash.is_empty() && self.stash.contains_key(&key) {
-            // Cut at its quantum mid-read: deferred with the rest. (The socket's readiness is kept: after a short
-            // read it is cleared when the backlog reads it and finds it drained.)
+            // Cut at its quantum mid-read: deferred with the rest.
             self.end_burst();
             return self.write_through(key);
         }
-        let slot = &mut self.slots[key];
-        if short && !slot.flags.has(Flags::READ_CLOSED) {
-            slot.flags.clear(Flags::READ_READY);
+        if drained {
             self.end_burst();
             self.write_through(key);
         }

@@ -163,8 +163,14 @@ impl Endpoint {
             self.flushing.key = self.flushing.key.filter(|(k, _)| *k != key);
             return self.peer_gone(key, false, now);
         }
-        if n < len && self.slots[key].set_blocked() {
-            self.orders.push_back(Order::MeasureSendBuffer(self.id_of(key)));
+        if n < len {
+            if self.slots[key].set_blocked() {
+                self.orders.push_back(Order::MeasureSendBuffer(self.id_of(key)));
+            }
+            if matches!(f, InFlight::Direct) {
+                // An echo cut short is queued now: the end of the turn asks for write interest.
+                self.mark_dirty(key);
+            }
         }
     }
 
