@@ -137,15 +137,23 @@ impl Endpoint {
     /// Feeds `input[off..n]` (the read buffer, or the decrypted `pbuf` when `plain`) to the connection,
     /// dispatching each event to the handler and applying its commands (`direct`: the last message's echo may be
     /// written from where it lies). Once the burst has caused a [`QUANTUM`] of work, the rest is stashed and the
-    /// connection deferred.
-    pub(super) fn feed(&mut self, key: usize, plain: bool, mut off: usize, n: usize, direct: bool, now: Instant) {
+    /// connection deferred. Returns whether the connection was left quiet (only its timer needed a look).
+    pub(super) fn feed(
+        &mut self,
+        key: usize,
+        plain: bool,
+        mut off: usize,
+        n: usize,
+        direct: bool,
+        now: Instant,
+    ) -> bool {
         if let Some(st) = (!self.stash.is_empty()).then(|| self.stash.get_mut(&key)).flatten() {
             // Input that came while earlier input waits (an adopted socket's bytes) goes behind it.
             let input = if plain { &self.pbuf } else { &self.rbuf };
             st.buf.truncate(st.end);
             st.buf.extend_from_slice(&input[off..n]);
             st.end = st.buf.len();
-            return;
+            return false;
         }
         if let Some(slot) = self.slots.get_mut(key) {
             lend(&mut self.bufs, &mut slot.conn);
@@ -175,7 +183,7 @@ impl Endpoint {
         }
         // A message lent out for an echo still to be written stays until it is written.
         let lent_out = matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key);
-        let Some(slot) = self.slots.get_mut(key) else { return };
+        let Some(slot) = self.slots.get_mut(key) else { return false };
         if !lent_out {
             slot.conn.reclaim();
             take_back(&mut self.bufs, &mut slot.conn);
@@ -185,8 +193,10 @@ impl Endpoint {
         // about to go out whole) only has its timer checked, now.
         if !lent_out && slot.is_quiet(self.table[key].queued) {
             turn::arm(&mut self.timers, key, self.table[key].gen, slot);
+            true
         } else {
             touch(&mut self.dirty, key, slot);
+            false
         }
     }
 

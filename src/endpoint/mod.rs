@@ -317,8 +317,9 @@ pub struct Endpoint {
     #[cfg(feature = "tls")]
     tls_config: Option<Arc<rustls::ServerConfig>>,
     timers: Timers,
-    /// Readiness events of this turn, in order (slot, generation).
-    fresh: VecDeque<(usize, u32)>,
+    /// Readiness events of this turn, in order (slot, generation), and how many were taken up.
+    fresh: Vec<(usize, u32)>,
+    fresh_at: usize,
     /// Work the fresh events took this turn ([`FRESH_PER_TURN`]).
     fresh_work: usize,
     burst: Option<Burst>,
@@ -421,7 +422,8 @@ impl Endpoint {
             #[cfg(feature = "tls")]
             tls_config: tls,
             timers: Timers::default(),
-            fresh: VecDeque::new(),
+            fresh: Vec::new(),
+            fresh_at: 0,
             fresh_work: 0,
             burst: None,
             backlog: VecDeque::new(),
@@ -568,7 +570,7 @@ impl Endpoint {
                 slot.flags.set(Flags::READ_CLOSED);
             }
             if !slot.flags.has(Flags::DEFERRED) {
-                self.fresh.push_back((key, id.generation()));
+                self.fresh.push((key, id.generation()));
             }
         }
     }

@@ -37,7 +37,8 @@ impl Endpoint {
                 }
                 None => {}
             }
-            if let Some((key, gen)) = self.fresh.pop_front() {
+            if let Some(&(key, gen)) = self.fresh.get(self.fresh_at) {
+                self.fresh_at += 1;
                 if let Some(r) = self.begin_fresh(key, gen, now) {
                     return Some(r);
                 }
@@ -222,9 +223,7 @@ impl Endpoint {
         }
         Metrics::add(&self.shared.metrics.bytes_in, n as u64);
         let n = if slot.phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
-        if n > 0 {
-            self.input(key, n, short, now);
-        }
+        let quiet = n > 0 && self.input(key, n, short, now);
         if !self.slots.contains(key) {
             return self.end_burst();
         }
@@ -235,21 +234,26 @@ impl Endpoint {
         }
         if drained {
             self.end_burst();
-            self.write_through(key);
+            if !quiet {
+                self.write_through(key);
+            }
         }
     }
 
     /// `rbuf[..n]` for a connection: decrypted first under TLS, then fed to the core; after a short read that
     /// leaves the peer mid-message, an immediate acknowledgement is ordered (after a full read the next read
     /// follows at once, and a sender in bulk gets its ACKs anyway).
-    pub(super) fn input(&mut self, key: usize, n: usize, short: bool, now: Instant) {
+    /// Returns whether the bytes left the connection quiet (see [`Endpoint::feed`]).
+    pub(super) fn input(&mut self, key: usize, n: usize, short: bool, now: Instant) -> bool {
         if self.slots[key].is_tls() {
-            return self.feed_tls(key, n, short, now);
+            self.feed_tls(key, n, short, now);
+            return false;
         }
-        self.feed(key, false, 0, n, true, now);
-        if self.slots.get(key).is_some_and(|s| short && s.conn.is_mid_message()) {
+        let quiet = self.feed(key, false, 0, n, true, now);
+        if short && !quiet && self.slots.get(key).is_some_and(|s| s.conn.is_mid_message()) {
             self.orders.push_back(Order::QuickAck(self.id_of(key)));
         }
+        quiet
     }
 
     /// The look at a fresh event's socket: what is plainly cheap (the socket drained within [`PROBE`] bytes, and

@@ -42,11 +42,13 @@ impl Endpoint {
             self.burst = None;
             self.defer(key);
         }
-        while let Some((key, gen)) = self.fresh.pop_front() {
+        for i in std::mem::take(&mut self.fresh_at)..self.fresh.len() {
+            let (key, gen) = self.fresh[i];
             if self.slots.contains(key) && self.table[key].gen == gen {
                 self.defer(key);
             }
         }
+        self.fresh.clear();
         self.fresh_work = 0;
         self.backlog_turn = None;
         let f = &mut self.flushing;
