@@ -4,12 +4,9 @@
 //! once per turn, and sleeps until the endpoint's next deadline. It holds no connection state besides the
 //! sockets (keyed by the endpoint's ids), and it is the only module that touches a socket, mio or the clock.
 //!
-//! * **Tokens are connection ids**: `generation << 32 | slot`. An event for a connection that was closed and
-//!   whose slot was reused does not match the new connection's generation, and the endpoint ignores it.
-//! * **Reads**: into the endpoint's one read buffer; `EINTR` is retried, everything else is reported.
-//! * **Writes**: one send (vectored when the transmit has several parts) per transmit; `WouldBlock` is 0 bytes.
-//! * **Turns**: events, then reads (and the writes each read causes), then deadlines, then the end-of-turn
-//!   writes and the socket orders.
+//! Tokens are connection ids (`generation << 32 | slot`), so an event for a connection that was closed and whose
+//! slot was reused does not match the new connection's generation, and the endpoint ignores it. `EINTR` is
+//! retried; a full socket is a write of 0 bytes; everything else is reported to the endpoint.
 
 use crate::config::Config;
 use crate::endpoint::{Endpoint, Order, Read, Transmit, MAX_PARTS};
@@ -350,55 +347,39 @@ impl Server {
         }
     }
 
-    /// Carries out the endpoint's socket orders.
+    /// Carries out the endpoint's socket orders (a socket already released is past them).
     fn orders(&mut self, now: Instant) {
         while let Some(order) = self.ep.poll_order() {
+            let id = order.id();
+            let Some(sock) = sock_of(&mut self.socks, id) else { continue };
             let failed = match order {
-                Order::Interest { id, write } => {
+                Order::Interest { write, .. } => {
                     let want = if write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-                    let registry = self.poll.registry();
-                    sock_of(&mut self.socks, id)
-                        .is_some_and(|s| registry.reregister(s, Token(id.as_u64() as usize), want).is_err())
+                    self.poll.registry().reregister(sock, Token(id.as_u64() as usize), want).is_err()
                 }
-                Order::ShutdownWrite(id) => {
-                    sock_of(&mut self.socks, id).is_some_and(|s| s.shutdown(Shutdown::Write).is_err())
-                }
-                Order::Reset(id) => {
-                    if let Some(s) = sock_of(&mut self.socks, id) {
-                        let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+                Order::ShutdownWrite(_) => sock.shutdown(Shutdown::Write).is_err(),
+                Order::Reset(_) | Order::Release(_) => {
+                    if let Order::Reset(_) = order {
+                        let _ = socket2::SockRef::from(&*sock).set_linger(Some(Duration::ZERO));
                     }
-                    self.release(id);
+                    let _ = self.poll.registry().deregister(sock);
+                    self.socks[id.slot()] = None;
                     false
                 }
-                Order::Release(id) => {
-                    self.release(id);
+                Order::QuickAck(_) => {
+                    // Linux `TCP_QUICKACK`: it lasts until the kernel's heuristics turn delayed ACKs back on.
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    let _ = socket2::SockRef::from(&*sock).set_tcp_quickack(true);
                     false
                 }
-                Order::QuickAck(id) => {
-                    if let Some(s) = sock_of(&mut self.socks, id) {
-                        quickack(s);
-                    }
-                    false
-                }
-                Order::MeasureSendBuffer(id) => {
-                    if let Some(s) = sock_of(&mut self.socks, id) {
-                        let n = socket2::SockRef::from(&*s).send_buffer_size().unwrap_or(0);
-                        self.ep.send_buffer_is(id, n);
-                    }
+                Order::MeasureSendBuffer(_) => {
+                    let n = socket2::SockRef::from(&*sock).send_buffer_size().unwrap_or(0);
+                    self.ep.send_buffer_is(id, n);
                     false
                 }
             };
             if failed {
-                self.ep.socket_failed(order_id(order), now);
-            }
-        }
-    }
-
-    /// Deregisters and closes a connection's socket.
-    fn release(&mut self, id: ConnId) {
-        if sock_of(&mut self.socks, id).is_some() {
-            if let Some((_, mut sock)) = self.socks[id.slot()].take() {
-                let _ = self.poll.registry().deregister(&mut sock);
+                self.ep.socket_failed(id, now);
             }
         }
     }
@@ -490,17 +471,6 @@ fn sock_of(socks: &mut [Option<(u32, TcpStream)>], id: ConnId) -> Option<&mut Tc
     }
 }
 
-fn order_id(order: Order) -> ConnId {
-    match order {
-        Order::Interest { id, .. }
-        | Order::ShutdownWrite(id)
-        | Order::Reset(id)
-        | Order::Release(id)
-        | Order::QuickAck(id)
-        | Order::MeasureSendBuffer(id) => id,
-    }
-}
-
 /// Writes a transmit in one send (vectored when it has several parts): the bytes the socket took, 0 when it is
 /// full.
 fn write(sock: &mut TcpStream, t: &Transmit<'_>) -> io::Result<usize> {
@@ -523,16 +493,4 @@ fn write(sock: &mut TcpStream, t: &Transmit<'_>) -> io::Result<usize> {
             r => return r,
         }
     }
-}
-
-/// Acknowledges received data at once instead of after the delayed-ACK timer (Linux `TCP_QUICKACK`; it lasts
-/// until the kernel's heuristics turn delayed ACKs back on, so it is set after each read that leaves the peer
-/// mid-message). A peer that sends with Nagle's algorithm waits for this ACK before its next segment.
-fn quickack(sock: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let _ = socket2::SockRef::from(sock).set_tcp_quickack(true);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = sock;
 }

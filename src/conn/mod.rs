@@ -294,7 +294,10 @@ pub struct Connection {
     config: Arc<Limits>,
     state: State,
     /// Bytes for the peer, owned: the whole queue, or its head segment once shared frames are queued (`tail`).
+    /// Its first `out_start` bytes are written already (a partial write moves the start, not the bytes); empty
+    /// (and `out_start` 0) once all of it is.
     out: Vec<u8>,
+    out_start: u32,
     /// What is queued after `out` once a message shared with other connections was queued
     /// ([`Connection::send_shared`]); boxed, and only then.
     tail: Option<Box<Tail>>,
@@ -374,6 +377,7 @@ impl Connection {
             config,
             state: State::ReadingHead { head: HeadReader::default(), deadline },
             out: Vec::new(),
+            out_start: 0,
             tail: None,
             status: None,
             deflate: None,

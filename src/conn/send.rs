@@ -72,9 +72,10 @@ impl Connection {
             }
             &self.out
         } else if self.ctrl.is_empty() {
-            &self.out
+            &self.out[self.out_start as usize..]
         } else {
-            &self.out[..self.frame_left.min(self.out.len())]
+            let unwritten = &self.out[self.out_start as usize..];
+            &unwritten[..self.frame_left.min(unwritten.len())]
         }
     }
 
@@ -159,7 +160,7 @@ impl Connection {
     /// Data bytes queued (control frames aside).
     #[inline]
     pub(super) fn data_queued(&self) -> usize {
-        self.out.len() + self.tail.as_deref().map_or(0, |t| t.bytes)
+        self.out.len() - self.out_start as usize + self.tail.as_deref().map_or(0, |t| t.bytes)
     }
 
     /// Drops the first `n` bytes of the queue (they were written): at most [`Connection::out`]'s length, or what
@@ -194,8 +195,10 @@ impl Connection {
             return self.consume_shared(n);
         }
         self.advance_frames(n);
-        if n >= self.out.len() {
+        let start = self.out_start as usize + n;
+        if start >= self.out.len() {
             self.out.clear();
+            self.out_start = 0;
             // No large buffer is kept, nor the one that carried the handshake answer.
             let after_handshake = match &mut self.state {
                 State::Open(rx) => std::mem::take(&mut rx.release_out),
@@ -209,8 +212,12 @@ impl Connection {
                 park(&mut self.spare, &mut self.out, buf);
             }
             self.promote();
+        } else if start >= 64 * 1024 && 2 * start >= self.out.len() || start > u32::MAX as usize {
+            // The written part is dropped once it is most of the buffer: each byte is moved at most once.
+            self.out.drain(..start);
+            self.out_start = 0;
         } else {
-            self.out.drain(..n);
+            self.out_start = start as u32;
         }
     }
 
@@ -267,6 +274,7 @@ impl Connection {
     /// Forgets everything queued (the connection is dropped).
     pub(super) fn discard_out(&mut self) {
         self.out.clear();
+        self.out_start = 0;
         self.ctrl.clear();
         self.tail = None;
     }
@@ -293,7 +301,7 @@ impl Connection {
         if self.frame_left == usize::MAX {
             return;
         }
-        let mut pos = 0;
+        let mut pos = self.out_start as usize;
         while n > 0 && pos < self.out.len() {
             if self.frame_left == 0 {
                 // Our own frames, so the header decodes; were it not to, the rest counts as one unit.
@@ -482,9 +490,31 @@ impl Connection {
         }
     }
 
-    /// `written` bytes of the frame `header` + [`Connection::delivered`] went to the peer; the rest is queued.
+    /// `written` bytes of the frame `header` + [`Connection::delivered`] went to the peer; the rest is queued. Once
+    /// the header is out, the message's own buffer becomes the queue (the rest of a large echo is not copied).
     pub fn sent_delivered_direct(&mut self, header: &[u8], written: usize) {
-        self.with_delivered(|c, payload| c.sent_direct(header, payload, written));
+        let m = match &mut self.state {
+            State::Open(rx) if rx.msg_delivered => rx.msg.as_deref_mut(),
+            _ => None,
+        };
+        let total = header.len() + m.as_ref().map_or(0, |m| m.buf.len());
+        match m {
+            Some(m) if written >= header.len() && written < total && written - header.len() <= u32::MAX as usize => {
+                debug_assert!(
+                    self.out.is_empty() && self.ctrl.is_empty(),
+                    "nothing was queued ahead of a direct frame"
+                );
+                let buf = std::mem::take(&mut m.buf);
+                let old = std::mem::replace(&mut self.out, buf);
+                park(&mut self.spare, &mut Vec::new(), old);
+                self.out_start = (written - header.len()) as u32;
+                // Once begun, `out` starts inside a frame: the boundary tracker counts down its rest.
+                self.frame_left = total - written;
+            }
+            _ => {
+                self.with_delivered(|c, payload| c.sent_direct(header, payload, written));
+            }
+        }
     }
 
     pub(super) fn send_payload(&mut self, op: OpCode, payload: &[u8], pool: &mut DeflatePool) -> Result<(), SendError> {

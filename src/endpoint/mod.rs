@@ -200,6 +200,20 @@ pub enum Order {
     MeasureSendBuffer(ConnId),
 }
 
+impl Order {
+    /// Whose socket.
+    pub fn id(self) -> ConnId {
+        match self {
+            Order::Interest { id, .. }
+            | Order::ShutdownWrite(id)
+            | Order::Reset(id)
+            | Order::Release(id)
+            | Order::QuickAck(id)
+            | Order::MeasureSendBuffer(id) => id,
+        }
+    }
+}
+
 /// What [`crate::Server::shutdown`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
