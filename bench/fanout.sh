@@ -32,7 +32,8 @@ run() { # name, then one "PORT ARGS..." per node
   for spec in "$@"; do
     local p; p=$(port)
     # shellcheck disable=SC2086
-    $BC --addr "127.0.0.1:$p" $spec >/dev/null 2>&1 &
+    # (Every subscriber connects from 127.0.0.1: no per-address limit.)
+    $BC --addr "127.0.0.1:$p" --set max_connections_per_ip=0 $spec >/dev/null 2>&1 &
     pids+=($!); addrs+=("127.0.0.1:$p")
   done
   PIDS=("${pids[@]}")

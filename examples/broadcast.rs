@@ -6,6 +6,7 @@
 //
 // --loops N runs N event loops on N threads sharing the port (SO_REUSEPORT); default 1.
 // --max-payload BYTES raises the message size limit (default 512 KiB); --no-deflate turns compression off;
+// --set KEY=VALUE sets any configuration key (`Config::set`), e.g. `--set max_connections_per_ip=0`;
 // --redis-queue N bounds the messages waiting for Redis (default 10000). GET /metrics answers the Prometheus
 // text of every loop and the bridge.
 
@@ -46,7 +47,7 @@ impl Handler for Broadcast {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "broadcast: {msg}\nusage: broadcast [--addr HOST:PORT] [--loops N] [--redis redis://HOST:PORT] [--redis-queue N] [--max-payload BYTES] [--no-deflate]"
+        "broadcast: {msg}\nusage: broadcast [--addr HOST:PORT] [--loops N] [--redis redis://HOST:PORT] [--redis-queue N] [--max-payload BYTES] [--no-deflate] [--set KEY=VALUE]"
     );
     exit(2)
 }
@@ -70,6 +71,11 @@ fn main() {
                 config = config.max_payload_size(n).max_message_size(n);
             }
             "--no-deflate" => config = config.deflate(false),
+            "--set" => {
+                let kv = value();
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage("--set takes KEY=VALUE"));
+                config.set(k, v).unwrap_or_else(|e| usage(&e.to_string()));
+            }
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other}")),
         }

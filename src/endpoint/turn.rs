@@ -52,7 +52,18 @@ impl Endpoint {
         self.fresh_work = 0;
         self.backlog_turn = None;
         let f = &mut self.flushing;
-        (f.ending, f.turn_written, f.budget_checked) = (true, 0, false);
+        (f.ending, f.turn_written, f.budget_checked, f.drops) = (true, 0, false, 0);
+        // The light ones go first (see LIGHT), in the order they were touched (the most recent on top).
+        let (slots, light) = (&self.slots, &mut self.light);
+        self.dirty.retain(|&key| {
+            let is_light = slots
+                .get(key)
+                .is_some_and(|s| s.flags.has(Flags::DIRTY) && !s.flags.has(Flags::BLOCKED) && s.queued() <= LIGHT);
+            if is_light {
+                light.push(key);
+            }
+            !is_light
+        });
         self.bufs.trim(now);
     }
 
@@ -121,9 +132,10 @@ impl Endpoint {
         heavy.sort_unstable_by(|a, b| b.cmp(a));
         let mut dropped = false;
         for (queued, held, key) in heavy {
-            if over == 0 {
+            if over == 0 || self.flushing.drops >= DROPS_PER_TURN {
                 break;
             }
+            self.flushing.drops += 1;
             let slot = &mut self.slots[key];
             log::warn!(target: "wskit::server", "{} dropped to keep the memory budget ({queued} B queued, {held} B held)", slot.peer);
             slot.drop_slow(queued, now);

@@ -223,17 +223,22 @@ impl Endpoint {
             return false;
         }
         loop {
-            let (key, carried) = match self.carried.pop() {
-                Some(key) => (key, true),
-                None => match self.dirty.pop() {
-                    Some(key) => (key, false),
-                    None => return self.end_of_lists(now),
+            // Light connections first, whatever the budget; then what earlier turns left; then the rest.
+            let (key, carried, light) = match self.light.pop() {
+                Some(key) => (key, false, true),
+                None => match self.carried.pop() {
+                    Some(key) => (key, true, false),
+                    None => match self.dirty.pop() {
+                        Some(key) => (key, false, false),
+                        None => return self.end_of_lists(now),
+                    },
                 },
             };
             let Some(slot) = self.slots.get_mut(key).filter(|s| s.flags.has(Flags::DIRTY)) else {
                 continue; // gone, or an entry left below a newer one
             };
-            if self.flushing.turn_written >= TURN_WRITES && !slot.flags.has(Flags::BLOCKED) && slot.wants_write() {
+            let over = self.flushing.turn_written >= TURN_WRITES;
+            if over && !light && !slot.flags.has(Flags::BLOCKED) && slot.wants_write() {
                 if carried {
                     self.carried.push(key);
                 } else {
@@ -268,6 +273,8 @@ impl Endpoint {
             }
         }
         self.flushing.ending = false;
+        // What waits for the next turn's end (and keeps the loop from sleeping until then).
+        self.dirty.append(&mut self.later);
         false
     }
 
@@ -295,9 +302,17 @@ impl Endpoint {
         let m = &self.shared.metrics;
         let queued = recount(slot, &mut self.table[key], m, &mut self.held);
         if queued > self.queue_limit && !slot.conn.is_finished() {
-            // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
-            Metrics::add(&m.slow_closed, 1);
-            slot.drop_slow(queued, now);
+            if self.flushing.drops < DROPS_PER_TURN {
+                // A peer that does not read: drop it rather than hold its queue (the close frame would not pass).
+                self.flushing.drops += 1;
+                Metrics::add(&m.slow_closed, 1);
+                slot.drop_slow(queued, now);
+            } else {
+                // This turn has dropped its share: at the next one (it is not read or written meanwhile).
+                slot.flags.set(Flags::DIRTY);
+                self.later.push(key);
+                return;
+            }
         }
         let hw = self.config.write_high_water;
         if queued > hw {
