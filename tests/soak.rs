@@ -402,14 +402,16 @@ fn quantile(mut v: Vec<u32>, q: f64) -> u32 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
-fn soak(total: usize, parallel: usize, rate: f64) {
+fn soak(total: usize, parallel: usize) {
     let stats = std::env::temp_dir().join(format!("wskit-soak-{}.count", std::process::id()));
     let child = ChildServer::start_with(512 * 1024, None, "", Some(&stats));
     let pid = child.pid();
-    // Warm up with one round of every kind at full parallelism, so the slab, the allocator and the timer heap
-    // have grown to what the churn needs; the baseline is taken after it.
-    let warm = churn(child.addr, parallel * 2, parallel, f64::INFINITY);
+    // Warm up with rounds of every kind at full parallelism, so the slab, the allocator and the timer heap have
+    // grown to what the churn needs; the baseline is taken after it. Its rate is what this machine churns flat out.
+    let warm = churn(child.addr, parallel * 10, parallel, f64::INFINITY);
     assert!(warm.failures.is_empty(), "warm-up: {:?}", warm.failures);
+    let flat_out = (parallel * 10) as f64 / warm.secs;
+    let rate = rate(flat_out);
     let settled = |want: usize| {
         let ok = wait_until(Duration::from_secs(15), || child_connections(&stats) == Some(want));
         assert!(ok, "child holds {:?} sockets, expected {want}", child_connections(&stats));
@@ -440,7 +442,7 @@ fn soak(total: usize, parallel: usize, rate: f64) {
     let (p50b, p99b, maxb) =
         (quantile(during.clone(), 0.5), quantile(during.clone(), 0.99), quantile(during.clone(), 1.0));
     eprintln!(
-        "soak: {total} connections (≤ {parallel} at a time, ≤ {rate}/s) in {:.1} s = {:.0}/s; done by kind {:?} (clean, deflate, \
+        "soak: {total} connections (≤ {parallel} at a time, ≤ {rate:.0}/s; {flat_out:.0}/s flat out) in {:.1} s = {:.0}/s; done by kind {:?} (clean, deflate, \
          drop mid-frame, slow reader, FIN, refused); failures {}",
         report.secs,
         total as f64 / report.secs,
@@ -461,25 +463,28 @@ fn soak(total: usize, parallel: usize, rate: f64) {
     // allocator may keep a page or two of what the churn freed.
     assert!(rss1 <= rss0 + rss0 / 50 + 512, "RSS {rss0} KiB -> {rss1} KiB");
     assert!(during.len() > 100, "the steady client was starved: {} samples", during.len());
-    // The steady client shares the loop with the churn: its p99 stays within a few milliseconds.
-    assert!(p99b <= (p99a * 4).max(5_000), "steady p99 {p99a} µs -> {p99b} µs during the churn");
+    // The steady client shares the loop with the churn: its p99 stays within a few milliseconds (here ~1 ms; a
+    // loop stalled by the churn's closes would be tens).
+    assert!(p99b <= (p99a * 4).max(10_000), "steady p99 {p99a} µs -> {p99b} µs during the churn");
 }
 
-/// Connections opened per second (`WSKIT_SOAK_RATE`, default 5,000: about half what this 2-core machine's
-/// client and server can churn flat out, so the steady client's latency shows the server, not a saturated CPU).
-fn rate() -> f64 {
-    std::env::var("WSKIT_SOAK_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(5000.0)
+/// Connections opened per second (`WSKIT_SOAK_RATE`; by default half what this machine's client and server
+/// churned flat out in the warm-up, at most 5,000 (~11,000/s flat out on the 2-core development machine in a
+/// debug build): the steady client's latency shows the server, not a saturated CPU. A fixed 5,000/s was 70 % or
+/// more of a slower CI machine, whose steady client then saw 18 ms at p99.)
+fn rate(flat_out: f64) -> f64 {
+    std::env::var("WSKIT_SOAK_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or((flat_out / 2.0).min(5000.0))
 }
 
 #[test]
 fn soak_churn() {
     let total = std::env::var("WSKIT_SOAK_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    soak(total, 200, rate());
+    soak(total, 200);
 }
 
 #[test]
 #[ignore = "the full soak: a million connections, minutes"]
 fn soak_million() {
     let total = std::env::var("WSKIT_SOAK_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    soak(total, 500, rate());
+    soak(total, 500);
 }
