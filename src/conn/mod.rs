@@ -170,9 +170,39 @@ struct InMessage {
     /// RSV1 was set on the first frame: the payload is inflated as it arrives.
     compressed: bool,
     buf: Vec<u8>,
+    /// Bytes at the end of `buf` that are not the message's: a recycled buffer's old bytes, or room zeroed for a
+    /// read straight into it ([`Connection::payload_target`]); bytes appended overwrite it, and it is dropped
+    /// when the message is delivered.
+    room: usize,
+    /// Completed by a read straight into it (or found not UTF-8): reported by the next `read`.
+    pending: Pending,
     frames: usize,
     utf8: Utf8Validator,
     deadline: Instant,
+}
+
+impl InMessage {
+    /// The message's length so far (`buf` without its room).
+    #[inline]
+    fn len(&self) -> usize {
+        self.buf.len() - self.room
+    }
+
+    #[inline]
+    fn drop_room(&mut self) {
+        if self.room > 0 {
+            self.buf.truncate(self.len());
+            self.room = 0;
+        }
+    }
+}
+
+/// What a read straight into a message's buffer left for the next `read` to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Nothing,
+    Complete,
+    NotUtf8,
 }
 
 /// Frame-reading state, alive while the connection is open or closing by us.
@@ -317,10 +347,12 @@ pub struct Connection {
     /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
     /// `usize::MAX` before the upgrade, when `out` holds HTTP.
     frame_left: usize,
-    /// A large empty buffer in passing: lent by the shell from its loop-wide pool for the next large message
+    /// A large buffer in passing: lent by the shell from its loop-wide pool for the next large message
     /// (assembled or queued), or released here by one (a delivered message, a written queue) for the shell to
     /// take back ([`Connection::lend_buffer`], [`Connection::take_buffer`]). Reusing them spares the page faults
     /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
+    /// Its contents are an earlier message's, kept so that a read straight into it need not zero it first: every
+    /// use empties it, except a message's assembly, which counts them as room ([`InMessage::room`]).
     spare: Vec<u8>,
 }
 
@@ -332,7 +364,7 @@ pub(crate) const SHARE_MIN: usize = 1024;
 /// ones only for messages at least this long.
 pub(crate) const SPARE_MIN: usize = 64 * 1024;
 
-/// Keeps a large buffer that fell free (emptied) for the shell to take back ([`Connection::take_buffer`]): in
+/// Keeps a large buffer that fell free for the shell to take back ([`Connection::take_buffer`]): in
 /// `spare`, the larger of the two; the other in the queue `out` if that is empty and smaller. Keeping only the
 /// larger and freeing the other drained the loop's pool by one buffer per 1 MiB echo, so every message then paid
 /// fresh pages for its assembly (256 page faults per MiB). Buffers below [`SPARE_MIN`] are freed.
@@ -340,11 +372,12 @@ fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
     if buf.capacity() < SPARE_MIN {
         return;
     }
-    buf.clear();
-    if buf.capacity() > spare.capacity() {
+    // (Of two alike, the spare keeps the one with more old bytes: room to read into without zeroing.)
+    if (buf.capacity(), buf.len()) > (spare.capacity(), spare.len()) {
         std::mem::swap(spare, &mut buf);
     }
     if buf.capacity() >= SPARE_MIN && out.is_empty() && buf.capacity() > out.capacity() {
+        buf.clear();
         *out = buf;
     }
 }
@@ -451,7 +484,7 @@ impl Connection {
             debug_assert!((rx.hdr_len as usize) < MAX_HEADER_LEN, "a whole header is never left stashed");
             debug_assert!(rx.ctrl.len() <= MAX_CONTROL_PAYLOAD, "control payloads are at most 125 bytes");
             if let Some(m) = &rx.msg {
-                debug_assert!(m.buf.len() <= self.config.max_message_size, "message limit held");
+                debug_assert!(m.len() <= self.config.max_message_size, "message limit held");
                 debug_assert!(m.frames <= self.config.max_frames_per_message, "frame limit held");
             }
             if let (State::Open(_), Some(f)) = (&self.state, rx.frame) {

@@ -197,7 +197,6 @@ impl Connection {
         self.advance_frames(n);
         let start = self.out_start as usize + n;
         if start >= self.out.len() {
-            self.out.clear();
             self.out_start = 0;
             // No large buffer is kept, nor the one that carried the handshake answer.
             let after_handshake = match &mut self.state {
@@ -207,9 +206,12 @@ impl Connection {
             if after_handshake {
                 self.out = Vec::new();
             } else if self.out.capacity() > SPARE_MIN {
-                // Not kept by an idle connection: parked for the shell to take back.
+                // Not kept by an idle connection: parked for the shell to take back, with the bytes it carried
+                // (room for a later read straight into it: see `spare`).
                 let buf = std::mem::take(&mut self.out);
                 park(&mut self.spare, &mut self.out, buf);
+            } else {
+                self.out.clear();
             }
             self.promote();
         } else if start >= 64 * 1024 && 2 * start >= self.out.len() || start > u32::MAX as usize {
@@ -350,16 +352,17 @@ impl Connection {
         let need = payload + MAX_HEADER_LEN * frames;
         if self.out.is_empty() && self.tail.is_none() && self.out.capacity() < need && self.spare.capacity() >= need {
             std::mem::swap(&mut self.out, &mut self.spare);
+            self.out.clear();
         }
     }
 
-    /// Lends the connection an empty buffer for its next large message (the shell's pool; see `spare`). It is
+    /// Lends the connection a buffer for its next large message (the shell's pool; see `spare`; what it holds is
+    /// never shown, and kept only as room to read into). It is
     /// refused (handed back) when the connection already holds one.
-    pub fn lend_buffer(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+    pub fn lend_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
         if self.spare.capacity() > 0 {
             return Some(buf);
         }
-        buf.clear();
         self.spare = buf;
         None
     }
@@ -379,10 +382,11 @@ impl Connection {
     /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
     /// Call it until it returns `None` (a connection can hold two: the spare, and an empty queue's large buffer).
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        if self.spare.capacity() > 0 {
-            return Some(std::mem::take(&mut self.spare));
+        // The spare last: the pool is a stack, and the spare keeps its old bytes (room to read into unzeroed).
+        if self.out_parked() {
+            return Some(std::mem::take(&mut self.out));
         }
-        self.out_parked().then(|| std::mem::take(&mut self.out))
+        (self.spare.capacity() > 0).then(|| std::mem::take(&mut self.spare))
     }
 
     /// Queues a message as one frame.

@@ -618,3 +618,110 @@ fn plain_http_and_bad_handshakes() {
     assert_eq!(evs, vec![Ev::Refused(431)]);
     assert!(out.starts_with(b"HTTP/1.1 431 "));
 }
+
+/// Feeds `data` as a shell that reads large payloads straight into the message does: through `read` while no
+/// large frame is due, else into `payload_target` in pieces of `step` bytes (then `read` on empty input for the
+/// event). The events and what was written match feeding it all through `read`. With `recycle`, it lends the
+/// connection large buffers as the endpoint's pool does, each starting full of 0xA5 and then holding the messages
+/// it held before: none of those bytes may show.
+fn run_in_place(data: &[u8], step: usize, recycle: bool) -> (Vec<Ev>, Vec<u8>) {
+    let now = Instant::now();
+    let mut c = Connection::new(config(), now);
+    let (mut evs, mut written) = (Vec::new(), Vec::new());
+    let mut pool: Vec<Vec<u8>> = if recycle { vec![vec![0xA5; 700_000], vec![0xA5; 100_000]] } else { Vec::new() };
+    let mut pos = 0;
+    let record = |c: &mut Connection, input: &mut [u8], evs: &mut Vec<Ev>| {
+        let (mut off, len) = (0, input.len());
+        loop {
+            let (n, ev) = c.read(&mut input[off..], now);
+            off += n;
+            match ev {
+                None if n == 0 || off == len => return,
+                None => {}
+                Some(Event::Upgrade(r)) => {
+                    evs.push(Ev::Upgrade(r.uri().to_string()));
+                    c.accept(None, true, now).unwrap();
+                }
+                Some(Event::Message(Message::Text(t))) => evs.push(Ev::Text(t.to_string())),
+                Some(Event::Message(Message::Binary(b))) => evs.push(Ev::Binary(b.to_vec())),
+                Some(Event::Ping(p)) => evs.push(Ev::Ping(p.to_vec())),
+                Some(Event::Close(code, r)) => evs.push(Ev::Close(code.0, r.to_string())),
+                Some(Event::Error(e)) => evs.push(Ev::Error(e)),
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    while pos < data.len() {
+        if recycle {
+            pool.extend(std::iter::from_fn(|| c.take_buffer()));
+            if let Some(b) = pool.pop() {
+                pool.extend(c.lend_buffer(b));
+            }
+        }
+        let due = c.payload_due();
+        if due >= 1000 {
+            let n = step.min(due).min(data.len() - pos);
+            let room = c.payload_target(step).expect("room for a large frame's payload");
+            room[..n].copy_from_slice(&data[pos..pos + n]);
+            c.payload_read(n, now);
+            pos += n;
+            record(&mut c, &mut [], &mut evs);
+        } else {
+            let end = (pos + step).min(data.len());
+            let mut chunk = data[pos..end].to_vec();
+            pos = end;
+            record(&mut c, &mut chunk, &mut evs);
+        }
+        c.drain_out(&mut written);
+    }
+    (evs, written)
+}
+
+#[test]
+fn large_payloads_read_in_place_give_the_same_transcript() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let text = "é€😀 ".repeat(20_000);
+    let mut data = HEAD.to_vec();
+    data.extend(frame(true, OpCode::Binary, &big));
+    // A text message in two frames with a ping between, cut inside a UTF-8 sequence.
+    data.extend(frame(false, OpCode::Text, &text.as_bytes()[..50_001]));
+    data.extend(frame(true, OpCode::Ping, b"p"));
+    data.extend(frame(true, OpCode::Continuation, &text.as_bytes()[50_001..]));
+    // Not UTF-8 in the middle of a large text frame: 1007 as through `read`.
+    let mut bad = text.as_bytes()[..70_000].to_vec();
+    bad[65_000] = 0xff;
+    data.extend(frame(true, OpCode::Text, &bad));
+    let (want, want_out, _) = run(config(), &data, &[]);
+    assert!(want.contains(&Ev::Error(ProtocolError::InvalidUtf8)), "{want:?}");
+    for step in [1000, 4096, 65_537, 1 << 20] {
+        for recycle in [false, true] {
+            let (got, out) = run_in_place(&data, step, recycle);
+            assert_eq!(got, want, "step {step}, recycle {recycle}");
+            assert_eq!(out, want_out, "step {step}, recycle {recycle}");
+        }
+    }
+}
+
+/// Recycled buffers (an earlier message's bytes, or 0xA5) under messages of every shape: shorter and longer than
+/// the buffer, fragmented, ended by an empty frame, one after another; none of the old bytes shows.
+#[test]
+fn recycled_buffers_never_show_their_old_bytes() {
+    let bytes =
+        |n: usize, seed: u32| -> Vec<u8> { (0..n as u32).map(|i| (i.wrapping_mul(seed) % 241) as u8).collect() };
+    let mut data = HEAD.to_vec();
+    data.extend(frame(true, OpCode::Binary, &bytes(500_000, 7)));
+    data.extend(frame(true, OpCode::Binary, &bytes(80_000, 11)));
+    data.extend(frame(false, OpCode::Binary, &bytes(90_000, 13)));
+    data.extend(frame(true, OpCode::Continuation, &[]));
+    data.extend(frame(false, OpCode::Binary, &bytes(70_000, 17)));
+    data.extend(frame(false, OpCode::Continuation, &bytes(3, 19)));
+    data.extend(frame(true, OpCode::Continuation, &bytes(800_000, 23)));
+    data.extend(frame(true, OpCode::Binary, &bytes(65_536, 29)));
+    let (want, want_out, _) = run(config(), &data, &[]);
+    assert_eq!(want.iter().filter(|e| matches!(e, Ev::Binary(_))).count(), 5, "{}", want.len());
+    for step in [1000, 4096, 65_537, 1 << 20] {
+        let (got, out) = run_in_place(&data, step, true);
+        assert_eq!(got, want, "step {step}");
+        assert_eq!(out, want_out, "step {step}");
+    }
+}

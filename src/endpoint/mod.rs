@@ -114,6 +114,11 @@ const POOL_BYTES: usize = 64 << 20;
 const POOL_BUF_MAX: usize = 4 << 20;
 /// Buffers the pool held unused for a whole interval this long are freed: memory returns after a burst.
 const POOL_TRIM: Duration = Duration::from_secs(1);
+/// A frame whose payload still due is at least this long has it read straight into its message's buffer
+/// ([`Connection::payload_target`]), up to [`IN_PLACE_MAX`] bytes a read: the copy out of the read buffer is what a
+/// large message costs in user space (1 MiB messages: 60 % of it, measured with `perf`).
+const IN_PLACE_MIN: usize = 64 * 1024;
+const IN_PLACE_MAX: usize = 1 << 20;
 /// Slices a [`Transmit`] has at most.
 pub const MAX_PARTS: usize = 16;
 
@@ -348,6 +353,8 @@ pub struct Endpoint {
     /// Work the fresh events took this turn ([`FRESH_PER_TURN`]).
     fresh_work: usize,
     burst: Option<Burst>,
+    /// The read asked for goes straight into this connection's message buffer, at most this many bytes.
+    target: Option<(usize, usize)>,
     /// Connections to read at a later turn, in turn (slot, generation, debt): cut at their [`QUANTUM`], or let
     /// read again (back-pressure released, reading resumed), which waits for the next turn so that a loop turn
     /// always ends. `debt` is the work past its quantum the last burst caused: it is worked off a quantum per
@@ -455,6 +462,7 @@ impl Endpoint {
             fresh_at: 0,
             fresh_work: 0,
             burst: None,
+            target: None,
             backlog: VecDeque::new(),
             backlog_turn: None,
             work: 0,

@@ -9,6 +9,12 @@ impl Endpoint {
     /// first.
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.settle_direct();
+        if let Some((key, max)) = self.target {
+            if let Some(room) = self.slots.get_mut(key).and_then(|s| s.conn.payload_target(max)) {
+                return room;
+            }
+            self.target = None;
+        }
         &mut self.rbuf
     }
 
@@ -73,6 +79,13 @@ impl Endpoint {
                 }
                 return None;
             }
+        }
+        // The rest of a large frame is read straight into its message's buffer: no copy out of the read buffer.
+        let due = if slot.is_tls() || slot.is_draining() { 0 } else { slot.conn.payload_due() };
+        if due >= IN_PLACE_MIN {
+            let max = due.min(IN_PLACE_MAX);
+            self.target = Some((key, max));
+            return Some(Read { id: self.id_of(key), max, peek: false });
         }
         Some(Read { id: self.id_of(key), max: READ_BUF, peek: false })
     }
@@ -180,7 +193,12 @@ impl Endpoint {
     /// to the handler, and what it sends is queued (an echo may wait in the read buffer: poll the transmits
     /// before the next read).
     pub fn received(&mut self, read: Read, result: io::Result<usize>, now: Instant) {
+        let in_place = self.target.take().is_some_and(|(k, _)| read.id.index() == k);
         let Some(key) = self.key_of(read.id) else { return };
+        if in_place {
+            let n = *result.as_ref().unwrap_or(&0);
+            self.slots[key].conn.payload_read(n, now);
+        }
         match self.burst {
             Some(Burst::Peeking { key: k }) if k == key && read.peek => return self.peeked(key, result, now),
             Some(Burst::Probing { key: k, asked: true, .. }) if k == key => return self.probe_read(key, result, now),
@@ -192,7 +210,7 @@ impl Endpoint {
                 self.end_burst();
                 self.peer_gone(key, true, now);
             }
-            Ok(n) => self.read_some(key, n, n < read.max, now),
+            Ok(n) => self.read_some(key, n, n < read.max, in_place, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.slots[key].flags.clear(Flags::READ_READY);
                 self.end_burst();
@@ -205,7 +223,7 @@ impl Endpoint {
     }
 
     /// `n` bytes were read from a connection being read (`short`: fewer than asked, so the socket is drained).
-    fn read_some(&mut self, key: usize, n: usize, short: bool, now: Instant) {
+    fn read_some(&mut self, key: usize, n: usize, short: bool, in_place: bool, now: Instant) {
         self.work += n;
         let slot = &mut self.slots[key];
         if slot.is_draining() {
@@ -222,8 +240,13 @@ impl Endpoint {
             slot.flags.clear(Flags::READ_READY);
         }
         Metrics::add(&self.shared.metrics.bytes_in, n as u64);
-        let n = if slot.phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
-        let quiet = n > 0 && self.input(key, n, short, now);
+        let quiet = if in_place {
+            // (Already in the message: what the connection has to report, it reports on empty input.)
+            self.feed(key, false, 0, 0, false, now)
+        } else {
+            let n = if slot.phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
+            n > 0 && self.input(key, n, short, now)
+        };
         if !self.slots.contains(key) {
             return self.end_burst();
         }
