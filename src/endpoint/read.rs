@@ -179,7 +179,9 @@ impl Endpoint {
             || slot.phase == Phase::Proxy
             || slot.is_tls()
             || !slot.wants_read(self.config.write_high_water)
+            || slot.conn.payload_due() >= PROBE
         {
+            // (The rest of a large frame is plainly not cheap: a look would only copy 64 KiB of it.)
             self.defer(key);
             return None;
         }
