@@ -164,7 +164,7 @@ pub struct Config {
     pub forwarded_header: String,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
-    /// `deflate_level`, `deflate_min_size`, `deflate_max_contexts`).
+    /// `deflate_level`, `deflate_large_level`, `deflate_large_min`, `deflate_min_size`, `deflate_max_contexts`).
     pub deflate: DeflateConfig,
 }
 
@@ -350,6 +350,8 @@ impl Config {
             "deflate_server_no_context_takeover" => self.deflate.server_no_context_takeover = parse_bool(key, v)?,
             "deflate_client_no_context_takeover" => self.deflate.client_no_context_takeover = parse_bool(key, v)?,
             "deflate_level" => self.deflate.level = parse_usize(key, v)?.min(u32::MAX as usize) as u32,
+            "deflate_large_level" => self.deflate.large_level = parse_usize(key, v)?.min(u32::MAX as usize) as u32,
+            "deflate_large_min" => self.deflate.large_min = parse_usize(key, v)?,
             "deflate_min_size" => self.deflate.min_size = parse_usize(key, v)?,
             "deflate_max_contexts" => self.deflate.max_contexts = parse_usize(key, v)?,
             _ => return Err(ConfigError::new(key, "unknown key")),
@@ -597,6 +599,9 @@ impl Config {
         if d.level > 9 {
             return Err(ConfigError::new("deflate_level", "must be 0 to 9"));
         }
+        if d.large_level > 9 {
+            return Err(ConfigError::new("deflate_large_level", "must be 0 to 9"));
+        }
         if (self.ssl_cert.is_some() || !self.ssl_sni.is_empty()) && !cfg!(feature = "tls") {
             return Err(ConfigError::new("ssl_cert", "wskit was built without TLS support (cargo feature `tls`)"));
         }
@@ -647,6 +652,10 @@ mod tests {
         let e = Config::from_pairs([("trusted_proxies", "10.0.0.0/8, 10.0.0.0/40")]).unwrap_err();
         assert_eq!(e.key, "trusted_proxies");
         assert!(e.to_string().contains("10.0.0.0/40"), "{e}");
+        let c = Config::from_pairs([("deflate_large_level", "9"), ("deflate_large_min", "1024")]).unwrap();
+        assert_eq!((c.deflate.large_level, c.deflate.large_min), (9, 1024));
+        let e = Config::from_pairs([("deflate_large_level", "10")]).unwrap_err();
+        assert_eq!(e.key, "deflate_large_level");
     }
 }
 

@@ -415,7 +415,7 @@ impl Connection {
                 let op = if m.text { OpCode::Text } else { OpCode::Binary };
                 return self.send_payload(op, &m.payload, pool);
             }
-            Some(p) if m.payload.len() >= p.min_size => Some((p.compress_window(), p.level)),
+            Some(p) if m.payload.len() >= p.min_size => Some((p.compress_window(), p.level_for(m.payload.len()))),
             _ => None,
         };
         let frames = m.frames(form, pool, self.config.max_frame_out);
@@ -533,7 +533,7 @@ impl Connection {
         z.clear();
         let p = d.params;
         if p.server_no_context_takeover {
-            pool.compress(p.compress_window(), p.level, payload, &mut z);
+            pool.compress(p.compress_window(), p.level_for(payload.len()), payload, &mut z);
             if z.len() < payload.len() {
                 self.queue_message(true, op, &z);
             } else {
@@ -543,7 +543,7 @@ impl Connection {
             // With context takeover the compressor's window now holds this message, so it must go out compressed
             // (the peer's inflater has to see it too).
             let c = d.compressor.get_or_insert_with(|| deflate::Compressor::new(p.level, p.compress_window()));
-            c.compress(payload, &mut z);
+            c.compress_at(p.level_for(payload.len()), payload, &mut z);
             self.queue_message(true, op, &z);
         }
         if z.capacity() > 1 << 20 {

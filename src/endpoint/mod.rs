@@ -80,7 +80,7 @@ const BACKLOG_PER_TURN: usize = 4 << 20;
 /// of heavy clients send at once, the light ones among them are still answered in this turn.
 const FRESH_PER_TURN: usize = 2 << 20;
 /// Work counted per byte inflated, or compressed for an echo: (de)compressing a byte costs several times what
-/// reading, unmasking or writing it does (zlib-rs at level 1 on the bench's workloads: a few hundred MB/s,
+/// reading, unmasking or writing it does (zlib-rs on the bench's workloads: a few hundred MB/s at level 1, less than half that at 3,
 /// against GB/s for copies).
 const DEFLATE_WEIGHT: usize = 4;
 /// What a probe looks at: what an ordinary client sends at once fits (a 16 KiB message of 200 clients in step)

@@ -52,6 +52,50 @@ impl Handler for Echo {
     }
 }
 
+/// Every connection subscribes to one topic; a message is published to all the others.
+struct Fan;
+impl Handler for Fan {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _req: &wskit::handshake::Request) {
+        ctx.subscribe("t");
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+        ctx.publish_others("t", msg);
+    }
+}
+
+/// One publish of `size` bytes to `subs` subscribers (and its publisher): the heap bytes per delivery while every
+/// copy is queued and none written, and the time from the publisher's read to the last subscriber's bytes
+/// handed out, over as many turns as the write budget takes.
+fn fan_out(subs: usize, size: usize, now: Instant) -> (f64, Duration) {
+    let config = Config { max_connections_per_ip: 0, ..Config::default() };
+    let mut ep = Endpoint::new(config, Box::new(Fan));
+    let mut ids = Vec::with_capacity(subs + 1);
+    open(&mut ep, &mut ids, subs + 1, false, now);
+    let publisher = ids[subs];
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, 0, OpCode::Binary, [1, 2, 3, 4], &vec![7; size]);
+    let before = live();
+    let start = Instant::now();
+    ep.ready(publisher, true, false, false);
+    let op = ep.poll_read(now).expect("the publisher is read");
+    ep.read_buf()[..frame.len()].copy_from_slice(&frame);
+    ep.received(op, Ok(frame.len()), now);
+    let queued = Instant::now();
+    let per_delivery = (live() - before) as f64 / subs as f64;
+    let paused = queued.elapsed();
+    let mut written = 0;
+    while ep.poll_read(now).is_some() {}
+    ep.end_turn(now);
+    written += drain(&mut ep, now);
+    while ep.busy() {
+        ep.end_turn(now);
+        written += drain(&mut ep, now);
+    }
+    let took = start.elapsed() - paused;
+    assert!(written >= subs, "every subscriber got it ({written} transmits)");
+    (per_delivery, took)
+}
+
 fn request(deflate: bool) -> Vec<u8> {
     let ext = if deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
     format!(
@@ -215,5 +259,18 @@ fn main() {
         let per_conn = (live() - before) as f64 / deflated as f64;
         println!("| {deflated} idle connections with permessage-deflate: heap bytes per connection | {per_conn:.0} |");
     }
-    println!("\n(total {:.1} s; `cargo run -p wskit-bench --release --bin scale -- --conns {conns} --deflate {deflated} --active {active_n}`)", t0.elapsed().as_secs_f64());
+    let subs = arg(&args, "--fanout", 10_000);
+    if subs > 0 {
+        println!("\n| one publish to {subs} subscribers of one topic | heap bytes per delivery, all queued | the whole fan-out | deliveries/s |");
+        println!("|---|---:|---:|---:|");
+        for size in [64, 1024, 16 * 1024] {
+            let (bytes, took) = fan_out(subs, size, now);
+            println!(
+                "| {size} B | {bytes:.0} | {:.2} ms | {:.1} M |",
+                took.as_secs_f64() * 1e3,
+                subs as f64 / took.as_secs_f64() / 1e6
+            );
+        }
+    }
+    println!("\n(total {:.1} s; `cargo run -p wskit-bench --release --bin scale -- --conns {conns} --deflate {deflated} --active {active_n} --fanout {subs}`)", t0.elapsed().as_secs_f64());
 }

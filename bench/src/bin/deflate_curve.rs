@@ -1,0 +1,321 @@
+//! What permessage-deflate buys and costs on the server's side, across its settings: for three workloads (JSON
+//! chat messages, market-data ticks, random text), every level, window bits 9 / 12 / 15, with and without
+//! context takeover, the wire ratio (compressed bytes over payload bytes, frame headers left out), the CPU time
+//! per message and per payload KiB, and the compressor's heap bytes (a counting allocator) — what a connection
+//! holds with context takeover, and the loop's one pooled compressor without it. The compressor is wskit's own
+//! (`wskit::deflate::Compressor`, zlib-rs), driven as the server drives it: one sync flush per message, reset
+//! after each message without context takeover.
+//!
+//! `cargo run -p wskit-bench --release --bin deflate_curve [-- --csv target/bench/deflate.csv --svg docs/deflate.svg]`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+use wskit::deflate::Compressor;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts the bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// A small deterministic generator (xorshift64*), so every run compresses the same bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was", "for", "on", "are", "as", "with", "his",
+    "they", "at", "be", "this", "have", "from", "or", "one", "had", "by", "word", "but", "not", "what", "all", "were",
+    "we", "when", "your", "can", "said", "there", "use", "an", "each", "which", "she", "do", "how", "their", "if",
+    "will", "up", "other", "about", "out", "many", "then", "them", "these", "so", "some", "her", "would", "make",
+    "like", "him", "into", "time", "has", "look", "two", "more", "write", "go", "see", "number", "no", "way", "could",
+    "people", "my", "than", "first", "water", "been", "call", "who", "oil", "its", "now", "find", "long", "down",
+    "day", "did", "get", "come", "made", "may", "part", "meeting", "deploy", "server", "tonight", "lunch", "release",
+    "latency", "graph", "thanks", "agreed", "tomorrow", "weekend", "coffee", "review", "merge", "ticket",
+];
+const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
+const ROOMS: &[&str] = &["lobby", "dev", "ops", "random"];
+const SYMBOLS: &[&str] = &["BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT", "EURUSD"];
+
+/// 2,000 chat messages as a chat server relays them: JSON, 80–600 bytes, words from a small vocabulary.
+fn chat(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut ts = 1_764_800_000_000u64;
+    (0..2000)
+        .map(|i| {
+            let mut text = String::new();
+            for _ in 0..3 + rng.below(60) {
+                text += WORDS[rng.below(WORDS.len() as u64) as usize];
+                text.push(' ');
+            }
+            ts += rng.below(5000);
+            let (user, room) = (USERS[rng.below(10) as usize], ROOMS[rng.below(4) as usize]);
+            format!(
+                r#"{{"type":"message","id":{i},"room":"{room}","user":"{user}","ts":{ts},"text":"{}"}}"#,
+                text.trim_end()
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// 5,000 market-data ticks: one quote per message (~120 bytes), prices walking by small steps.
+fn ticks(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut price = [97_234.51f64, 3_621.07, 241.33, 229.87, 418.02, 1.0523];
+    let mut ts = 1_764_800_000_000u64;
+    (0..5000)
+        .map(|seq| {
+            let k = rng.below(SYMBOLS.len() as u64) as usize;
+            price[k] *= 1.0 + (rng.below(2001) as f64 - 1000.0) * 1e-6;
+            ts += rng.below(40);
+            let spread = price[k] * 2e-5;
+            let (bs, asz) = (rng.below(100_000) as f64 / 1000.0, rng.below(100_000) as f64 / 1000.0);
+            format!(
+                r#"{{"e":"quote","s":"{}","seq":{seq},"t":{ts},"b":{:.4},"bs":{bs:.3},"a":{:.4},"as":{asz:.3}}}"#,
+                SYMBOLS[k],
+                price[k],
+                price[k] + spread
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// The bench's deflate workload (`bench/src/bin/load.rs --deflate --size 1024`): 64 JSON-like texts of 1 KiB, each
+/// sent in turn, 640 messages.
+fn load_client(_: &mut Rng) -> Vec<Vec<u8>> {
+    let text = |seed: usize| {
+        let mut v = Vec::new();
+        let mut i = seed * 7919;
+        while v.len() < 1024 {
+            v.extend_from_slice(
+                format!(r#"{{"id":{i},"user":"user{}","text":"hello from the load client"}},"#, i % 37).as_bytes(),
+            );
+            i += 1;
+        }
+        v.truncate(1024);
+        v
+    };
+    (0..640).map(|i| text(i % 64)).collect()
+}
+
+/// The chat lines joined into messages of 64 KiB (a history page, a batch): long text with repeats.
+fn chat_pages(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let lines = chat(rng);
+    let mut pages = vec![Vec::new()];
+    for l in lines.iter().cycle().take(6000) {
+        let page = pages.last_mut().expect("one page at least");
+        page.extend_from_slice(l);
+        page.push(b'\n');
+        if page.len() >= 64 * 1024 {
+            page.truncate(64 * 1024);
+            pages.push(Vec::new());
+        }
+    }
+    pages.pop();
+    pages
+}
+
+/// 64 messages of 16 KiB of random lowercase letters and spaces (~4.7 bits of entropy a byte: at best ~0.59).
+fn random_text(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz ";
+    (0..64).map(|_| (0..16 * 1024).map(|_| alphabet[rng.below(27) as usize]).collect()).collect()
+}
+
+struct Point {
+    workload: &'static str,
+    takeover: bool,
+    bits: u8,
+    level: u32,
+    ratio: f64,
+    ns_per_msg: f64,
+    ns_per_kib: f64,
+    compressor_bytes: isize,
+}
+
+/// Compresses every message once as the server does; returns (wire bytes, seconds).
+fn pass(msgs: &[Vec<u8>], c: &mut Compressor, takeover: bool, out: &mut Vec<u8>) -> (usize, f64) {
+    let t = Instant::now();
+    let mut wire = 0;
+    for m in msgs {
+        out.clear();
+        c.compress(m, out);
+        // (Shorter than the payload or sent as it is, as the server does.)
+        wire += out.len().min(m.len());
+        if !takeover {
+            c.reset();
+        }
+    }
+    (wire, t.elapsed().as_secs_f64())
+}
+
+fn measure(workload: &'static str, msgs: &[Vec<u8>], takeover: bool, bits: u8, level: u32) -> Point {
+    let payload: usize = msgs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut c = Compressor::new(level, bits);
+    let (wire, _) = pass(msgs, &mut c, takeover, &mut out);
+    let compressor_bytes = LIVE.load(Ordering::Relaxed) - before;
+    // Time: the best of five passes (a fresh compressor each, so context takeover starts alike).
+    let best = (0..5)
+        .map(|_| {
+            let mut c = Compressor::new(level, bits);
+            pass(msgs, &mut c, takeover, &mut out).1
+        })
+        .fold(f64::INFINITY, f64::min);
+    Point {
+        workload,
+        takeover,
+        bits,
+        level,
+        ratio: wire as f64 / payload as f64,
+        ns_per_msg: best * 1e9 / msgs.len() as f64,
+        ns_per_kib: best * 1e9 / (payload as f64 / 1024.0),
+        compressor_bytes,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let workloads = [
+        ("chat", chat(&mut rng)),
+        ("ticks", ticks(&mut rng)),
+        ("random text", random_text(&mut rng)),
+        ("chat pages, 64 KiB", chat_pages(&mut rng)),
+        ("bench 1 KiB", load_client(&mut rng)),
+    ];
+    let mut points = Vec::new();
+    for (name, msgs) in &workloads {
+        let payload: usize = msgs.iter().map(Vec::len).sum();
+        println!("\n{name}: {} messages, {} bytes on average\n", msgs.len(), payload / msgs.len());
+        println!("| context takeover | window bits | level | wire / payload | µs per message | ns per KiB | compressor heap bytes |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for takeover in [false, true] {
+            for bits in [9u8, 12, 15] {
+                for level in 1..=9 {
+                    let p = measure(name, msgs, takeover, bits, level);
+                    println!(
+                        "| {} | {bits} | {level} | {:.3} | {:.2} | {:.0} | {} |",
+                        if takeover { "kept" } else { "reset" },
+                        p.ratio,
+                        p.ns_per_msg / 1e3,
+                        p.ns_per_kib,
+                        p.compressor_bytes
+                    );
+                    points.push(p);
+                }
+            }
+        }
+    }
+    if let Some(path) = arg("--csv") {
+        let mut s = String::from(
+            "workload,context_takeover,window_bits,level,wire_ratio,ns_per_msg,ns_per_kib,compressor_bytes\n",
+        );
+        for p in &points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{:.4},{:.0},{:.0},{}",
+                p.workload, p.takeover, p.bits, p.level, p.ratio, p.ns_per_msg, p.ns_per_kib, p.compressor_bytes
+            );
+        }
+        std::fs::write(&path, s).expect("write the CSV");
+    }
+    if let Some(path) = arg("--svg") {
+        std::fs::write(&path, svg(&points, &workloads.map(|(n, _)| n))).expect("write the SVG");
+    }
+}
+
+/// Wire ratio against CPU per payload KiB, one panel per workload; a line per (takeover, window bits) through
+/// levels 1 to 9 (the level's digit at each point).
+fn svg(points: &[Point], workloads: &[&str]) -> String {
+    let (pw, ph, pad) = (360.0, 300.0, 50.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+        workloads.len() as f64 * (pw + pad) + pad,
+        ph + 2.0 * pad + 40.0
+    );
+    let series = [
+        (false, 15u8, "#1f77b4"),
+        (false, 9, "#7fb3e0"),
+        (true, 15, "#d62728"),
+        (true, 12, "#ff7f0e"),
+        (true, 9, "#f2b880"),
+    ];
+    for (i, w) in workloads.iter().enumerate() {
+        let x0 = pad + i as f64 * (pw + pad);
+        let ps: Vec<&Point> = points.iter().filter(|p| p.workload == *w).collect();
+        let xmax = ps.iter().map(|p| p.ns_per_kib).fold(0.0, f64::max) * 1.05;
+        let ymax = ps.iter().map(|p| p.ratio).fold(0.0, f64::max).min(1.0) * 1.05;
+        let (fx, fy) = (|v: f64| x0 + v / xmax * pw, |v: f64| pad + ph - v / ymax * ph);
+        let _ = write!(s, r#"<rect x="{x0}" y="{pad}" width="{pw}" height="{ph}" fill="none" stroke="gray"/>"#);
+        let _ = write!(s, r#"<text x="{}" y="{}" font-weight="bold">{w}</text>"#, x0, pad - 8.0);
+        let _ = write!(
+            s,
+            r#"<text x="{x0}" y="{}">0</text><text x="{}" y="{}" text-anchor="end">{:.0} ns per payload KiB</text>"#,
+            pad + ph + 14.0,
+            x0 + pw,
+            pad + ph + 14.0,
+            xmax
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{:.2}</text><text x="{}" y="{}" text-anchor="end">0</text>"#,
+            x0 - 4.0,
+            pad + 4.0,
+            ymax,
+            x0 - 4.0,
+            pad + ph
+        );
+        for (takeover, bits, color) in series {
+            let line: Vec<&&Point> = ps.iter().filter(|p| p.takeover == takeover && p.bits == bits).collect();
+            let path: Vec<String> =
+                line.iter().map(|p| format!("{:.1},{:.1}", fx(p.ns_per_kib), fy(p.ratio))).collect();
+            let _ = write!(s, r#"<polyline points="{}" fill="none" stroke="{color}"/>"#, path.join(" "));
+            for p in line {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" fill="{color}" text-anchor="middle">{}</text>"#,
+                    fx(p.ns_per_kib),
+                    fy(p.ratio) + 4.0,
+                    p.level
+                );
+            }
+        }
+    }
+    let mut lx = pad;
+    for (takeover, bits, color) in series {
+        let label = format!("{} context, {bits}-bit window", if takeover { "kept" } else { "reset" });
+        let _ = write!(s, r#"<text x="{lx}" y="{}" fill="{color}">■ {label}</text>"#, ph + 2.0 * pad + 20.0);
+        lx += 200.0;
+    }
+    s + "</svg>\n"
+}
