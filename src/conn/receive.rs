@@ -126,6 +126,20 @@ impl Connection {
         }
     }
 
+    /// Whether a read straight into the message left something to report.
+    #[inline]
+    fn has_pending(&self) -> bool {
+        matches!(&self.state, State::Open(Rx { msg: Some(m), msg_delivered: false, .. }) if m.pending != Pending::Nothing)
+    }
+
+    /// Reports what a read straight into the message left.
+    #[cold]
+    #[inline(never)]
+    fn deliver_pending<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
+        let ready = self.pending().expect("something pending");
+        self.deliver(ready, input, 0, false, false, now)
+    }
+
     /// What a read straight into the message left to report.
     #[inline]
     fn pending(&mut self) -> Option<Ready> {
@@ -161,8 +175,8 @@ impl Connection {
 
     /// The frame loop: runs [`Frames`] over `input` until something is ready, then hands it out.
     pub(super) fn read_frames<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        if let Some(ready) = self.pending() {
-            return self.deliver(ready, input, 0, false, false, now);
+        if self.has_pending() {
+            return self.deliver_pending(input, now);
         }
         let Connection { config, state, deflate, spare, out, .. } = self;
         let config = &**config;

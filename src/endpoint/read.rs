@@ -9,6 +9,17 @@ impl Endpoint {
     /// first.
     pub fn read_buf(&mut self) -> &mut [u8] {
         self.settle_direct();
+        if self.target.is_some() {
+            return self.target_buf();
+        }
+        &mut self.rbuf
+    }
+
+    /// [`Endpoint::read_buf`] for a read straight into a message: room in its buffer (or the read buffer, if it
+    /// has none after all).
+    #[cold]
+    #[inline(never)]
+    fn target_buf(&mut self) -> &mut [u8] {
         if let Some((key, max)) = self.target {
             if let Some(room) = self.slots.get_mut(key).and_then(|s| s.conn.payload_target(max)) {
                 return room;
@@ -81,8 +92,8 @@ impl Endpoint {
             }
         }
         // The rest of a large frame is read straight into its message's buffer: no copy out of the read buffer.
-        let due = if slot.is_tls() || slot.is_draining() { 0 } else { slot.conn.payload_due() };
-        if due >= IN_PLACE_MIN {
+        let due = slot.conn.payload_due();
+        if due >= IN_PLACE_MIN && !slot.is_tls() && !slot.is_draining() {
             let max = due.min(IN_PLACE_MAX);
             self.target = Some((key, max));
             return Some(Read { id: self.id_of(key), max, peek: false });
@@ -195,12 +206,8 @@ impl Endpoint {
     /// to the handler, and what it sends is queued (an echo may wait in the read buffer: poll the transmits
     /// before the next read).
     pub fn received(&mut self, read: Read, result: io::Result<usize>, now: Instant) {
-        let in_place = self.target.take().is_some_and(|(k, _)| read.id.index() == k);
+        let in_place = self.target.is_some() && self.read_in_place(&read, &result, now);
         let Some(key) = self.key_of(read.id) else { return };
-        if in_place {
-            let n = *result.as_ref().unwrap_or(&0);
-            self.slots[key].conn.payload_read(n, now);
-        }
         match self.burst {
             Some(Burst::Peeking { key: k }) if k == key && read.peek => return self.peeked(key, result, now),
             Some(Burst::Probing { key: k, asked: true, .. }) if k == key => return self.probe_read(key, result, now),
@@ -222,6 +229,20 @@ impl Endpoint {
                 self.peer_gone(key, false, now);
             }
         }
+    }
+
+    /// A read straight into a message's buffer ([`Endpoint::read_buf`]) is reported to its connection; true if
+    /// this was one.
+    #[cold]
+    #[inline(never)]
+    fn read_in_place(&mut self, read: &Read, result: &io::Result<usize>, now: Instant) -> bool {
+        if !self.target.take().is_some_and(|(k, _)| read.id.index() == k) {
+            return false;
+        }
+        if let Some(slot) = self.key_of(read.id).and_then(|key| self.slots.get_mut(key)) {
+            slot.conn.payload_read(*result.as_ref().unwrap_or(&0), now);
+        }
+        true
     }
 
     /// `n` bytes were read from a connection being read (`short`: fewer than asked, so the socket is drained).
