@@ -42,17 +42,9 @@ impl Target {
             .split_whitespace()
             .flat_map(|kv| ["--set".to_string(), kv.to_string()])
             .collect();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = std::process::Command::new(bin)
-            .arg("--addr")
-            .arg(addr.to_string())
-            .args(args)
-            .args(&extra)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(args).args(&extra).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let (child, addr) = spawn_listening(&mut cmd);
         let pid = child.id();
         assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()), "{example} did not start");
         Target { _child: Child(child), pid, addr }

@@ -386,6 +386,27 @@ macro_rules! child_server_entry {
 }
 
 /// A free loopback port (bound and released).
+/// Starts an example server on `--addr 127.0.0.1:0` and reads the address it prints (`... ://ADDR ...`): the
+/// kernel picks the port as the server binds it. A port picked beforehand ([`free_port`]) can be taken before the
+/// server binds it — by another test's server, or as a client socket's ephemeral port — and the test then talks
+/// to the wrong process. The rest of the server's output is drained.
+pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = cmd.arg("--addr").arg("127.0.0.1:0").stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap_or(0) > 0, "the server exited before it listened");
+        let token = line.split("://").nth(1).and_then(|r| r.split(|c: char| c == '/' || c.is_whitespace()).next());
+        if let Some(addr) = token.and_then(|t| t.parse().ok()) {
+            break addr;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, addr)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
