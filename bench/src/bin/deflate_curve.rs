@@ -8,33 +8,13 @@
 //!
 //! `cargo run -p wskit-bench --release --bin deflate_curve [-- --csv target/bench/deflate.csv --svg docs/deflate.svg]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 use wskit::deflate::Compressor;
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts the bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+use wskit_bench::live;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: wskit_bench::Counting = wskit_bench::Counting;
 
 /// A small deterministic generator (xorshift64*), so every run compresses the same bytes.
 struct Rng(u64);
@@ -111,19 +91,7 @@ fn ticks(rng: &mut Rng) -> Vec<Vec<u8>> {
 /// The bench's deflate workload (`bench/src/bin/load.rs --deflate --size 1024`): 64 JSON-like texts of 1 KiB, each
 /// sent in turn, 640 messages.
 fn load_client(_: &mut Rng) -> Vec<Vec<u8>> {
-    let text = |seed: usize| {
-        let mut v = Vec::new();
-        let mut i = seed * 7919;
-        while v.len() < 1024 {
-            v.extend_from_slice(
-                format!(r#"{{"id":{i},"user":"user{}","text":"hello from the load client"}},"#, i % 37).as_bytes(),
-            );
-            i += 1;
-        }
-        v.truncate(1024);
-        v
-    };
-    (0..640).map(|i| text(i % 64)).collect()
+    (0..640).map(|i| wskit_bench::json_text(1024, i % 64)).collect()
 }
 
 /// The chat lines joined into messages of 64 KiB (a history page, a batch): long text with repeats.
@@ -179,10 +147,10 @@ fn pass(msgs: &[Vec<u8>], c: &mut Compressor, takeover: bool, out: &mut Vec<u8>)
 fn measure(workload: &'static str, msgs: &[Vec<u8>], takeover: bool, bits: u8, level: u32) -> Point {
     let payload: usize = msgs.iter().map(Vec::len).sum();
     let mut out = Vec::with_capacity(64 * 1024);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let mut c = Compressor::new(level, bits);
     let (wire, _) = pass(msgs, &mut c, takeover, &mut out);
-    let compressor_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let compressor_bytes = live() - before;
     // Time: the best of five passes (a fresh compressor each, so context takeover starts alike).
     let best = (0..5)
         .map(|_| {

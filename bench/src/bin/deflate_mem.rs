@@ -4,34 +4,14 @@
 //!
 //! `cargo run -p wskit-bench --release --bin deflate_mem`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 use wskit::deflate::Compressor;
 use wskit::frame::{write_client_frame, OpCode};
 use wskit::{Config, Connection, Event};
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts the bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+use wskit_bench::live;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: wskit_bench::Counting = wskit_bench::Counting;
 
 /// Heap bytes of one codec context, made and used once (zlib allocates its window and tables on first use).
 fn contexts() {
@@ -41,22 +21,22 @@ fn contexts() {
     for bits in 9..=15u8 {
         let mut row = format!("| {bits} |");
         for level in [1, 6, 9] {
-            let before = LIVE.load(Ordering::Relaxed);
+            let before = live();
             let mut c = Compressor::new(level, bits);
             let mut z = Vec::new();
             c.compress(&msg, &mut z);
-            let held = LIVE.load(Ordering::Relaxed) - before - z.capacity() as isize;
+            let held = live() - before - z.capacity() as isize;
             row += &format!(" {held} |");
             drop(c);
         }
         let mut z = Vec::new();
         Compressor::new(6, bits).compress(&msg, &mut z);
         let mut out = Vec::with_capacity(1 << 20);
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let mut inf = wskit::deflate::Inflater::new(bits);
         inf.inflate(&z, &mut out, 1 << 20).unwrap();
         assert_eq!(out.capacity(), 1 << 20, "the output buffer had room: it did not move");
-        let held = LIVE.load(Ordering::Relaxed) - before;
+        let held = live() - before;
         row += &format!(" {held} |");
         println!("{row}");
     }
@@ -84,7 +64,7 @@ fn main() {
         let mut frame = Vec::new();
         write_client_frame(&mut frame, true, 0b100, OpCode::Text, [1, 2, 3, 4], &z);
 
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let now = Instant::now();
         let mut conn = Connection::new(config.clone(), now);
         let mut h = head.into_bytes();
@@ -94,7 +74,7 @@ fn main() {
         conn.accept(None, true, Instant::now()).unwrap();
         let n = conn.out().len();
         conn.consume_out(n);
-        let idle = LIVE.load(Ordering::Relaxed) - before;
+        let idle = live() - before;
         let (_, ev) = conn.read(&mut frame, now);
         assert!(matches!(ev, Some(Event::Message(_))));
         drop(ev);
@@ -102,7 +82,7 @@ fn main() {
         // The endpoint takes a large buffer a message left back into its loop's pool after every read burst
         // (`take_back`): the connection does not keep it.
         while conn.take_buffer().is_some() {}
-        let after = LIVE.load(Ordering::Relaxed) - before;
+        let after = live() - before;
         println!("| {bits} | {nct} | {idle} | {after} |");
         drop(conn);
     }

@@ -75,23 +75,9 @@ fn frame(size: usize) -> Vec<u8> {
     v
 }
 
-/// A compressible JSON-like text of `size` bytes; `seed` varies the ids so successive messages differ.
-fn text(size: usize, seed: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(size + 64);
-    let mut i = seed * 7919;
-    while v.len() < size {
-        v.extend_from_slice(
-            format!(r#"{{"id":{i},"user":"user{}","text":"hello from the load client"}},"#, i % 37).as_bytes(),
-        );
-        i += 1;
-    }
-    v.truncate(size);
-    v
-}
-
 fn deflated_frame(size: usize, seed: usize) -> Vec<u8> {
     let mut z = Vec::new();
-    wskit::deflate::Compressor::new(6, 15).compress(&text(size, seed), &mut z);
+    wskit::deflate::Compressor::new(6, 15).compress(&wskit_bench::json_text(size, seed), &mut z);
     let mut v = Vec::new();
     wskit::frame::write_client_frame(&mut v, true, 0b100, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &z);
     v
@@ -99,7 +85,7 @@ fn deflated_frame(size: usize, seed: usize) -> Vec<u8> {
 
 fn text_frame(size: usize, seed: usize) -> Vec<u8> {
     let mut v = Vec::new();
-    let t = text(size, seed);
+    let t = wskit_bench::json_text(size, seed);
     wskit::frame::write_client_frame(&mut v, true, 0, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &t);
     v
 }
