@@ -17,11 +17,7 @@ impl Connection {
     /// Bytes that do not yet form anything whole are kept inside the connection. Payload bytes are unmasked in
     /// place in `input`.
     pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        if let Some(l) = self.live.as_deref_mut().filter(|_| !input.is_empty()) {
-            // Anything from the peer shows it is alive (and answers an outstanding keepalive ping).
-            l.last_rx = now;
-            l.ping_deadline = None;
-        }
+        heard_from(self.live.as_deref_mut().filter(|_| !input.is_empty()), now);
         match &mut self.state {
             State::ReadingHead { head, .. } => {
                 let max = self.config.max_handshake_bytes;
@@ -104,10 +100,7 @@ impl Connection {
     /// `n` bytes were read into the room [`Connection::payload_target`] gave: they join the message (unmasked,
     /// UTF-8 checked) as if they had come through [`Connection::read`].
     pub fn payload_read(&mut self, n: usize, now: Instant) {
-        if let Some(l) = self.live.as_deref_mut().filter(|_| n > 0) {
-            l.last_rx = now;
-            l.ping_deadline = None;
-        }
+        heard_from(self.live.as_deref_mut().filter(|_| n > 0), now);
         let State::Open(rx) = &mut self.state else { return };
         let (Some(f), Some(m)) = (rx.frame.as_mut(), rx.msg.as_deref_mut()) else { return };
         let data = m.len();
@@ -132,23 +125,16 @@ impl Connection {
         matches!(&self.state, State::Open(Rx { msg: Some(m), msg_delivered: false, .. }) if m.pending != Pending::Nothing)
     }
 
-    /// Reports what a read straight into the message left.
+    /// Reports what a read straight into the message left ([`Connection::has_pending`]).
     #[cold]
     #[inline(never)]
     fn deliver_pending<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        let ready = self.pending().expect("something pending");
+        let State::Open(Rx { msg: Some(m), .. }) = &mut self.state else { unreachable!("checked by has_pending") };
+        let ready = match std::mem::replace(&mut m.pending, Pending::Nothing) {
+            Pending::NotUtf8 => Ready::Error(ProtocolError::InvalidUtf8),
+            Pending::Complete | Pending::Nothing => Ready::BufMessage, // (not Nothing: has_pending said so)
+        };
         self.deliver(ready, input, 0, false, false, now)
-    }
-
-    /// What a read straight into the message left to report.
-    #[inline]
-    fn pending(&mut self) -> Option<Ready> {
-        let State::Open(Rx { msg: Some(m), msg_delivered: false, .. }) = &mut self.state else { return None };
-        match std::mem::replace(&mut m.pending, Pending::Nothing) {
-            Pending::Nothing => None,
-            Pending::Complete => Some(Ready::BufMessage),
-            Pending::NotUtf8 => Some(Ready::Error(ProtocolError::InvalidUtf8)),
-        }
     }
 
     /// Sends the close frame for `e` (if the close was not already sent) and waits for the peer's close.
@@ -630,4 +616,13 @@ impl Frames<'_> {
 pub(super) enum Payload<'a> {
     Input(&'a [u8]),
     Ctrl,
+}
+
+/// Anything from the peer shows it is alive (and answers an outstanding keepalive ping).
+#[inline]
+fn heard_from(live: Option<&mut Liveness>, now: Instant) {
+    if let Some(l) = live {
+        l.last_rx = now;
+        l.ping_deadline = None;
+    }
 }
