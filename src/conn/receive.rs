@@ -19,43 +19,50 @@ impl Connection {
     pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
         heard_from(self.live.as_deref_mut().filter(|_| !input.is_empty()), now);
         match &mut self.state {
-            State::ReadingHead { head, .. } => {
-                let max = self.config.max_handshake_bytes;
-                match head.feed(input, max) {
-                    Ok(Status::Partial) => (input.len(), None),
-                    Ok(Status::Complete(n)) => {
-                        let parsed = head.parse(input, n).and_then(|req| {
-                            if !req.wants_upgrade() {
-                                return handshake::validate_request(&req).map(|()| (req, None));
-                            }
-                            handshake::validate_upgrade(&req).map(|accept| (req, Some(accept)))
-                        });
-                        let deadline = now + self.config.handshake_timeout;
-                        match parsed {
-                            Ok((req, Some(accept))) => {
-                                let offers = deflate::parse_offers(
-                                    req.headers()
-                                        .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
-                                        .map(|(_, v)| v),
-                                );
-                                let deflate = deflate::negotiate(&offers, &self.config.deflate);
-                                self.state = State::AwaitingDecision { accept, deflate, deadline };
-                                (n, Some(Event::Upgrade(req)))
-                            }
-                            Ok((req, None)) => {
-                                self.state = State::AwaitingResponse { deadline };
-                                (n, Some(Event::Http(req)))
-                            }
-                            Err(e) => (input.len(), Some(self.refuse(e, now))),
-                        }
-                    }
-                    Err(e) => (input.len(), Some(self.refuse(e, now))),
-                }
-            }
+            State::ReadingHead { .. } => self.read_head(input, now),
             State::Open(_) | State::ClosingByUs { .. } => self.read_frames(input, now),
             // Waiting for the application, or closed: nothing is read.
             State::AwaitingDecision { .. } | State::AwaitingResponse { .. } => (0, None),
             State::Closed { .. } => (input.len(), None),
+        }
+    }
+
+    /// [`Connection::read`] while the request head comes in (out of line: the open connection's path stays small,
+    /// and the compiler does not hoist the handshake's constants into every read).
+    #[cold]
+    #[inline(never)]
+    fn read_head<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
+        let State::ReadingHead { head, .. } = &mut self.state else { unreachable!("reading the head") };
+        let max = self.config.max_handshake_bytes;
+        match head.feed(input, max) {
+            Ok(Status::Partial) => (input.len(), None),
+            Ok(Status::Complete(n)) => {
+                let parsed = head.parse(input, n).and_then(|req| {
+                    if !req.wants_upgrade() {
+                        return handshake::validate_request(&req).map(|()| (req, None));
+                    }
+                    handshake::validate_upgrade(&req).map(|accept| (req, Some(accept)))
+                });
+                let deadline = now + self.config.handshake_timeout;
+                match parsed {
+                    Ok((req, Some(accept))) => {
+                        let offers = deflate::parse_offers(
+                            req.headers()
+                                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+                                .map(|(_, v)| v),
+                        );
+                        let deflate = deflate::negotiate(&offers, &self.config.deflate);
+                        self.state = State::AwaitingDecision { accept, deflate, deadline };
+                        (n, Some(Event::Upgrade(req)))
+                    }
+                    Ok((req, None)) => {
+                        self.state = State::AwaitingResponse { deadline };
+                        (n, Some(Event::Http(req)))
+                    }
+                    Err(e) => (input.len(), Some(self.refuse(e, now))),
+                }
+            }
+            Err(e) => (input.len(), Some(self.refuse(e, now))),
         }
     }
 

@@ -90,7 +90,19 @@ fn refuse(m: &Metrics, conn: &mut Connection, why: Why, status: u16, body: &[u8]
 }
 
 /// Answers a plain HTTP request: the handler's response, a 500 if it panicked, or 426 if it has none.
-fn answer_http(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, conn: &mut Connection, req: &Request, now: Instant) {
+#[cold]
+#[inline(never)]
+fn answer_http(
+    handler: &mut dyn Handler,
+    ctx: &mut Ctx<'_>,
+    slot: &mut Slot,
+    config: &Config,
+    req: &Request,
+    now: Instant,
+) {
+    forwarded_peer(config, &mut slot.peer, req);
+    ctx.peer = slot.peer;
+    let conn = &mut slot.conn;
     let resp = match guarded(ctx.id, "on_http", || handler.on_http(ctx, req)) {
         Some(r) => r,
         None => Some(crate::handler::Response::new(500, "text/plain", "internal error\n")),
@@ -107,6 +119,58 @@ fn answer_http(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, conn: &mut Connecti
             now,
         ),
     };
+}
+
+/// The handler's state for a connection is suspect after a panic: it is closed with 1011; everyone else goes on.
+#[cold]
+fn handler_panicked(conn: &mut Connection, now: Instant) {
+    let _ = conn.close(crate::CloseCode::INTERNAL, "internal error", now);
+}
+
+/// An upgrade, through the limits, the policy and the handler's say (out of line, as every event but a message):
+/// what to open it with, if it is accepted.
+#[cold]
+#[inline(never)]
+fn upgrade(
+    handler: &mut dyn Handler,
+    ctx: &mut Ctx<'_>,
+    slot: &mut Slot,
+    config: &Config,
+    (open, per_ip): (usize, &HashMap<IpAddr, u32>),
+    req: Request,
+    now: Instant,
+) -> Option<(IpAddr, Option<String>)> {
+    forwarded_peer(config, &mut slot.peer, &req);
+    ctx.peer = slot.peer;
+    let ip = per_ip_key(slot.peer.ip());
+    let verdict = limits(config, open, per_ip, ip, &req);
+    let decided = decide(handler, ctx, &mut slot.conn, verdict, &req, config.prod, now);
+    decided.map(|protocol| (ip, protocol))
+}
+
+/// A refused handshake, a control frame or a protocol error, to the handler; false if the handler panicked.
+#[cold]
+#[inline(never)]
+fn other_event(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, prod: bool, ev: Event<'_>) -> bool {
+    let id = ctx.id;
+    match ev {
+        Event::HandshakeFailed(e) => {
+            ctx.metrics.handshake_failed(e.status());
+            if !prod {
+                log::debug!(target: "wskit::server", "{id} {} handshake refused ({}): {e}", ctx.peer, e.status());
+            }
+        }
+        Event::Ping(p) => return guarded(id, "on_ping", || handler.on_ping(ctx, p)).is_some(),
+        Event::Pong(p) => return guarded(id, "on_pong", || handler.on_pong(ctx, p)).is_some(),
+        Event::Error(e) => {
+            if !prod {
+                log::debug!(target: "wskit::server", "{id} {} protocol error: {e}", ctx.peer);
+            }
+            guarded(id, "on_error", || handler.on_error(ctx, &e));
+        }
+        Event::Close(..) | Event::Message(_) | Event::Upgrade(_) | Event::Http(_) => {}
+    }
+    true
 }
 
 impl Endpoint {
@@ -211,57 +275,41 @@ impl Endpoint {
         let (used, ev) = slot.conn.read(&mut input[*off..n], now);
         *off += used;
         let Some(ev) = ev else { return if used == 0 || *off >= n { Step::Done } else { Step::Again } };
-        if let Event::Upgrade(req) | Event::Http(req) = &ev {
-            forwarded_peer(config, &mut slot.peer, req);
-        }
         let mut ctx = Ctx::new(id, slot.peer, queue, &shared.metrics, table, config.write_high_water);
-        let mut panicked = false;
-        let mut accepted = None;
-        match ev {
+        let m = match ev {
+            Event::Message(m) => m,
             Event::Upgrade(req) => {
-                let ip = per_ip_key(slot.peer.ip());
-                let verdict = limits(config, self.open, &self.per_ip, ip, &req);
-                let decided = decide(&mut **handler, &mut ctx, &mut slot.conn, verdict, &req, config.prod, now);
-                accepted = decided.map(|protocol| (ip, protocol));
-            }
-            Event::Http(req) => answer_http(&mut **handler, &mut ctx, &mut slot.conn, &req, now),
-            Event::HandshakeFailed(e) => {
-                shared.metrics.handshake_failed(e.status());
-                if !config.prod {
-                    log::debug!(target: "wskit::server", "{id} {} handshake refused ({}): {e}", slot.peer, e.status());
+                let accepted = upgrade(&mut **handler, &mut ctx, slot, config, (self.open, &self.per_ip), req, now);
+                if let Some((ip, protocol)) = accepted {
+                    self.opened(key, ip, protocol.as_deref(), now);
                 }
+                return Step::Handled;
             }
-            Event::Message(m) => {
-                Metrics::add(&shared.metrics.messages_in, 1);
-                let len = m.as_bytes().len();
-                Metrics::add(&shared.metrics.payload_in, len as u64);
-                if slot.flags.has(Flags::DEFLATE) {
-                    // Inflated: its bytes may be a thousand times the input's.
-                    *work += DEFLATE_WEIGHT * len;
+            Event::Http(req) => {
+                answer_http(&mut **handler, &mut ctx, slot, config, &req, now);
+                return Step::Handled;
+            }
+            other => {
+                if !other_event(&mut **handler, &mut ctx, config.prod, other) {
+                    handler_panicked(&mut slot.conn, now);
                 }
-                ctx.echo = Some((m.as_bytes().as_ptr() as usize, len));
-                // A message found whole in the input ends where the core stopped reading; one it assembled is
-                // lent out by the connection (told apart when the echo is applied).
-                let last = *off >= n;
-                *echo_src = Some(EchoSrc { plain, end: *off, last, direct: direct && last && !plain });
-                panicked = guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none();
+                return Step::Handled;
             }
-            Event::Ping(p) => panicked = guarded(id, "on_ping", || handler.on_ping(&mut ctx, p)).is_none(),
-            Event::Pong(p) => panicked = guarded(id, "on_pong", || handler.on_pong(&mut ctx, p)).is_none(),
-            Event::Close(..) => {}
-            Event::Error(e) => {
-                if !config.prod {
-                    log::debug!(target: "wskit::server", "{id} {} protocol error: {e}", slot.peer);
-                }
-                guarded(id, "on_error", || handler.on_error(&mut ctx, &e));
-            }
+        };
+        Metrics::add(&shared.metrics.messages_in, 1);
+        let len = m.as_bytes().len();
+        Metrics::add(&shared.metrics.payload_in, len as u64);
+        if slot.flags.has(Flags::DEFLATE) {
+            // Inflated: its bytes may be a thousand times the input's.
+            *work += DEFLATE_WEIGHT * len;
         }
-        if panicked {
-            // The handler's state for this connection is suspect: close it with 1011; everyone else goes on.
-            let _ = slot.conn.close(crate::CloseCode::INTERNAL, "internal error", now);
-        }
-        if let Some((ip, protocol)) = accepted {
-            self.opened(key, ip, protocol.as_deref(), now);
+        ctx.echo = Some((m.as_bytes().as_ptr() as usize, len));
+        // A message found whole in the input ends where the core stopped reading; one it assembled is lent out
+        // by the connection (told apart when the echo is applied).
+        let last = *off >= n;
+        *echo_src = Some(EchoSrc { plain, end: *off, last, direct: direct && last && !plain });
+        if guarded(id, "on_message", || handler.on_message(&mut ctx, m)).is_none() {
+            handler_panicked(&mut slot.conn, now);
         }
         Step::Handled
     }
