@@ -5,7 +5,9 @@
 // runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
 // allowed unless `--max-frames` is given. permessage-deflate is negotiated unless `--no-deflate` is given.
 // `--loops N` runs N event loops on N threads sharing the port (a `Cluster`). `--set` sets any configuration key
-// (`Config::set`), e.g. `--set deflate_server_no_context_takeover=false`.
+// (`Config::set`), e.g. `--set deflate_server_no_context_takeover=false`. With `--pem`, `SIGHUP` reads the PEM file
+// again: new handshakes use the new certificate, open connections go on, and a file that does not load is refused
+// (the old certificate stays in use).
 
 use std::process::exit;
 use wskit::{Cluster, Config, Ctx, Handler, Message, Server};
@@ -55,7 +57,8 @@ fn main() {
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    let scheme = if pem.is_some() { "wss" } else { "ws" };
+    let tls = pem.is_some();
+    let scheme = if tls { "wss" } else { "ws" };
     if let Some(p) = pem {
         config.ssl_cert = Some(p.into());
         config.ssl_passphrase = passphrase;
@@ -64,6 +67,10 @@ fn main() {
         let cluster = Cluster::bind(&addr, config, loops, |_| Echo)
             .unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
         println!("echo: listening on {scheme}://{} ({loops} loops)", cluster.local_addr());
+        if tls {
+            let handle = cluster.handle();
+            reload_on_sighup(move || handle.reload_tls());
+        }
         if let Err(e) = cluster.join() {
             fail(&e.to_string());
         }
@@ -72,9 +79,27 @@ fn main() {
     let mut server =
         Server::bind(&addr, config, Echo).unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
     println!("echo: listening on {scheme}://{}", server.local_addr());
+    if tls {
+        let handle = server.handle();
+        reload_on_sighup(move || handle.reload_tls());
+    }
     if let Err(e) = server.run() {
         fail(&e.to_string());
     }
+}
+
+/// On every `SIGHUP`, `reload` (the TLS files read again), its outcome on stdout.
+fn reload_on_sighup(reload: impl Fn() -> Result<(), wskit::tls_config::TlsConfigError> + Send + 'static) {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .unwrap_or_else(|e| fail(&format!("cannot handle SIGHUP: {e}")));
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            match reload() {
+                Ok(()) => println!("echo: SIGHUP: TLS files reloaded; new handshakes use them"),
+                Err(e) => println!("echo: SIGHUP: reload refused, the TLS configuration in use is kept: {e}"),
+            }
+        }
+    });
 }
 
 fn fail(msg: &str) -> ! {

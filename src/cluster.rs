@@ -51,6 +51,15 @@ impl ClusterHandle {
     pub fn loop_handle(&self, i: usize) -> Option<ServerHandle> {
         self.loops().get(i).cloned()
     }
+    /// Reads the TLS files again and has every loop's new handshakes use them (built once, shared by the
+    /// loops); see [`ServerHandle::reload_tls`]. A file that does not load is refused with its error and every
+    /// loop keeps the configuration in use.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> Result<(), crate::tls_config::TlsConfigError> {
+        let first = self.loops().first().ok_or(crate::tls_config::TlsConfigError::NotTls)?;
+        let tls = first.rebuilt_tls()?;
+        self.loops().iter().try_for_each(|l| l.set_tls_config(tls.clone()))
+    }
     /// How many loops run.
     pub fn loop_count(&self) -> usize {
         self.loops().len()

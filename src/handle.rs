@@ -7,6 +7,8 @@ use crate::conn::Message;
 use crate::error::SendError;
 use crate::handler::{Commands, ConnId, Origin};
 use crate::metrics::Metrics;
+#[cfg(feature = "tls")]
+use crate::tls_config::TlsConfigError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -36,6 +38,21 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// A graceful shutdown asked from another thread, with its grace period.
     pub(crate) shutdown: Mutex<Option<Duration>>,
+    /// A new TLS configuration for new handshakes ([`ServerHandle::reload_tls`]).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: TlsSwap,
+}
+
+/// What a loop needs to take a new TLS configuration from another thread.
+#[cfg(feature = "tls")]
+#[derive(Default)]
+pub(crate) struct TlsSwap {
+    /// The configuration its TLS was built from (`ssl_cert` and friends), when it was: read again on a reload.
+    pub(crate) source: OnceLock<Arc<crate::Config>>,
+    /// Whether the loop serves TLS at all (set once, when it is built).
+    pub(crate) serving: AtomicBool,
+    /// The configuration the loop's next handshakes are to use, taken at its next turn.
+    pub(crate) next: Mutex<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Shared {
@@ -47,6 +64,8 @@ impl Shared {
             live: RwLock::new(Vec::new()),
             metrics: Metrics::default(),
             shutdown: Mutex::new(None),
+            #[cfg(feature = "tls")]
+            tls: TlsSwap::default(),
         }
     }
     pub(crate) fn wake(&self) {
@@ -140,6 +159,38 @@ impl ServerHandle {
     pub fn shutdown(&self, grace: Duration) {
         *self.shared.shutdown.lock().unwrap_or_else(|p| p.into_inner()) = Some(grace);
         self.shared.wake();
+    }
+
+    /// Reads the TLS files again (`ssl_cert`, `ssl_passphrase`, `ssl_sni`, as configured) and has new handshakes
+    /// use them from the loop's next turn; open connections go on with what they negotiated. A file that does
+    /// not load is refused with its error ([`TlsConfigError`] names the file and the fault) and the configuration
+    /// in use is kept. For a certificate renewed in place (certbot, a Kubernetes secret); the examples call it on
+    /// `SIGHUP`.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> Result<(), TlsConfigError> {
+        self.set_tls_config(self.rebuilt_tls()?)
+    }
+
+    /// Has new handshakes use `tls` from the loop's next turn (for a configuration the caller builds, as with
+    /// [`Server::bind_tls`](crate::Server::bind_tls)); open connections go on with what they negotiated.
+    #[cfg(feature = "tls")]
+    pub fn set_tls_config(&self, tls: Arc<rustls::ServerConfig>) -> Result<(), TlsConfigError> {
+        if !self.shared.tls.serving.load(Ordering::SeqCst) {
+            return Err(TlsConfigError::NotTls);
+        }
+        *self.shared.tls.next.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+        self.shared.wake();
+        Ok(())
+    }
+
+    /// The loop's TLS configuration built again from its files.
+    #[cfg(feature = "tls")]
+    pub(crate) fn rebuilt_tls(&self) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+        if !self.shared.tls.serving.load(Ordering::SeqCst) {
+            return Err(TlsConfigError::NotTls);
+        }
+        let source = self.shared.tls.source.get().ok_or(TlsConfigError::NotReloadable)?;
+        crate::tls_config::server_config(source)?.ok_or(TlsConfigError::NotReloadable)
     }
 }
 

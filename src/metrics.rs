@@ -87,6 +87,8 @@ pub struct Metrics {
     pub budget_closed: AtomicU64,
     /// Read bursts cut at their work quantum (the connection went to the back of the backlog).
     pub bursts_cut: AtomicU64,
+    /// TLS configurations taken for new handshakes after the first (`ServerHandle::reload_tls`).
+    pub tls_reloads: AtomicU64,
     turns: [AtomicU64; 9],
     turn_us_sum: AtomicU64,
 }
@@ -183,6 +185,12 @@ impl Metrics {
         one("memory_pressure_turns_total", "counter", "Turns past 3/4 of the memory budget.", &self.pressure_turns);
         one("budget_closed_total", "counter", "Connections dropped to keep the memory budget.", &self.budget_closed);
         one("bursts_cut_total", "counter", "Read bursts cut at their work quantum.", &self.bursts_cut);
+        one(
+            "tls_reloads_total",
+            "counter",
+            "TLS configurations taken for new handshakes after the first.",
+            &self.tls_reloads,
+        );
         let _ = writeln!(o, "# HELP wskit_upgrades_refused_total Upgrades refused, by reason.");
         let _ = writeln!(o, "# TYPE wskit_upgrades_refused_total counter");
         for (i, (_, name)) in REFUSALS.iter().enumerate() {

@@ -113,7 +113,10 @@ impl Server {
             crate::tls_config::server_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         #[cfg(not(feature = "tls"))]
         let tls = ();
-        Self::bind_inner(addr, config, tls, handler)
+        let server = Self::bind_inner(addr, config, tls, handler)?;
+        #[cfg(feature = "tls")]
+        server.ep.tls_from_files();
+        Ok(server)
     }
 
     /// Serves wss with a rustls configuration the caller built (instead of `ssl_cert` and friends).
@@ -139,6 +142,8 @@ impl Server {
     ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         let mut server = Self::with_listener(TcpListener::from_std(listener), config, tls, handler)?;
+        #[cfg(feature = "tls")]
+        server.ep.tls_from_files();
         server.ep.join_group(index, group);
         Ok(server)
     }

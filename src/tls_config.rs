@@ -38,6 +38,12 @@ pub enum TlsConfigError {
     BadPem(PathBuf, String),
     /// rustls refused the configuration.
     Rustls(String),
+    /// A TLS reload asked of a server that serves plain ws.
+    NotTls,
+    /// [`ServerHandle::reload_tls`](crate::ServerHandle::reload_tls) on a server whose TLS configuration the
+    /// caller built ([`Server::bind_tls`](crate::Server::bind_tls)): there are no files to read again; give the
+    /// new configuration with [`ServerHandle::set_tls_config`](crate::ServerHandle::set_tls_config).
+    NotReloadable,
 }
 
 impl fmt::Display for TlsConfigError {
@@ -66,6 +72,12 @@ impl fmt::Display for TlsConfigError {
             }
             TlsConfigError::BadPem(p, why) => write!(f, "ssl_cert {}: malformed PEM: {why}", p.display()),
             TlsConfigError::Rustls(e) => write!(f, "TLS configuration refused: {e}"),
+            TlsConfigError::NotTls => write!(f, "this server serves plain ws: it has no TLS configuration to replace"),
+            TlsConfigError::NotReloadable => write!(
+                f,
+                "this server's TLS configuration was built by the caller (bind_tls), not from ssl_cert: there are no \
+                 files to read again (use set_tls_config)"
+            ),
         }
     }
 }

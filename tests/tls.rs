@@ -10,9 +10,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tungstenite::Message as T;
+use wskit::tls_config::TlsConfigError;
 use wskit::{CloseStatus, Config, Ctx, Handler, Message};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -322,16 +324,107 @@ fn caller_built_rustls_config_with_bind_tls() {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key.into())
         .unwrap();
+    let tls = Arc::new(tls);
     let (tx, rx) = std::sync::mpsc::channel();
+    let served = tls.clone();
     let stopper = std::thread::spawn(move || {
-        let mut server = wskit::Server::bind_tls("127.0.0.1:0", Config::new(), Arc::new(tls), Echo).unwrap();
-        tx.send((server.local_addr(), server.stop_handle())).unwrap();
+        let mut server = wskit::Server::bind_tls("127.0.0.1:0", Config::new(), served, Echo).unwrap();
+        tx.send((server.local_addr(), server.handle())).unwrap();
         server.run().unwrap();
     });
-    let (addr, stop) = rx.recv().unwrap();
+    let (addr, handle) = rx.recv().unwrap();
     let mut ws = wss(addr, "localhost", client_config(&[&data.join("localhost-cert.pem")])).unwrap();
     ws.send(T::text("built by the caller")).unwrap();
     assert_eq!(ws.read().unwrap(), T::text("built by the caller"));
-    stop.stop();
+    // No files to read again: the caller gives the new configuration itself.
+    assert_eq!(handle.reload_tls(), Err(TlsConfigError::NotReloadable));
+    handle.set_tls_config(tls).unwrap();
+    let mut again = wss(addr, "localhost", client_config(&[&data.join("localhost-cert.pem")])).unwrap();
+    again.send(T::text("after set_tls_config")).unwrap();
+    assert_eq!(again.read().unwrap(), T::text("after set_tls_config"));
+    assert!(wait_until(Duration::from_secs(5), || handle.metrics().tls_reloads.load(Relaxed) == 1));
+    handle.stop();
     stopper.join().unwrap();
+}
+
+/// Two self-signed ECDSA certificates for `localhost` (`one.pem`, `two.pem`: key and certificate; `one.crt`,
+/// `two.crt`), and `live.pem`, a copy of `one.pem`, for the server to serve and the test to renew in place.
+fn two_certificates(name: &str) -> PathBuf {
+    let dir = material(name);
+    for stem in ["one", "two"] {
+        let key = format!("{stem}.key");
+        openssl(&dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &key]);
+        self_signed(&dir, stem, &["-key", &key], "/CN=localhost");
+        cat(&dir, &format!("{stem}.pem"), &[&key, &format!("{stem}.crt")]);
+    }
+    std::fs::copy(dir.join("one.pem"), dir.join("live.pem")).unwrap();
+    dir
+}
+
+#[test]
+fn reload_tls_serves_the_renewed_certificate_to_new_handshakes_only() {
+    let dir = two_certificates("reload");
+    let live = dir.join("live.pem");
+    let (one, two) = (client_config(&[&dir.join("one.crt")]), client_config(&[&dir.join("two.crt")]));
+    let server = TestServer::echo(Config::new().max_payload_size(1 << 20).tls_pem(&live, None));
+    let mut before = wss(server.addr, "localhost", one.clone()).expect("served with the first certificate");
+    assert!(wss(server.addr, "localhost", two.clone()).is_err(), "the second certificate is not served yet");
+
+    // Renewed in place, then reloaded: new handshakes get the new certificate, the open connection goes on.
+    std::fs::copy(dir.join("two.pem"), &live).unwrap();
+    server.handle.reload_tls().expect("the renewed file loads");
+    let mut after = wss(server.addr, "localhost", two.clone()).expect("served with the second certificate");
+    assert!(wss(server.addr, "localhost", one.clone()).is_err(), "the first certificate is no longer served");
+    echo_round_trips(&mut before);
+    echo_round_trips(&mut after);
+    assert_eq!(server.handle.metrics().tls_reloads.load(Relaxed), 1);
+
+    // Files that do not load are refused with their error; the configuration in use stays.
+    std::fs::copy(dir.join("two.crt"), &live).unwrap(); // a certificate without its key
+    assert_eq!(server.handle.reload_tls(), Err(TlsConfigError::NoKey(live.clone())));
+    std::fs::write(&live, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let e = server.handle.reload_tls().unwrap_err();
+    assert!(matches!(e, TlsConfigError::BadPem(..) | TlsConfigError::NoCertificate(_)), "{e}");
+    assert!(e.to_string().contains("live.pem"), "the error names the file: {e}");
+    std::fs::remove_file(&live).unwrap();
+    assert!(matches!(server.handle.reload_tls(), Err(TlsConfigError::FileUnreadable(..))));
+    let mut still = wss(server.addr, "localhost", two).expect("still served with the second certificate");
+    echo_round_trips(&mut still);
+    echo_round_trips(&mut before);
+    assert_eq!(server.handle.metrics().tls_reloads.load(Relaxed), 1);
+    assert!(server.handle.metrics().to_prometheus().contains("wskit_tls_reloads_total 1"));
+
+    let plain = TestServer::echo(Config::new());
+    assert_eq!(plain.handle.reload_tls(), Err(TlsConfigError::NotTls));
+}
+
+#[test]
+fn echo_example_reloads_its_pem_on_sighup() {
+    let dir = two_certificates("sighup");
+    let live = dir.join("live.pem");
+    let (one, two) = (client_config(&[&dir.join("one.crt")]), client_config(&[&dir.join("two.crt")]));
+    let echo = example_binary("echo", &["examples/echo.rs"]);
+    for loops in ["1", "2"] {
+        std::fs::copy(dir.join("one.pem"), &live).unwrap();
+        let (child, addr) = spawn_listening(Command::new(&echo).args(["--pem"]).arg(&live).args(["--loops", loops]));
+        let child = Child(child);
+        let mut before = wss(addr, "localhost", one.clone()).expect("the first certificate");
+        std::fs::copy(dir.join("two.pem"), &live).unwrap();
+        let hup = |pid: u32| assert!(Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap().success());
+        hup(child.0.id());
+        assert!(
+            wait_until(Duration::from_secs(10), || wss(addr, "localhost", two.clone()).is_ok()),
+            "{loops} loop(s): the renewed certificate is served after SIGHUP"
+        );
+        // Every loop serves it (connections land on either loop of two).
+        for _ in 0..8 {
+            echo_round_trips(&mut wss(addr, "localhost", two.clone()).expect("every loop reloaded"));
+        }
+        echo_round_trips(&mut before);
+        // A broken file on SIGHUP: refused, and the server goes on with what it had.
+        std::fs::write(&live, "garbage").unwrap();
+        hup(child.0.id());
+        std::thread::sleep(Duration::from_millis(300));
+        echo_round_trips(&mut wss(addr, "localhost", two.clone()).expect("the configuration in use is kept"));
+    }
 }

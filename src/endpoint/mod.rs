@@ -437,6 +437,9 @@ impl Endpoint {
         handler: Box<dyn Handler>,
     ) -> Endpoint {
         let queue_limit = config.queue_limit();
+        let shared = Arc::new(Shared::new());
+        #[cfg(feature = "tls")]
+        shared.tls.serving.store(tls.is_some(), Ordering::SeqCst);
         Endpoint {
             limits: config.limits(),
             config: Arc::new(config),
@@ -474,7 +477,7 @@ impl Endpoint {
             light: Vec::new(),
             flushing: Flushing::default(),
             orders: VecDeque::new(),
-            shared: Arc::new(Shared::new()),
+            shared,
             open: 0,
             per_ip: HashMap::new(),
             proxy_partial: HashMap::new(),
@@ -660,6 +663,8 @@ impl Endpoint {
 
     /// Carries out the commands other threads queued ([`crate::ServerHandle`]).
     pub fn take_inbox(&mut self, now: Instant) {
+        #[cfg(feature = "tls")]
+        self.take_tls();
         {
             let mut inbox = self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner());
             if inbox.cmds.is_empty() {
@@ -668,6 +673,24 @@ impl Endpoint {
             std::mem::swap(&mut *inbox, &mut self.queue);
         }
         self.apply_commands(now);
+    }
+
+    /// Takes a TLS configuration another thread gave ([`crate::ServerHandle::reload_tls`]): new connections use
+    /// it; open ones keep their session.
+    #[cfg(feature = "tls")]
+    fn take_tls(&mut self) {
+        let next = self.shared.tls.next.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tls) = next {
+            self.tls_config = Some(tls);
+            Metrics::add(&self.shared.metrics.tls_reloads, 1);
+            log::info!(target: "wskit::server", "TLS configuration reloaded: new handshakes use it");
+        }
+    }
+
+    /// The loop's TLS configuration was built from `ssl_cert` and friends: a reload reads them again.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_from_files(&self) {
+        let _ = self.shared.tls.source.set(self.config.clone());
     }
 
     /// Starts a graceful shutdown: sends close 1001 to every open connection and drops those still in the
