@@ -69,6 +69,18 @@ impl ClusterHandle {
         let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;
         l.send(to, msg)
     }
+    /// Accepts an upgrade `on_open` deferred, on whichever loop holds it (see [`ServerHandle::accept`]).
+    pub fn accept(&self, id: ConnId, protocol: Option<&str>) {
+        if let Some(l) = self.group.loop_of(id) {
+            l.accept(id, protocol);
+        }
+    }
+    /// Refuses an upgrade `on_open` deferred, on whichever loop holds it (see [`ServerHandle::reject`]).
+    pub fn reject(&self, id: ConnId, status: u16, body: &str) {
+        if let Some(l) = self.group.loop_of(id) {
+            l.reject(id, status, body);
+        }
+    }
     /// Starts the closing handshake on a connection on whichever loop holds it.
     pub fn close(&self, to: ConnId, code: CloseCode, reason: &str) -> Result<(), SendError> {
         let l = self.group.loop_of(to).ok_or(SendError::NotOpen)?;

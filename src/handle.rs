@@ -82,6 +82,9 @@ impl Shared {
             self.wake();
         }
     }
+    pub(crate) fn decide(&self, to: ConnId, status: u16, bytes: &[u8]) {
+        self.push(|q| q.decide(to, status, bytes));
+    }
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake();
@@ -96,6 +99,12 @@ impl Shared {
             live.resize(key + 1, 0);
         }
         live[key] = gen;
+    }
+}
+
+impl crate::handler::Inbox for Shared {
+    fn decide(&self, to: ConnId, status: u16, bytes: &[u8]) {
+        Shared::decide(self, to, status, bytes);
     }
 }
 
@@ -141,6 +150,16 @@ impl ServerHandle {
         }
         self.shared.push(|q| q.close(to, code, reason));
         Ok(())
+    }
+    /// Accepts an upgrade `on_open` deferred (see [`Deferred::accept`](crate::handler::Deferred::accept), which
+    /// is the same; this form takes the id). An id that is not a deferred upgrade of this loop is ignored.
+    pub fn accept(&self, id: ConnId, protocol: Option<&str>) {
+        self.shared.decide(id, 0, protocol.unwrap_or("").as_bytes());
+    }
+    /// Refuses an upgrade `on_open` deferred with this HTTP status (400–599; others become 500) and body.
+    pub fn reject(&self, id: ConnId, status: u16, body: &str) {
+        let status = if (400..600).contains(&status) { status } else { 500 };
+        self.shared.decide(id, status, body.as_bytes());
     }
     /// Whether the connection is open now.
     pub fn is_open(&self, id: ConnId) -> bool {

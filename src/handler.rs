@@ -88,7 +88,8 @@ pub trait Handler {
     fn on_error(&mut self, ctx: &mut Ctx<'_>, err: &ProtocolError) {
         let _ = (ctx, err);
     }
-    /// The connection ended (called once for every connection that `on_open` accepted). Sends to it are dropped.
+    /// The connection ended (called once for every connection that `on_open` accepted or deferred). Sends to it
+    /// are dropped.
     fn on_close(&mut self, ctx: &mut Ctx<'_>, status: &CloseStatus) {
         let _ = (ctx, status);
     }
@@ -137,7 +138,7 @@ impl Handler for Handlers {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, req: &Request) {
         for h in &mut self.0 {
             h.on_open(ctx, req);
-            if ctx.decision.is_some() || ctx.accepted {
+            if ctx.opening.as_ref().is_some_and(|o| o.settled()) {
                 return;
             }
         }
@@ -254,6 +255,14 @@ pub(crate) enum Cmd {
         on: bool,
     },
     Stop,
+    /// The answer to an upgrade `on_open` deferred ([`Deferred`]): accept (`status` 0, the subprotocol in
+    /// `arena[start..end]`, if any) or refuse with `status` (the body in the arena).
+    Decide {
+        to: ConnId,
+        status: u16,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// Where a publish came from.
@@ -299,6 +308,11 @@ impl Commands {
         let (_, end) = self.push_bytes(payload);
         self.cmds.push(Cmd::Publish { text, except, origin, start, mid, end });
     }
+    /// Queues the answer to a deferred upgrade (`status` 0: accept, with the subprotocol in `bytes`).
+    pub(crate) fn decide(&mut self, to: ConnId, status: u16, bytes: &[u8]) {
+        let (start, end) = self.push_bytes(bytes);
+        self.cmds.push(Cmd::Decide { to, status, start, end });
+    }
     pub(crate) fn clear(&mut self) {
         self.cmds.clear();
         self.arena.clear();
@@ -313,6 +327,58 @@ impl Commands {
 pub(crate) struct Refusal {
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
+}
+
+/// Where a [`Deferred`] sends its answer: the inbox of the loop that holds the connection.
+pub(crate) trait Inbox: Send + Sync {
+    fn decide(&self, to: ConnId, status: u16, bytes: &[u8]);
+}
+
+/// An upgrade `on_open` deferred ([`Ctx::defer_upgrade`]): answer it from any thread, once, within the
+/// handshake timeout (`handshake_timeout`, counted from the request's arrival; past it the connection is
+/// dropped and `on_close` gets [`CloseStatus::TimedOut`](crate::CloseStatus::TimedOut)). Dropped unanswered, it
+/// refuses the upgrade with 503. For an upgrade that waits on another service (authentication, a quota): the
+/// loop serves everyone else meanwhile, and reads nothing more from this client until the answer.
+#[must_use = "an upgrade deferred and never answered is refused with 503 when this is dropped"]
+pub struct Deferred {
+    id: ConnId,
+    inbox: Option<std::sync::Arc<dyn Inbox>>,
+}
+
+impl fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deferred").field("id", &self.id).finish()
+    }
+}
+
+impl Deferred {
+    /// The connection this upgrade will open.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+    /// Accepts the upgrade, with `protocol` if it is one the client offered (else the one the server's
+    /// `subprotocols` preference chose, if any). The limits are checked again (`max_connections`,
+    /// `max_connections_per_ip`: others may have opened meanwhile); past them it is refused with 503 / 429.
+    pub fn accept(mut self, protocol: Option<&str>) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.decide(self.id, 0, protocol.unwrap_or("").as_bytes());
+        }
+    }
+    /// Refuses the upgrade with this HTTP status (400–599; others become 500) and body.
+    pub fn reject(mut self, status: u16, body: &str) {
+        if let Some(inbox) = self.inbox.take() {
+            let status = if (400..600).contains(&status) { status } else { 500 };
+            inbox.decide(self.id, status, body.as_bytes());
+        }
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.decide(self.id, 503, b"upgrade not answered\n");
+        }
+    }
 }
 
 /// What became of a message handed to [`Ctx::send`] and friends.
@@ -350,12 +416,29 @@ pub struct Ctx<'a> {
     pub(crate) pending_self: usize,
     /// The connection is gone (`on_close`): sends are dropped.
     pub(crate) closed: bool,
-    pub(crate) decision: Option<Refusal>,
-    pub(crate) protocol: Option<String>,
-    pub(crate) accepted: bool,
+    /// In `on_open`: what it decides.
+    pub(crate) opening: Option<&'a mut Opening>,
     /// In `on_message`: the address and length of the message handed over (a send of exactly it back to this
     /// connection becomes [`Cmd::Echo`]).
     pub(crate) echo: Option<(usize, usize)>,
+}
+
+/// What `on_open` decides (at hand in `on_open` only, so the other callbacks' [`Ctx`] stays small).
+#[derive(Default)]
+pub(crate) struct Opening {
+    pub(crate) decision: Option<Refusal>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) accepted: bool,
+    /// Where a deferred upgrade's answer goes ([`Ctx::defer_upgrade`]).
+    pub(crate) inbox: Option<std::sync::Arc<dyn Inbox>>,
+    pub(crate) deferred: bool,
+}
+
+impl Opening {
+    /// `on_open` refused, accepted outright or deferred: later handlers of a chain are not asked.
+    pub(crate) fn settled(&self) -> bool {
+        self.decision.is_some() || self.accepted || self.deferred
+    }
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -373,20 +456,7 @@ impl<'a> Ctx<'a> {
         table: &'a [Entry],
         high_water: usize,
     ) -> Self {
-        Ctx {
-            id,
-            peer,
-            queue,
-            metrics,
-            table,
-            high_water,
-            pending_self: 0,
-            closed: false,
-            decision: None,
-            protocol: None,
-            accepted: false,
-            echo: None,
-        }
+        Ctx { id, peer, queue, metrics, table, high_water, pending_self: 0, closed: false, opening: None, echo: None }
     }
 
     /// Bytes queued for `to` (as of the last flush, plus what this callback queued to itself), or `None` if it is
@@ -494,16 +564,32 @@ impl<'a> Ctx<'a> {
     }
     /// In `on_open`: refuse the upgrade with this HTTP status and body.
     pub fn reject(&mut self, status: u16, body: &str) {
-        self.decision = Some(Refusal { status, body: body.as_bytes().to_vec() });
+        if let Some(o) = self.opening.as_deref_mut() {
+            o.decision = Some(Refusal { status, body: body.as_bytes().to_vec() });
+        }
     }
     /// In `on_open`: accept now; later handlers of a [`Handlers`] chain are not asked (they still get the
     /// connection's other callbacks).
     pub fn accept(&mut self) {
-        self.accepted = true;
+        if let Some(o) = self.opening.as_deref_mut() {
+            o.accepted = true;
+        }
+    }
+    /// In `on_open`: answer later, from any thread, with the [`Deferred`] this returns (`None` outside
+    /// `on_open`). Later handlers of a [`Handlers`] chain are not asked. The connection's other callbacks come
+    /// once it is accepted; if it never opens (refused, timed out, dropped at shutdown), `on_close` still comes,
+    /// so per-connection state made in `on_open` can go.
+    pub fn defer_upgrade(&mut self) -> Option<Deferred> {
+        let o = self.opening.as_deref_mut()?;
+        let inbox = o.inbox.clone()?;
+        o.deferred = true;
+        Some(Deferred { id: self.id, inbox: Some(inbox) })
     }
     /// In `on_open`: answer with this subprotocol (it MUST be one the client offered; others are ignored).
     pub fn accept_protocol(&mut self, protocol: &str) {
-        self.protocol = Some(protocol.to_string());
+        if let Some(o) = self.opening.as_deref_mut() {
+            o.protocol = Some(protocol.to_string());
+        }
     }
     /// Subscribes this connection to `topic` (idempotent); it leaves all its topics when it closes.
     pub fn subscribe(&mut self, topic: &str) {

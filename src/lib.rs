@@ -43,6 +43,6 @@ pub mod tls;
 #[cfg(feature = "tls")]
 pub mod tls_config;
 
-pub use handler::{ConnId, Ctx, Handler, Handlers, Response, SendStatus};
+pub use handler::{ConnId, Ctx, Deferred, Handler, Handlers, Response, SendStatus};
 pub use router::{ConnData, Router};
 pub use server::{Server, ServerHandle, ShutdownReport, StopHandle};

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub budget_closed: AtomicU64,
     /// Read bursts cut at their work quantum (the connection went to the back of the backlog).
     pub bursts_cut: AtomicU64,
+    /// Upgrades `on_open` deferred (`Ctx::defer_upgrade`).
+    pub upgrades_deferred: AtomicU64,
     /// TLS configurations taken for new handshakes after the first (`ServerHandle::reload_tls`).
     pub tls_reloads: AtomicU64,
     turns: [AtomicU64; 9],
@@ -185,6 +187,7 @@ impl Metrics {
         one("memory_pressure_turns_total", "counter", "Turns past 3/4 of the memory budget.", &self.pressure_turns);
         one("budget_closed_total", "counter", "Connections dropped to keep the memory budget.", &self.budget_closed);
         one("bursts_cut_total", "counter", "Read bursts cut at their work quantum.", &self.bursts_cut);
+        one("upgrades_deferred_total", "counter", "Upgrades on_open deferred.", &self.upgrades_deferred);
         one(
             "tls_reloads_total",
             "counter",

@@ -169,7 +169,7 @@ impl Handler for Router {
             return;
         };
         self.routes[i].1.on_open(ctx, req);
-        if ctx.decision.is_none() {
+        if !ctx.opening.as_ref().is_some_and(|o| o.decision.is_some()) {
             self.by_conn.insert(ctx.id(), i);
         }
     }

@@ -136,6 +136,12 @@ pub enum CloseStatus {
     TimedOut(TimeoutKind),
     /// The TCP connection ended without a closing handshake (reported as 1006).
     Lost,
+    /// An upgrade `on_open` deferred was refused with this HTTP status (by the application, or by the limits
+    /// checked again when it was accepted); no WebSocket was opened.
+    Refused {
+        /// The HTTP status sent.
+        status: u16,
+    },
 }
 
 impl CloseStatus {

@@ -328,6 +328,8 @@ impl Endpoint {
         let mut a = Apply { slots, table, dirty, pool, bufs, m, direct, rbuf, charged: 0 };
         // A command for a connection of a sibling loop goes to that loop's queue.
         let sibling = |to: ConnId| group.filter(|_| to.loop_index() != loop_index);
+        // Answers to deferred upgrades need the whole endpoint: after the other commands.
+        let mut answers = Vec::new();
         for cmd in &queue.cmds {
             match *cmd {
                 Cmd::Message { to, text, start, end } => {
@@ -385,11 +387,15 @@ impl Endpoint {
                 }
                 Cmd::CancelTimer { to, token } => timers.cancel_handler(to.0, token),
                 Cmd::Stop => shared.stop.store(true, Ordering::SeqCst),
+                Cmd::Decide { to, status, start, end } => answers.push((to, status, queue.arena[start..end].to_vec())),
             }
         }
         let charged = a.charged;
         queue.clear();
         self.work += charged;
+        for (to, status, bytes) in answers {
+            self.answer(to, status, &bytes, now);
+        }
     }
 
     /// Calls `on_timer` for a handler timer that is due, unless its connection is gone.

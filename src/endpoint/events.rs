@@ -1,7 +1,9 @@
 //! Events: feeding a read's bytes to a connection's core, event by event, and each event to the handler —
 //! admission of upgrades included (the limits, the policy, then the handler's say).
 
+use super::deferred::Parked;
 use super::*;
+use crate::handler::{Inbox, Opening};
 use crate::handshake::Request;
 
 /// Behind trusted proxies: the client their forwarding header names (port unknown) becomes the peer.
@@ -15,14 +17,14 @@ fn forwarded_peer(config: &Config, peer: &mut SocketAddr, req: &Request) {
     }
 }
 
-/// Limits and policy, before the handler sees an upgrade (503, 429, 403, 400): the subprotocol chosen, or why not.
-fn limits<'c>(
-    config: &'c Config,
+/// The connection limits (503, 429): before `on_open`, and again when a deferred upgrade is accepted (others
+/// may have opened meanwhile).
+pub(super) fn capacity(
+    config: &Config,
     open: usize,
     per_ip: &HashMap<IpAddr, u32>,
     ip: IpAddr,
-    req: &Request,
-) -> Result<Option<&'c str>, (Why, u16, Vec<u8>)> {
+) -> Result<(), (Why, u16, Vec<u8>)> {
     let full = |why, status, body: &str| Err((why, status, body.as_bytes().to_vec()));
     if config.max_connections > 0 && open >= config.max_connections {
         return full(Why::Full, 503, "too many connections\n");
@@ -32,6 +34,18 @@ fn limits<'c>(
     {
         return full(Why::PerIp, 429, "too many connections from your address\n");
     }
+    Ok(())
+}
+
+/// Limits and policy, before the handler sees an upgrade (503, 429, 403, 400): the subprotocol chosen, or why not.
+fn limits<'c>(
+    config: &'c Config,
+    open: usize,
+    per_ip: &HashMap<IpAddr, u32>,
+    ip: IpAddr,
+    req: &Request,
+) -> Result<Option<&'c str>, (Why, u16, Vec<u8>)> {
+    capacity(config, open, per_ip, ip)?;
     crate::policy::admit(req, config).map_err(|r| {
         let why = if r.status == 403 { Why::Origin } else { Why::Subprotocol };
         (why, r.status, r.reason.as_bytes().to_vec())
@@ -48,39 +62,56 @@ enum Step {
     Handled,
 }
 
-/// The handler's say on an upgrade the limits let through (`verdict`): the subprotocol to accept with, or
-/// `None` once refused (by the limits, the policy, or the handler, whose panic is a 500).
+/// What became of an upgrade the limits let through.
+enum Decided {
+    /// Refused (by the limits, the policy, or the handler, whose panic is a 500): the answer is queued.
+    Refused,
+    /// Accepted, with this subprotocol.
+    Open(IpAddr, Option<String>),
+    /// Deferred by the handler ([`Ctx::defer_upgrade`]).
+    Parked(Parked),
+}
+
+/// The handler's say on an upgrade the limits let through (`verdict`).
 fn decide(
     handler: &mut dyn Handler,
     ctx: &mut Ctx<'_>,
     conn: &mut Connection,
     verdict: Result<Option<&str>, (Why, u16, Vec<u8>)>,
     req: &Request,
-    prod: bool,
+    (ip, inbox): (IpAddr, &Arc<dyn Inbox>),
     now: Instant,
-) -> Option<Option<String>> {
+) -> Decided {
+    let mut opening = Opening::default();
     let refusal = match verdict {
         Err(refused) => Some(refused),
         Ok(chosen) => {
-            ctx.protocol = chosen.map(str::to_string);
-            if guarded(ctx.id, "on_open", || handler.on_open(ctx, req)).is_none() {
-                ctx.decision = Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
+            opening.protocol = chosen.map(str::to_string);
+            opening.inbox = Some(inbox.clone());
+            // A context of its own, holding the decision: the other callbacks' contexts stay small.
+            let mut octx = Ctx::new(ctx.id, ctx.peer, ctx.queue, ctx.metrics, ctx.table, ctx.high_water);
+            octx.opening = Some(&mut opening);
+            let panicked = guarded(ctx.id, "on_open", || handler.on_open(&mut octx, req)).is_none();
+            if panicked {
+                opening.decision = Some(crate::handler::Refusal { status: 500, body: b"internal error\n".to_vec() });
             }
-            ctx.decision.take().map(|r| (Why::Handler, r.status, r.body))
+            opening.decision.take().map(|r| (Why::Handler, r.status, r.body))
         }
     };
     if let Some((why, status, body)) = refusal {
         refuse(ctx.metrics, conn, why, status, &body, now);
-        return None;
+        return Decided::Refused;
     }
-    if !prod {
-        log::debug!(target: "wskit::server", "{} {} open {}", ctx.id, ctx.peer, req.uri());
+    let chosen = opening.protocol.take().filter(|p| req.protocols().any(|o| o == p));
+    if opening.deferred {
+        let offered = req.protocols().map(str::to_string).collect();
+        return Decided::Parked(Parked { ip, chosen, offered });
     }
-    Some(ctx.protocol.take().filter(|p| req.protocols().any(|o| o == p)))
+    Decided::Open(ip, chosen)
 }
 
 /// Refuses an upgrade with its status (and, for the limits a client may wait out, `Retry-After`).
-fn refuse(m: &Metrics, conn: &mut Connection, why: Why, status: u16, body: &[u8], now: Instant) {
+pub(super) fn refuse(m: &Metrics, conn: &mut Connection, why: Why, status: u16, body: &[u8], now: Instant) {
     m.refused(why, status);
     let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
     if status == 503 || status == 429 {
@@ -127,8 +158,7 @@ fn handler_panicked(conn: &mut Connection, now: Instant) {
     let _ = conn.close(crate::CloseCode::INTERNAL, "internal error", now);
 }
 
-/// An upgrade, through the limits, the policy and the handler's say (out of line, as every event but a message):
-/// what to open it with, if it is accepted.
+/// An upgrade, through the limits, the policy and the handler's say (out of line, as every event but a message).
 #[cold]
 #[inline(never)]
 fn upgrade(
@@ -136,16 +166,19 @@ fn upgrade(
     ctx: &mut Ctx<'_>,
     slot: &mut Slot,
     config: &Config,
-    (open, per_ip): (usize, &HashMap<IpAddr, u32>),
+    (open, per_ip, inbox): (usize, &HashMap<IpAddr, u32>, &Arc<dyn Inbox>),
     req: Request,
     now: Instant,
-) -> Option<(IpAddr, Option<String>)> {
+) -> Decided {
     forwarded_peer(config, &mut slot.peer, &req);
     ctx.peer = slot.peer;
     let ip = per_ip_key(slot.peer.ip());
     let verdict = limits(config, open, per_ip, ip, &req);
-    let decided = decide(handler, ctx, &mut slot.conn, verdict, &req, config.prod, now);
-    decided.map(|protocol| (ip, protocol))
+    let decided = decide(handler, ctx, &mut slot.conn, verdict, &req, (ip, inbox), now);
+    if !config.prod && !matches!(decided, Decided::Refused) {
+        log::debug!(target: "wskit::server", "{} {} open {}", ctx.id, ctx.peer, req.uri());
+    }
+    decided
 }
 
 /// A refused handshake, a control frame or a protocol error, to the handler; false if the handler panicked.
@@ -175,7 +208,7 @@ fn other_event(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, prod: bool, ev: Eve
 
 impl Endpoint {
     /// Accepts an upgrade the limits, the policy and the handler let through, and counts it.
-    fn opened(&mut self, key: usize, ip: IpAddr, protocol: Option<&str>, now: Instant) {
+    pub(super) fn opened(&mut self, key: usize, ip: IpAddr, protocol: Option<&str>, now: Instant) {
         let config = &*self.config;
         let deflate_ok = self.contexts < config.deflate.max_contexts && !self.pressure;
         let slot = &mut self.slots[key];
@@ -245,6 +278,10 @@ impl Endpoint {
                 break;
             }
         }
+        if off < n && !self.parked.is_empty() && self.parked.contains_key(&key) {
+            // What a client sent after a deferred upgrade's request waits for the answer.
+            self.keep_for_answer(key, plain, off, n, now);
+        }
         // A message lent out for an echo still to be written stays until it is written.
         let lent_out = matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key);
         let Some(slot) = self.slots.get_mut(key) else { return false };
@@ -268,7 +305,7 @@ impl Endpoint {
     /// hands it to the handler, whose commands are left queued.
     #[inline]
     fn feed_one(&mut self, key: usize, plain: bool, off: &mut usize, n: usize, direct: bool, now: Instant) -> Step {
-        let Endpoint { slots, handler, queue, rbuf, pbuf, config, shared, table, echo_src, work, .. } = self;
+        let Endpoint { slots, handler, queue, rbuf, pbuf, config, shared, table, echo_src, work, inbox, .. } = self;
         let input = if plain { pbuf } else { rbuf };
         let slot = &mut slots[key];
         let id = conn_id(key, table[key].gen);
@@ -279,9 +316,10 @@ impl Endpoint {
         let m = match ev {
             Event::Message(m) => m,
             Event::Upgrade(req) => {
-                let accepted = upgrade(&mut **handler, &mut ctx, slot, config, (self.open, &self.per_ip), req, now);
-                if let Some((ip, protocol)) = accepted {
-                    self.opened(key, ip, protocol.as_deref(), now);
+                match upgrade(&mut **handler, &mut ctx, slot, config, (self.open, &self.per_ip, inbox), req, now) {
+                    Decided::Open(ip, protocol) => self.opened(key, ip, protocol.as_deref(), now),
+                    Decided::Parked(parked) => self.park(key, parked),
+                    Decided::Refused => {}
                 }
                 return Step::Handled;
             }

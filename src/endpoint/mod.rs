@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod commands;
+mod deferred;
 mod events;
 mod read;
 mod slot;
@@ -388,6 +389,10 @@ pub struct Endpoint {
     /// PROXY headers split across reads, by slot (`proxy_protocol`): each at most `16 + MAX_V2_LEN` bytes, held
     /// until the rest arrives or the handshake deadline ends the connection.
     proxy_partial: HashMap<usize, ProxyReader>,
+    /// Upgrades `on_open` deferred, by slot, until their answer ([`crate::Deferred`]) or their end.
+    parked: HashMap<usize, deferred::Parked>,
+    /// The loop's inbox as [`Ctx::defer_upgrade`] hands it out (the same [`Shared`]).
+    inbox: Arc<dyn crate::handler::Inbox>,
     /// Subscribers of each topic.
     topics: HashMap<Box<str>, Vec<ConnId>>,
     /// Shutdown under way: counts how connections end.
@@ -438,6 +443,7 @@ impl Endpoint {
     ) -> Endpoint {
         let queue_limit = config.queue_limit();
         let shared = Arc::new(Shared::new());
+        let inbox: Arc<dyn crate::handler::Inbox> = shared.clone();
         #[cfg(feature = "tls")]
         shared.tls.serving.store(tls.is_some(), Ordering::SeqCst);
         Endpoint {
@@ -481,6 +487,8 @@ impl Endpoint {
             open: 0,
             per_ip: HashMap::new(),
             proxy_partial: HashMap::new(),
+            parked: HashMap::new(),
+            inbox,
             topics: HashMap::new(),
             shutdown: None,
             shared_bytes: Arc::default(),

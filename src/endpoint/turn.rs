@@ -238,6 +238,12 @@ impl Endpoint {
 
     /// Forgets a connection; `order` tells the shell what to do with its socket.
     fn remove_with(&mut self, key: usize, order: Order) {
+        if !self.parked.is_empty() && self.parked.remove(&key).is_some() {
+            // A deferred upgrade that never opened (timed out, dropped): its handler is told.
+            self.stash.remove(&key);
+            let status = self.slots.get(key).map_or(CloseStatus::Lost, |s| s.conn.close_status());
+            self.unopened(key, &status);
+        }
         let Some(slot) = self.slots.try_remove(key) else { return };
         if slot.phase == Phase::Proxy {
             self.proxy_partial.remove(&key);
