@@ -166,6 +166,45 @@ pub struct Config {
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
     /// `deflate_level`, `deflate_large_level`, `deflate_large_min`, `deflate_min_size`, `deflate_max_contexts`).
     pub deflate: DeflateConfig,
+    /// Per-connection rate limits, off by default (keys `rate_messages`, `rate_messages_burst`, `rate_bytes`,
+    /// `rate_bytes_burst`, `rate_policy`).
+    pub rate_limit: RateLimit,
+}
+
+/// Per-connection rate limits on what a client sends: messages and payload bytes (after decompression) a second,
+/// each with a burst, measured as a token bucket (GCRA) on the loop's clock. 0 turns a limit off; both are off by
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Messages a second (key `rate_messages`; 0: no limit).
+    pub messages: u32,
+    /// Messages at once above the rate (key `rate_messages_burst`; 0: one second's worth).
+    pub messages_burst: u32,
+    /// Payload bytes a second (key `rate_bytes`; 0: no limit).
+    pub bytes: u64,
+    /// Payload bytes at once above the rate (key `rate_bytes_burst`; 0: one second's worth). A message larger
+    /// than the burst passes only with the bucket full.
+    pub bytes_burst: u64,
+    /// What happens past a limit (key `rate_policy`: `pause` or `close`).
+    pub policy: RatePolicy,
+}
+
+impl RateLimit {
+    /// Whether any limit is set.
+    pub fn is_on(&self) -> bool {
+        self.messages > 0 || self.bytes > 0
+    }
+}
+
+/// What a connection past its rate limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RatePolicy {
+    /// Shaped: the message is handled, and reading from the connection pauses until it is back within its rate
+    /// (TCP then slows the client down). Nothing is lost.
+    #[default]
+    Pause,
+    /// Closed with 1008 (policy violation), the message not handled: for clients that must not exceed the rate.
+    Close,
 }
 
 impl Default for Config {
@@ -204,6 +243,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             forwarded_header: "x-forwarded-for".to_string(),
             deflate: DeflateConfig::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -226,6 +266,10 @@ fn parse_opt_secs(key: &str, v: &str) -> Result<Option<Duration>, ConfigError> {
 
 fn parse_usize(key: &str, v: &str) -> Result<usize, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number")))
+}
+
+fn parse_u32(key: &str, v: &str) -> Result<u32, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::new(key, format!("`{v}` is not a whole number under 2^32")))
 }
 
 fn parse_list(v: &str) -> Vec<String> {
@@ -331,6 +375,17 @@ impl Config {
             "max_connections" => self.max_connections = parse_usize(key, v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
             "memory_budget" => self.memory_budget = parse_usize(key, v)?,
+            "rate_messages" => self.rate_limit.messages = parse_u32(key, v)?,
+            "rate_messages_burst" => self.rate_limit.messages_burst = parse_u32(key, v)?,
+            "rate_bytes" => self.rate_limit.bytes = parse_usize(key, v)? as u64,
+            "rate_bytes_burst" => self.rate_limit.bytes_burst = parse_usize(key, v)? as u64,
+            "rate_policy" => {
+                self.rate_limit.policy = match v.trim() {
+                    "pause" => RatePolicy::Pause,
+                    "close" => RatePolicy::Close,
+                    _ => return Err(ConfigError::new(key, format!("`{v}` is not `pause` or `close`"))),
+                }
+            }
             "socket_send_buffer" => self.socket_send_buffer = parse_usize(key, v)?,
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
             "trusted_proxies" => {
@@ -470,6 +525,13 @@ impl Config {
     pub fn max_connections(mut self, total: usize, per_ip: usize) -> Self {
         self.max_connections = total;
         self.max_connections_per_ip = per_ip;
+        self
+    }
+
+    /// Limits what each connection may send: `messages` and payload `bytes` a second (0: no limit), bursts of one
+    /// second's worth, and what happens past them (see [`RateLimit`] for the bursts).
+    pub fn rate_limit(mut self, messages: u32, bytes: u64, policy: RatePolicy) -> Self {
+        self.rate_limit = RateLimit { messages, bytes, policy, ..RateLimit::default() };
         self
     }
 

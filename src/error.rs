@@ -135,6 +135,8 @@ pub enum ProtocolError {
         /// Bytes queued.
         queued: usize,
     },
+    /// The peer sent more than its rate limit allows (`rate_limit` with `rate_policy = close`). → 1008
+    RateLimited,
 }
 
 impl ProtocolError {
@@ -145,7 +147,9 @@ impl ProtocolError {
             ProtocolError::FrameTooLarge { .. }
             | ProtocolError::MessageTooLarge { .. }
             | ProtocolError::TooManyFrames { .. } => CloseCode::TOO_BIG,
-            ProtocolError::MessageTimeout | ProtocolError::SlowConsumer { .. } => CloseCode::POLICY,
+            ProtocolError::MessageTimeout | ProtocolError::SlowConsumer { .. } | ProtocolError::RateLimited => {
+                CloseCode::POLICY
+            }
             _ => CloseCode::PROTOCOL,
         }
     }
@@ -179,6 +183,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::TooManyFrames { max } => write!(f, "message has more than {max} frames"),
             ProtocolError::MessageTimeout => f.write_str("message not completed within the timeout"),
             ProtocolError::SlowConsumer { queued } => write!(f, "{queued} bytes queued for a peer that does not read"),
+            ProtocolError::RateLimited => f.write_str("rate limit exceeded"),
         }
     }
 }

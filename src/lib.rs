@@ -30,7 +30,7 @@ pub mod utf8;
 
 pub use close::CloseCode;
 pub use cluster::{Bridge, Cluster, ClusterHandle};
-pub use config::{Config, MemoryBound};
+pub use config::{Config, MemoryBound, RateLimit, RatePolicy};
 pub use conn::{CloseStatus, Connection, Event, Message, TimeoutKind};
 pub use endpoint::{Endpoint, Order, Read, Transmit};
 pub use error::{ConfigError, HandshakeError, ProtocolError, SendError};

@@ -87,6 +87,10 @@ pub struct Metrics {
     pub budget_closed: AtomicU64,
     /// Read bursts cut at their work quantum (the connection went to the back of the backlog).
     pub bursts_cut: AtomicU64,
+    /// Times a connection went past its rate limit and reading from it paused (`rate_policy = pause`).
+    pub rate_limited_pauses: AtomicU64,
+    /// Connections closed (1008) for going past their rate limit (`rate_policy = close`).
+    pub rate_limited_closes: AtomicU64,
     /// Upgrades `on_open` deferred (`Ctx::defer_upgrade`).
     pub upgrades_deferred: AtomicU64,
     /// TLS configurations taken for new handshakes after the first (`ServerHandle::reload_tls`).
@@ -188,6 +192,9 @@ impl Metrics {
         one("budget_closed_total", "counter", "Connections dropped to keep the memory budget.", &self.budget_closed);
         one("bursts_cut_total", "counter", "Read bursts cut at their work quantum.", &self.bursts_cut);
         one("upgrades_deferred_total", "counter", "Upgrades on_open deferred.", &self.upgrades_deferred);
+        let (pauses, closes) = (&self.rate_limited_pauses, &self.rate_limited_closes);
+        one("rate_limited_pauses_total", "counter", "Reading paused for a connection past its rate limit.", pauses);
+        one("rate_limited_closes_total", "counter", "Connections closed (1008) past their rate limit.", closes);
         one(
             "tls_reloads_total",
             "counter",

@@ -144,8 +144,10 @@ impl Connection {
         self.deliver(ready, input, 0, false, false, now)
     }
 
-    /// Sends the close frame for `e` (if the close was not already sent) and waits for the peer's close.
-    pub(super) fn fail(&mut self, e: ProtocolError, now: Instant) {
+    /// Fails the connection for `e` (a fault the caller found, such as a rate limit): the close frame with its
+    /// code goes out (unless a close was sent already), the message being assembled is dropped, and reading goes
+    /// on only to meet the peer's close.
+    pub fn fail(&mut self, e: ProtocolError, now: Instant) {
         if self.status.is_none() {
             self.status = Some(Box::new(CloseStatus::Error(e.clone())));
         }

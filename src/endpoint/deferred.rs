@@ -33,9 +33,7 @@ impl Endpoint {
             }
             return;
         }
-        let input = if plain { &self.pbuf } else { &self.rbuf };
-        let buf = input[off..n].to_vec();
-        self.stash.insert(key, Stash { plain, buf, start: 0, end: n - off });
+        self.stash_input(key, plain, off, n);
     }
 
     /// The answer to a deferred upgrade (`status` 0: accept, with `bytes` the subprotocol asked for; else refuse

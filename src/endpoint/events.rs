@@ -2,6 +2,7 @@
 //! admission of upgrades included (the limits, the policy, then the handler's say).
 
 use super::deferred::Parked;
+use super::rate;
 use super::*;
 use crate::handler::{Inbox, Opening};
 use crate::handshake::Request;
@@ -221,6 +222,10 @@ impl Endpoint {
         let m = &self.shared.metrics;
         Metrics::add(&m.open, 1);
         Metrics::add(&m.opened, 1);
+        if self.rates.on {
+            self.rates.open(key, now);
+            slot.flags.set(Flags::RATED);
+        }
         let entry = &mut self.table[key];
         entry.open = true;
         entry.queued = 0;
@@ -271,6 +276,11 @@ impl Endpoint {
             if off >= n {
                 break;
             }
+            if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::THROTTLED)) {
+                // Past its rate limit: the rest of this input waits for the end of the pause too.
+                self.stash_input(key, plain, off, n);
+                break;
+            }
             // The input not yet processed was counted when it was read; a burst is cut when the work done with
             // the rest (what it inflated, the output it caused) reaches the quantum.
             if self.work.saturating_sub(n - off) >= QUANTUM && self.slots.contains(key) {
@@ -305,7 +315,22 @@ impl Endpoint {
     /// hands it to the handler, whose commands are left queued.
     #[inline]
     fn feed_one(&mut self, key: usize, plain: bool, off: &mut usize, n: usize, direct: bool, now: Instant) -> Step {
-        let Endpoint { slots, handler, queue, rbuf, pbuf, config, shared, table, echo_src, work, inbox, .. } = self;
+        let Endpoint {
+            slots,
+            handler,
+            queue,
+            rbuf,
+            pbuf,
+            config,
+            shared,
+            table,
+            echo_src,
+            work,
+            inbox,
+            rates,
+            timers,
+            ..
+        } = self;
         let input = if plain { pbuf } else { rbuf };
         let slot = &mut slots[key];
         let id = conn_id(key, table[key].gen);
@@ -337,9 +362,21 @@ impl Endpoint {
         Metrics::add(&shared.metrics.messages_in, 1);
         let len = m.as_bytes().len();
         Metrics::add(&shared.metrics.payload_in, len as u64);
-        if slot.flags.has(Flags::DEFLATE) {
-            // Inflated: its bytes may be a thousand times the input's.
-            *work += DEFLATE_WEIGHT * len;
+        if slot.flags.has(Flags::DEFLATE | Flags::RATED) {
+            if slot.flags.has(Flags::DEFLATE) {
+                // Inflated: its bytes may be a thousand times the input's.
+                *work += DEFLATE_WEIGHT * len;
+            }
+            if slot.flags.has(Flags::RATED) {
+                match rates.charge(key, len, now) {
+                    rate::Verdict::Pass => {}
+                    rate::Verdict::PauseUntil(t) => rate::throttle(&mut slot.flags, timers, &shared.metrics, id, t),
+                    rate::Verdict::Close => {
+                        rate::close(&mut slot.conn, &shared.metrics, now);
+                        return Step::Handled;
+                    }
+                }
+            }
         }
         ctx.echo = Some((m.as_bytes().as_ptr() as usize, len));
         // A message found whole in the input ends where the core stopped reading; one it assembled is lent out

@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 mod commands;
 mod deferred;
 mod events;
+mod rate;
 mod read;
 mod slot;
 mod timers;
@@ -389,6 +390,8 @@ pub struct Endpoint {
     /// PROXY headers split across reads, by slot (`proxy_protocol`): each at most `16 + MAX_V2_LEN` bytes, held
     /// until the rest arrives or the handshake deadline ends the connection.
     proxy_partial: HashMap<usize, ProxyReader>,
+    /// Per-connection rate limits and buckets (`Config::rate_limit`).
+    rates: rate::Rates,
     /// Upgrades `on_open` deferred, by slot, until their answer ([`crate::Deferred`]) or their end.
     parked: HashMap<usize, deferred::Parked>,
     /// The loop's inbox as [`Ctx::defer_upgrade`] hands it out (the same [`Shared`]).
@@ -444,6 +447,7 @@ impl Endpoint {
         let queue_limit = config.queue_limit();
         let shared = Arc::new(Shared::new());
         let inbox: Arc<dyn crate::handler::Inbox> = shared.clone();
+        let rates = rate::Rates::new(&config.rate_limit);
         #[cfg(feature = "tls")]
         shared.tls.serving.store(tls.is_some(), Ordering::SeqCst);
         Endpoint {
@@ -488,6 +492,7 @@ impl Endpoint {
             per_ip: HashMap::new(),
             proxy_partial: HashMap::new(),
             parked: HashMap::new(),
+            rates,
             inbox,
             topics: HashMap::new(),
             shutdown: None,
@@ -595,7 +600,11 @@ impl Endpoint {
     /// The slot of a live id (its generation matches).
     fn key_of(&self, id: ConnId) -> Option<usize> {
         let (key, gen) = split_id(id.0);
-        (self.slots.contains(key) && self.table.get(key).is_some_and(|e| e.gen == gen)).then_some(key)
+        // A slot's table entry has generation 0 exactly while the slot is empty (`insert`, `remove_with`), and no
+        // id has generation 0: the table alone answers.
+        let live = gen != 0 && self.table.get(key).is_some_and(|e| e.gen == gen);
+        debug_assert!(!live || self.slots.contains(key), "a live generation in the table has its slot");
+        live.then_some(key)
     }
 
     /// The id of a live slot.

@@ -118,6 +118,9 @@ impl Endpoint {
     fn begin_burst(&mut self, key: usize, from_backlog: bool, now: Instant) {
         self.work = 0;
         if !self.stash.is_empty() && self.stash.contains_key(&key) {
+            if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::THROTTLED)) {
+                return self.account(from_backlog); // its stash waits for the end of its rate-limit pause
+            }
             self.feed_stash(key, now);
             if self.stash.contains_key(&key) {
                 return self.account(from_backlog); // cut again, and deferred
@@ -337,14 +340,21 @@ impl Endpoint {
     }
 
     /// Keeps `input[off..n]` (the read buffer, or the plaintext buffer when `plain`) for the connection's next
-    /// burst, and defers it. The buffer itself is taken (a spare replaces it): nothing is copied.
+    /// burst, and defers it.
     pub(super) fn stash_rest(&mut self, key: usize, plain: bool, off: usize, n: usize) {
+        self.stash_input(key, plain, off, n);
+        self.defer(key);
+    }
+
+    /// Keeps `input[off..n]` for the connection's next burst. A long rest takes the buffer itself (a spare
+    /// replaces it): nothing is copied.
+    pub(super) fn stash_input(&mut self, key: usize, plain: bool, off: usize, n: usize) {
         if n - off <= STASH_COPY {
             // A short rest is copied out rather than holding a whole read buffer while it waits.
             let input = if plain { &self.pbuf } else { &self.rbuf };
             let buf = input[off..n].to_vec();
             self.stash.insert(key, Stash { plain, buf, start: 0, end: n - off });
-            return self.defer(key);
+            return;
         }
         let buf = if plain {
             std::mem::take(&mut self.pbuf)
@@ -354,7 +364,6 @@ impl Endpoint {
             std::mem::replace(&mut self.rbuf, fresh)
         };
         self.stash.insert(key, Stash { plain, buf, start: off, end: n });
-        self.defer(key);
     }
 
     /// Feeds a connection's stashed input (its buffer is put in place of the one it was read into for the while);

@@ -50,6 +50,10 @@ impl Flags {
     pub(super) const WRITE_INTEREST: u16 = 1 << 9;
     /// The peer is gone: one last write of what is queued, then the connection is removed.
     pub(super) const GONE: u16 = 1 << 10;
+    /// Past its rate limit (`Config::rate_limit`, policy `pause`): not read until it is back within it.
+    pub(super) const THROTTLED: u16 = 1 << 11;
+    /// Its messages are charged against the rate limits (`Config::rate_limit` is on).
+    pub(super) const RATED: u16 = 1 << 12;
 
     #[inline]
     pub(super) fn has(self, f: u16) -> bool {
@@ -149,7 +153,7 @@ impl Slot {
     }
     /// Read on: the connection expects input and neither layer has too much queued for the peer.
     pub(super) fn wants_read(&self, high_water: usize) -> bool {
-        !self.flags.has(Flags::PAUSED) && self.conn.wants_read() && self.tls_pending() < high_water
+        !self.flags.has(Flags::PAUSED | Flags::THROTTLED) && self.conn.wants_read() && self.tls_pending() < high_water
     }
     /// Bytes waiting for the peer in both layers.
     pub(super) fn queued(&self) -> usize {

@@ -14,6 +14,8 @@ enum Timer {
     Conn { key: usize, gen: u32 },
     /// A handler timer.
     Handler { seq: u64, conn: u64, token: u64 },
+    /// A throttled connection may be back within its rate limit.
+    Throttle { key: usize, gen: u32 },
 }
 
 /// A deadline that came due.
@@ -23,6 +25,8 @@ pub(super) enum Due {
     Conn { key: usize, gen: u32 },
     /// A live handler timer (an interval is armed again already).
     Handler { conn: u64, token: u64 },
+    /// Connection `key` of generation `gen` was throttled until then (it may be gone since).
+    Throttle { key: usize, gen: u32 },
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +53,11 @@ impl Timers {
         self.heap.push(Reverse((at, Timer::Conn { key, gen })));
     }
 
+    /// Arms the end of connection `key`'s rate-limit pause for `at`.
+    pub(super) fn arm_throttle(&mut self, key: usize, gen: u32, at: Instant) {
+        self.heap.push(Reverse((at, Timer::Throttle { key, gen })));
+    }
+
     /// Starts (or replaces) a handler timer, due at `at` and then every `every` if given.
     pub(super) fn set_handler(&mut self, conn: u64, token: u64, at: Instant, every: Option<Duration>) {
         self.seq += 1;
@@ -69,6 +78,7 @@ impl Timers {
             self.heap.pop();
             match timer {
                 Timer::Conn { key, gen } => return Some(Due::Conn { key, gen }),
+                Timer::Throttle { key, gen } => return Some(Due::Throttle { key, gen }),
                 Timer::Handler { seq, conn, token } => {
                     let Some(&(live, every)) = self.live.get(&(conn, token)) else { continue };
                     if live != seq {
@@ -107,6 +117,7 @@ impl Timers {
         self.heap.retain(|Reverse((t, timer))| match *timer {
             Timer::Conn { key, gen } => armed(key, gen, *t),
             Timer::Handler { seq, conn, token } => live.get(&(conn, token)).is_some_and(|&(l, _)| l == seq),
+            Timer::Throttle { key, gen } => exists(u64::from(gen) << 32 | key as u64),
         });
         if self.heap.capacity() > 4 * self.heap.len() + 1024 {
             self.heap.shrink_to(2 * self.heap.len() + 1024);

@@ -15,6 +15,10 @@ impl Endpoint {
                     self.fire_handler_timer(now, conn, token);
                     continue;
                 }
+                Due::Throttle { key, gen } => {
+                    self.throttle_due(key, gen, now);
+                    continue;
+                }
                 Due::Conn { key, gen } => (key, gen),
             };
             let Some(slot) = self.slots.get_mut(key).filter(|_| self.table[key].gen == gen) else { continue };
@@ -240,7 +244,6 @@ impl Endpoint {
     fn remove_with(&mut self, key: usize, order: Order) {
         if !self.parked.is_empty() && self.parked.remove(&key).is_some() {
             // A deferred upgrade that never opened (timed out, dropped): its handler is told.
-            self.stash.remove(&key);
             let status = self.slots.get(key).map_or(CloseStatus::Lost, |s| s.conn.close_status());
             self.unopened(key, &status);
         }
@@ -248,7 +251,8 @@ impl Endpoint {
         if slot.phase == Phase::Proxy {
             self.proxy_partial.remove(&key);
         }
-        if slot.flags.has(Flags::DEFERRED) {
+        if !self.stash.is_empty() {
+            // (Deferred, throttled or parked: each may have left input waiting.)
             self.stash.remove(&key);
         }
         if slot.flags.has(Flags::DEFLATE) {
