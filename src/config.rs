@@ -194,6 +194,25 @@ impl RateLimit {
     pub fn is_on(&self) -> bool {
         self.messages > 0 || self.bytes > 0
     }
+
+    /// One `rate_*` key of [`Config::set`].
+    fn set(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        match key {
+            "rate_messages" => self.messages = parse_u32(key, v)?,
+            "rate_messages_burst" => self.messages_burst = parse_u32(key, v)?,
+            "rate_bytes" => self.bytes = parse_usize(key, v)? as u64,
+            "rate_bytes_burst" => self.bytes_burst = parse_usize(key, v)? as u64,
+            "rate_policy" => {
+                self.policy = match v.trim() {
+                    "pause" => RatePolicy::Pause,
+                    "close" => RatePolicy::Close,
+                    _ => return Err(ConfigError::new(key, format!("`{v}` is not `pause` or `close`"))),
+                }
+            }
+            _ => return Err(ConfigError::new(key, "unknown key")),
+        }
+        Ok(())
+    }
 }
 
 /// What a connection past its rate limit gets.
@@ -375,17 +394,7 @@ impl Config {
             "max_connections" => self.max_connections = parse_usize(key, v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = parse_usize(key, v)?,
             "memory_budget" => self.memory_budget = parse_usize(key, v)?,
-            "rate_messages" => self.rate_limit.messages = parse_u32(key, v)?,
-            "rate_messages_burst" => self.rate_limit.messages_burst = parse_u32(key, v)?,
-            "rate_bytes" => self.rate_limit.bytes = parse_usize(key, v)? as u64,
-            "rate_bytes_burst" => self.rate_limit.bytes_burst = parse_usize(key, v)? as u64,
-            "rate_policy" => {
-                self.rate_limit.policy = match v.trim() {
-                    "pause" => RatePolicy::Pause,
-                    "close" => RatePolicy::Close,
-                    _ => return Err(ConfigError::new(key, format!("`{v}` is not `pause` or `close`"))),
-                }
-            }
+            k if k.starts_with("rate_") => self.rate_limit.set(k, v)?,
             "socket_send_buffer" => self.socket_send_buffer = parse_usize(key, v)?,
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
             "trusted_proxies" => {
