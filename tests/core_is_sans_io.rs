@@ -25,7 +25,9 @@ const CORE: &[&str] = &[
 const ENDPOINT: &[&str] = &[
     "endpoint/mod.rs",
     "endpoint/commands.rs",
+    "endpoint/deferred.rs",
     "endpoint/events.rs",
+    "endpoint/rate.rs",
     "endpoint/read.rs",
     "endpoint/slot.rs",
     "endpoint/timers.rs",
