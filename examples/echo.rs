@@ -67,6 +67,7 @@ fn main() {
         let cluster = Cluster::bind(&addr, config, loops, |_| Echo)
             .unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
         println!("echo: listening on {scheme}://{} ({loops} loops)", cluster.local_addr());
+        #[cfg(feature = "tls")]
         if tls {
             let handle = cluster.handle();
             reload_on_sighup(move || handle.reload_tls());
@@ -79,6 +80,7 @@ fn main() {
     let mut server =
         Server::bind(&addr, config, Echo).unwrap_or_else(|e| fail(&format!("cannot serve on {addr}: {e}")));
     println!("echo: listening on {scheme}://{}", server.local_addr());
+    #[cfg(feature = "tls")]
     if tls {
         let handle = server.handle();
         reload_on_sighup(move || handle.reload_tls());
@@ -89,6 +91,7 @@ fn main() {
 }
 
 /// On every `SIGHUP`, `reload` (the TLS files read again), its outcome on stdout.
+#[cfg(feature = "tls")]
 fn reload_on_sighup(reload: impl Fn() -> Result<(), wskit::tls_config::TlsConfigError> + Send + 'static) {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .unwrap_or_else(|e| fail(&format!("cannot handle SIGHUP: {e}")));

@@ -354,3 +354,41 @@ pub fn tls(config: Arc<rustls::ServerConfig>, data: &[u8]) {
     }
     let _ = layer.out();
 }
+
+/// Every HTTP/2 frame in `data[1..]`, decoded one after another in one piece and again with the bytes split at
+/// a point `data[0]` picks: both ways give the same frames and the same error, each frame takes at least its
+/// header, and SETTINGS parameters are read without a panic.
+pub fn h2_frame(data: &[u8]) {
+    use crate::h2::frame::{decode, settings, Frame, HEADER_LEN};
+    let Some((&pick, input)) = data.split_first() else { return };
+    let max = if pick & 1 == 0 { 1 << 14 } else { 1 << 8 };
+    let run = |cut: usize| {
+        let (mut out, mut held, mut verdict) = (Vec::new(), Vec::new(), String::from("partial"));
+        for part in [&input[..cut], &input[cut..]] {
+            held.extend_from_slice(part);
+            let mut at = 0;
+            loop {
+                match decode(&held[at..], max) {
+                    Ok(Status::Complete((f, n))) => {
+                        assert!(n >= HEADER_LEN && at + n <= held.len(), "a frame takes its header, within the input");
+                        if let Frame::Settings { params, .. } = f {
+                            let _ = settings(params);
+                        }
+                        out.push(format!("{f:?}"));
+                        at += n;
+                    }
+                    Ok(Status::Partial) => break,
+                    Err(e) => {
+                        verdict = format!("{e:?}");
+                        return (out, verdict);
+                    }
+                }
+            }
+            held.drain(..at);
+        }
+        (out, verdict)
+    };
+    let whole = run(input.len());
+    let cut = (pick as usize * input.len()) / 255;
+    assert_eq!(whole, run(cut.min(input.len())), "decoding depends on where the bytes were split ({cut})");
+}

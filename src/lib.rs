@@ -16,6 +16,8 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod group;
+#[doc(hidden)]
+pub mod h2;
 mod handle;
 pub mod handshake;
 pub mod mask;
