@@ -392,3 +392,24 @@ pub fn h2_frame(data: &[u8]) {
     let cut = (pick as usize * input.len()) / 255;
     assert_eq!(whole, run(cut.min(input.len())), "decoding depends on where the bytes were split ({cut})");
 }
+
+/// Arbitrary bytes as HPACK field blocks (split where `data[0]` says into two blocks on one decoder): no panic,
+/// the fields kept within the list bound, the table within its size.
+pub fn hpack(data: &[u8]) {
+    use crate::h2::hpack::{Decoded, Decoder};
+    let Some((&pick, input)) = data.split_first() else { return };
+    let cut = (pick as usize * input.len()) / 255;
+    let (max_table, max_list) = (if pick & 1 == 0 { 4096 } else { 64 }, 1 << 12);
+    let mut d = Decoder::new(max_table, max_list, 64);
+    for block in [&input[..cut], &input[cut..]] {
+        match d.decode(block) {
+            Ok(Decoded::Fields(f)) => {
+                let size: usize = f.iter().map(|f| f.name.len() + f.value.len() + 32).sum();
+                assert!(size <= max_list && f.len() <= 64, "kept past the bounds");
+            }
+            Ok(Decoded::TooLarge) => {}
+            Err(_) => return,
+        }
+        assert!(d.table_size() <= max_table, "the table grew past its size");
+    }
+}

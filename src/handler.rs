@@ -336,7 +336,7 @@ pub(crate) trait Inbox: Send + Sync {
 
 /// An upgrade `on_open` deferred ([`Ctx::defer_upgrade`]): answer it from any thread, once, within the
 /// handshake timeout (`handshake_timeout`, counted from the request's arrival; past it the connection is
-/// dropped and `on_close` gets [`CloseStatus::TimedOut`](crate::CloseStatus::TimedOut)). Dropped unanswered, it
+/// dropped and `on_close` gets [`CloseStatus::TimedOut`]). Dropped unanswered, it
 /// refuses the upgrade with 503. For an upgrade that waits on another service (authentication, a quota): the
 /// loop serves everyone else meanwhile, and reads nothing more from this client until the answer.
 #[must_use = "an upgrade deferred and never answered is refused with 503 when this is dropped"]
