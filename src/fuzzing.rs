@@ -413,3 +413,39 @@ pub fn hpack(data: &[u8]) {
         assert!(d.table_size() <= max_table, "the table grew past its size");
     }
 }
+
+/// An HTTP/2 server connection fed the client preface and arbitrary bytes (split where `data[0]` says): no
+/// panic, requests answered and their data echoed as the windows allow, and everything written is whole frames.
+pub fn h2_conn(data: &[u8]) {
+    use crate::h2::conn::{Event, H2Conn, Limits, PREFACE};
+    use crate::h2::frame::{decode, MAX_MAX_FRAME_SIZE};
+    let Some((&pick, rest)) = data.split_first() else { return };
+    let mut input = PREFACE.to_vec();
+    input.extend_from_slice(rest);
+    let cut = (pick as usize * input.len()) / 255;
+    let limits = Limits { max_streams: 4, stream_window: 1 << 12, max_header_block: 4096, ..Limits::default() };
+    let mut c = H2Conn::new(limits);
+    let now = Instant::now();
+    for (i, part) in [&input[..cut], &input[cut..]].into_iter().enumerate() {
+        if c.receive(part, now + Duration::from_secs(i as u64)).is_err() {
+            break;
+        }
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                Event::Request { stream, .. } => c.respond(stream, 200, &[("x", "y")], false),
+                Event::Data { stream, data, end_stream } => {
+                    c.release(stream, data.len());
+                    c.send_data(stream, &data, end_stream);
+                }
+                _ => {}
+            }
+        }
+    }
+    let (out, mut at) = (c.out(), 0);
+    while at < out.len() {
+        match decode(&out[at..], MAX_MAX_FRAME_SIZE) {
+            Ok(Status::Complete((_, n))) => at += n,
+            other => panic!("the server wrote something other than whole frames: {other:?}"),
+        }
+    }
+}

@@ -15,6 +15,7 @@ const CORE: &[&str] = &[
     "h2/mod.rs",
     "h2/frame.rs",
     "h2/hpack.rs",
+    "h2/conn.rs",
     "handshake.rs",
     "mask.rs",
     "net.rs",

@@ -26,6 +26,7 @@ fn fuzz_inputs_replay_clean() {
     assert!(replay("frame", wskit::fuzzing::frame) >= 5);
     assert!(replay("h2_frame", wskit::fuzzing::h2_frame) >= 4);
     assert!(replay("hpack", wskit::fuzzing::hpack) >= 3);
+    assert!(replay("h2_conn", wskit::fuzzing::h2_conn) >= 2);
     assert!(replay("connection", wskit::fuzzing::connection) >= 5);
     assert!(replay("endpoint", wskit::fuzzing::endpoint) >= 5);
     assert!(replay("deflate", wskit::fuzzing::deflate) >= 3);

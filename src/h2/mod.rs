@@ -4,5 +4,6 @@
 //! frames out, nothing consumed until a whole frame is there, and every fault with the error code it calls for
 //! and whether it ends the stream or the whole connection.
 
+pub mod conn;
 pub mod frame;
 pub mod hpack;
