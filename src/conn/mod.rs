@@ -342,7 +342,7 @@ pub struct Connection {
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
     deflate: Option<Box<DeflateState>>,
     /// Idle, keepalive and lifetime clocks; only when one of them is configured.
-    live: Option<Box<Liveness>>,
+    live: Option<Liveness>,
     /// Control frames (pongs, keepalive pings) waiting for the next frame boundary of `out`, so they never wait
     /// behind megabytes of queued data.
     ctrl: Spill<u8>,
@@ -388,14 +388,25 @@ fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
     }
 }
 
-/// The clocks of an open connection's liveness timers.
+/// The clocks of an open connection's liveness timers, held in the connection (40 bytes; boxed, they cost 64
+/// of heap and a pointer).
 #[derive(Debug, Clone, Copy)]
 struct Liveness {
     opened: Instant,
     /// When bytes last arrived.
     last_rx: Instant,
-    /// A keepalive ping is out; the peer must send something before this.
-    ping_deadline: Option<Instant>,
+    /// A keepalive ping is out (sent when `ping_interval` passed after `last_rx`): the peer must send something
+    /// within `ping_timeout` of that ([`Liveness::pong_deadline`]).
+    ping_out: bool,
+}
+
+impl Liveness {
+    /// When an unanswered keepalive ping times out, if one is out. It was sent at `last_rx + ping_interval` (its
+    /// timer's deadline; a turn late at most), so the pong's window is counted from there.
+    fn pong_deadline(&self, c: &Limits) -> Option<Instant> {
+        let interval = c.ping_interval.filter(|_| self.ping_out)?;
+        Some(self.last_rx + interval + c.ping_timeout)
+    }
 }
 
 /// permessage-deflate state of one connection; the codec contexts are created on first use.

@@ -17,7 +17,7 @@ impl Connection {
     /// Bytes that do not yet form anything whole are kept inside the connection. Payload bytes are unmasked in
     /// place in `input`.
     pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        heard_from(self.live.as_deref_mut().filter(|_| !input.is_empty()), now);
+        heard_from(self.live.as_mut().filter(|_| !input.is_empty()), now);
         match &mut self.state {
             State::ReadingHead { .. } => self.read_head(input, now),
             State::Open(_) | State::ClosingByUs { .. } => self.read_frames(input, now),
@@ -107,7 +107,7 @@ impl Connection {
     /// `n` bytes were read into the room [`Connection::payload_target`] gave: they join the message (unmasked,
     /// UTF-8 checked) as if they had come through [`Connection::read`].
     pub fn payload_read(&mut self, n: usize, now: Instant) {
-        heard_from(self.live.as_deref_mut().filter(|_| n > 0), now);
+        heard_from(self.live.as_mut().filter(|_| n > 0), now);
         let State::Open(rx) = &mut self.state else { return };
         let (Some(f), Some(m)) = (rx.frame.as_mut(), rx.msg.as_deref_mut()) else { return };
         let data = m.len();
@@ -632,6 +632,6 @@ pub(super) enum Payload<'a> {
 fn heard_from(live: Option<&mut Liveness>, now: Instant) {
     if let Some(l) = live {
         l.last_rx = now;
-        l.ping_deadline = None;
+        l.ping_out = false;
     }
 }

@@ -34,7 +34,7 @@ impl Connection {
             // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.
             State::Open(rx) => {
                 let msg = rx.msg.is_some() && !rx.msg_delivered;
-                let ping = self.live.as_deref().is_some_and(|l| l.ping_deadline.is_some());
+                let ping = self.live.as_ref().is_some_and(|l| l.ping_out);
                 1 | (msg as u8) << 1 | (ping as u8) << 2
             }
             // Deadlines set once per state, but the state may change within its variant (a close cut short):
@@ -50,10 +50,10 @@ impl Connection {
 
     /// The earliest liveness deadline: idle, keepalive (ping due or pong overdue) or lifetime.
     pub(super) fn live_deadline(&self) -> Option<Instant> {
-        let l = self.live.as_deref()?;
+        let l = self.live.as_ref()?;
         let c = &self.config;
         let idle = c.idle_timeout.map(|d| l.last_rx + d);
-        let ping = l.ping_deadline.or_else(|| c.ping_interval.map(|d| l.last_rx + d));
+        let ping = l.pong_deadline(c).or_else(|| c.ping_interval.map(|d| l.last_rx + d));
         let life = c.max_lifetime.map(|d| l.opened + d);
         [idle, ping, life].into_iter().flatten().min()
     }
@@ -94,17 +94,17 @@ impl Connection {
 
     /// A liveness deadline passed: close for lifetime, idle or an unanswered ping, or send the keepalive ping.
     pub(super) fn liveness_timeout(&mut self, now: Instant) {
-        let Some(l) = self.live.as_deref_mut() else { return };
+        let Some(l) = self.live.as_mut() else { return };
         let c = &self.config;
         let kind = if c.max_lifetime.is_some_and(|d| now >= l.opened + d) {
             Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
         } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
             Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
-        } else if l.ping_deadline.is_some_and(|d| now >= d) {
+        } else if l.pong_deadline(c).is_some_and(|d| now >= d) {
             Some((TimeoutKind::Keepalive, CloseCode::INTERNAL, "keepalive ping timeout"))
         } else {
-            if l.ping_deadline.is_none() && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
-                l.ping_deadline = Some(now + c.ping_timeout);
+            if !l.ping_out && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
+                l.ping_out = true;
                 if self.is_open() {
                     self.queue_control(OpCode::Ping, b"wskit");
                 }

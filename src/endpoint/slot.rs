@@ -16,9 +16,9 @@ pub(super) enum Phase {
     Open,
     /// Over and reported to the handler: it is about to drain or go.
     Done,
-    /// Over, reported, its output written: our FIN is sent, and input is discarded until the peer's FIN or this
-    /// deadline.
-    Draining(Instant),
+    /// Over, reported, its output written: our FIN is sent, and input is discarded until the peer's FIN or the
+    /// deadline its timer is armed for (`Slot::scheduled`, set when draining begins and never changed after).
+    Draining,
 }
 
 /// A connection's read and write conditions: independent of each other and of the phase, so flags rather than
@@ -129,7 +129,7 @@ impl Slot {
     }
     #[inline]
     pub(super) fn is_draining(&self) -> bool {
-        matches!(self.phase, Phase::Draining(_))
+        self.phase == Phase::Draining
     }
     /// Ciphertext waiting for the socket.
     pub(super) fn tls_pending(&self) -> usize {

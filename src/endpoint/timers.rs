@@ -7,15 +7,15 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
-/// An entry of the heap.
+/// An entry of the heap: 16 bytes, so that with its deadline one live connection costs 24 bytes here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     /// The connection's earliest deadline (handshake, message, keepalive, idle, lifetime, close, linger, drain).
-    Conn { key: usize, gen: u32 },
-    /// A handler timer.
-    Handler { seq: u64, conn: u64, token: u64 },
+    Conn { key: u32, gen: u32 },
+    /// A handler timer, by its sequence number ([`Timers::handlers`] says whose).
+    Handler { seq: u64 },
     /// A throttled connection may be back within its rate limit.
-    Throttle { key: usize, gen: u32 },
+    Throttle { key: u32, gen: u32 },
 }
 
 /// A deadline that came due.
@@ -29,18 +29,40 @@ pub(super) enum Due {
     Throttle { key: usize, gen: u32 },
 }
 
+/// A heap deadline as an instant.
+fn instant(epoch: Option<Instant>, at: i64) -> Option<Instant> {
+    let e = epoch?;
+    let d = Duration::from_nanos(at.unsigned_abs());
+    Some(if at >= 0 { e + d } else { e.checked_sub(d).unwrap_or(e) })
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Deadlines as nanoseconds from `epoch`, before it negative (8 bytes where an `Instant` takes 16).
+    heap: BinaryHeap<Reverse<(i64, Timer)>>,
+    /// The first instant this table was given; every other one is counted from it.
+    epoch: Option<Instant>,
     /// The live sequence number and period of each handler timer, by (connection, token).
     live: HashMap<(u64, u64), (u64, Option<Duration>)>,
+    /// Whose each handler timer's sequence number is, while it may still be in the heap.
+    handlers: HashMap<u64, (u64, u64)>,
     seq: u64,
 }
 
 impl Timers {
+    /// An instant as the heap holds it (about 292 years either side of the epoch).
+    fn at(&mut self, t: Instant) -> i64 {
+        let epoch = *self.epoch.get_or_insert(t);
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match t.checked_duration_since(epoch) {
+            Some(after) => nanos(after),
+            None => -nanos(epoch.duration_since(t)),
+        }
+    }
+
     /// The earliest entry's deadline (it may be stale: then it wakes the loop for nothing, once).
     pub(super) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _))| *t)
+        self.heap.peek().and_then(|Reverse((t, _))| instant(self.epoch, *t))
     }
 
     /// Entries in the heap, stale ones included.
@@ -50,19 +72,23 @@ impl Timers {
 
     /// Arms connection `key`'s timer for `at`.
     pub(super) fn arm_conn(&mut self, key: usize, gen: u32, at: Instant) {
-        self.heap.push(Reverse((at, Timer::Conn { key, gen })));
+        let at = self.at(at);
+        self.heap.push(Reverse((at, Timer::Conn { key: key as u32, gen })));
     }
 
     /// Arms the end of connection `key`'s rate-limit pause for `at`.
     pub(super) fn arm_throttle(&mut self, key: usize, gen: u32, at: Instant) {
-        self.heap.push(Reverse((at, Timer::Throttle { key, gen })));
+        let at = self.at(at);
+        self.heap.push(Reverse((at, Timer::Throttle { key: key as u32, gen })));
     }
 
     /// Starts (or replaces) a handler timer, due at `at` and then every `every` if given.
     pub(super) fn set_handler(&mut self, conn: u64, token: u64, at: Instant, every: Option<Duration>) {
         self.seq += 1;
         self.live.insert((conn, token), (self.seq, every));
-        self.heap.push(Reverse((at, Timer::Handler { seq: self.seq, conn, token })));
+        self.handlers.insert(self.seq, (conn, token));
+        let at = self.at(at);
+        self.heap.push(Reverse((at, Timer::Handler { seq: self.seq })));
     }
 
     pub(super) fn cancel_handler(&mut self, conn: u64, token: u64) {
@@ -71,23 +97,33 @@ impl Timers {
 
     /// The next entry due at `now`, skipping handler timers replaced or cancelled; an interval is armed again.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        if self.heap.is_empty() {
+            return None;
+        }
+        let now_at = self.at(now);
         while let Some(Reverse((t, timer))) = self.heap.peek().copied() {
-            if t > now {
+            if t > now_at {
                 return None;
             }
             self.heap.pop();
             match timer {
-                Timer::Conn { key, gen } => return Some(Due::Conn { key, gen }),
-                Timer::Throttle { key, gen } => return Some(Due::Throttle { key, gen }),
-                Timer::Handler { seq, conn, token } => {
-                    let Some(&(live, every)) = self.live.get(&(conn, token)) else { continue };
-                    if live != seq {
-                        continue; // replaced or cancelled
-                    }
+                Timer::Conn { key, gen } => return Some(Due::Conn { key: key as usize, gen }),
+                Timer::Throttle { key, gen } => return Some(Due::Throttle { key: key as usize, gen }),
+                Timer::Handler { seq } => {
+                    let Some(&(conn, token)) = self.handlers.get(&seq) else { continue };
+                    let live = self.live.get(&(conn, token)).copied().filter(|(l, _)| *l == seq);
+                    let Some((_, every)) = live else {
+                        self.handlers.remove(&seq); // replaced or cancelled
+                        continue;
+                    };
                     match every {
-                        Some(d) => self.heap.push(Reverse((now + d, timer))),
+                        Some(d) => {
+                            let next = self.at(now + d);
+                            self.heap.push(Reverse((next, timer)));
+                        }
                         None => {
                             self.live.remove(&(conn, token));
+                            self.handlers.remove(&seq);
                         }
                     }
                     return Some(Due::Handler { conn, token });
@@ -113,11 +149,13 @@ impl Timers {
             return;
         }
         self.live.retain(|(conn, _), _| exists(*conn));
-        let live = &self.live;
+        let (live, epoch) = (&self.live, self.epoch);
+        self.handlers.retain(|seq, key| live.get(key).is_some_and(|&(l, _)| l == *seq));
+        let handlers = &self.handlers;
         self.heap.retain(|Reverse((t, timer))| match *timer {
-            Timer::Conn { key, gen } => armed(key, gen, *t),
-            Timer::Handler { seq, conn, token } => live.get(&(conn, token)).is_some_and(|&(l, _)| l == seq),
-            Timer::Throttle { key, gen } => exists(u64::from(gen) << 32 | key as u64),
+            Timer::Conn { key, gen } => instant(epoch, *t).is_some_and(|at| armed(key as usize, gen, at)),
+            Timer::Handler { seq } => handlers.contains_key(&seq),
+            Timer::Throttle { key, gen } => exists(u64::from(gen) << 32 | u64::from(key)),
         });
         if self.heap.capacity() > 4 * self.heap.len() + 1024 {
             self.heap.shrink_to(2 * self.heap.len() + 1024);
@@ -168,5 +206,19 @@ mod tests {
         t.compact(1, |key, gen, at| key == 3 && gen == 1 && at == d3, |_| false);
         assert_eq!(t.len(), 1);
         assert_eq!(t.next(), Some(d3));
+    }
+
+    #[test]
+    fn entries_are_24_bytes_and_deadlines_before_the_first_one_fire_on_time() {
+        assert_eq!(std::mem::size_of::<Reverse<(i64, Timer)>>(), 24);
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        t.arm_conn(1, 1, t0 + Duration::from_secs(30)); // the epoch
+        t.arm_conn(2, 1, t0 + Duration::from_secs(10)); // before it
+        assert_eq!(t.next(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(9)), None);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(10)), Some(Due::Conn { key: 2, gen: 1 }));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(29)), None);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(31)), Some(Due::Conn { key: 1, gen: 1 }));
     }
 }

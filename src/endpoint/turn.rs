@@ -22,15 +22,14 @@ impl Endpoint {
                 Due::Conn { key, gen } => (key, gen),
             };
             let Some(slot) = self.slots.get_mut(key).filter(|_| self.table[key].gen == gen) else { continue };
-            slot.scheduled = None;
-            if let Phase::Draining(until) = slot.phase {
-                if now >= until {
+            if slot.phase == Phase::Draining {
+                // Its one deadline is the armed one: an earlier entry that fires now is stale.
+                if slot.scheduled.map_or(true, |until| now >= until) {
                     self.remove(key);
-                } else {
-                    self.schedule(key);
                 }
                 continue;
             }
+            slot.scheduled = None;
             slot.conn.handle_timeout(now);
             self.mark_dirty(key);
         }
@@ -170,8 +169,11 @@ impl Endpoint {
             return self.remove(key);
         }
         self.orders.push_back(Order::ShutdownWrite(id));
-        self.slots[key].phase = Phase::Draining(now + self.config.close_timeout);
-        self.schedule(key);
+        let (slot, until) = (&mut self.slots[key], now + self.config.close_timeout);
+        slot.phase = Phase::Draining;
+        // From now on its timer is armed for this deadline alone (an entry armed earlier fires as stale).
+        slot.scheduled = Some(until);
+        self.timers.arm_conn(key, self.table[key].gen, until);
     }
 
     /// The peer closed TCP or the socket failed. With `last_write`, what is queued for it is written once more
@@ -291,7 +293,7 @@ impl Endpoint {
 pub(super) fn arm(timers: &mut Timers, key: usize, gen: u32, slot: &mut Slot) {
     let armed = slot.scheduled;
     let earlier = match slot.phase {
-        Phase::Draining(d) => Some(d).filter(|d| armed.map_or(true, |a| *d < a)),
+        Phase::Draining => None, // armed once, when draining began
         _ => slot.conn.deadline_to_arm(armed),
     };
     if let Some(d) = earlier {

@@ -212,7 +212,16 @@ impl Endpoint {
     /// [`TURN_WRITES`] (the rest keep their place, ahead of anything touched later, for the next turn, which
     /// does not wait). Then the memory budget is checked (a second pass finishes those it dropped). Returns
     /// whether one was chosen.
+    #[inline]
     fn next_to_flush(&mut self, now: Instant) -> bool {
+        if self.through.is_empty() && !self.flushing.ending {
+            return false; // (the steady echo's answer went out from where it lay: nothing to flush)
+        }
+        self.next_to_flush_listed(now)
+    }
+
+    /// [`Endpoint::next_to_flush`] once there is a list to look at.
+    fn next_to_flush_listed(&mut self, now: Instant) -> bool {
         while let Some((key, gen)) = self.through.pop() {
             if self.slots.contains(key) && self.table[key].gen == gen {
                 (self.flushing.key, self.flushing.written) = (Some((key, false)), 0);
