@@ -435,7 +435,7 @@ pub fn h2_conn(data: &[u8]) {
                 Event::Request { stream, .. } => c.respond(stream, 200, &[("x", "y")], false),
                 Event::Data { stream, data, end_stream } => {
                     c.release(stream, data.len());
-                    c.send_data(stream, &data, end_stream);
+                    c.send_data(stream, &data, end_stream, now);
                 }
                 _ => {}
             }

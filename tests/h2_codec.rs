@@ -93,7 +93,7 @@ fn python_h2_client_opens_an_extended_connect_and_gets_its_data_back() {
             }
         }
         for (stream, data, end) in pending.iter_mut() {
-            let n = c.send_data(*stream, data, *end);
+            let n = c.send_data(*stream, data, *end, now);
             data.drain(..n);
         }
         pending.retain(|(_, d, _)| !d.is_empty());

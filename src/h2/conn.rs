@@ -36,6 +36,9 @@ pub struct Limits {
     pub max_resets_per_sec: u32,
     /// SETTINGS and PING frames a client may send a second (more: GOAWAY with ENHANCE_YOUR_CALM).
     pub max_control_per_sec: u32,
+    /// How long a stream with data to send may find the peer's windows shut (a zero-window stall) before it is
+    /// reset with CANCEL.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             max_header_block: 64 << 10,
             max_resets_per_sec: 100,
             max_control_per_sec: 100,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -155,6 +159,8 @@ struct Stream {
     remote_closed: bool,
     /// We ended ours.
     local_closed: bool,
+    /// Since when it has had data the windows did not let through (cleared when they open again).
+    stalled: Option<Instant>,
 }
 
 /// A field block being received: HEADERS, then CONTINUATION frames until END_HEADERS.
@@ -480,7 +486,14 @@ impl H2Conn {
         };
         let window = i64::from(self.limits.stream_window);
         let send_window = i64::from(self.peer_window);
-        let st = Stream { recv_window: window, credit: 0, send_window, remote_closed: end_stream, local_closed: false };
+        let st = Stream {
+            recv_window: window,
+            credit: 0,
+            send_window,
+            remote_closed: end_stream,
+            local_closed: false,
+            stalled: None,
+        };
         self.streams.insert(stream, st);
         self.active += 1;
         self.events.push_back(Event::Request { stream, head, end_stream });
@@ -547,6 +560,9 @@ impl H2Conn {
                         if s.send_window > i64::from(MAX_WINDOW) {
                             return Err(self.fail(ErrorCode::FLOW_CONTROL_ERROR, "a stream window past 2^31 - 1"));
                         }
+                        if delta > 0 && s.send_window > 0 && self.conn_send > 0 {
+                            s.stalled = None;
+                        }
                     }
                     if delta > 0 {
                         self.events.push_back(Event::Writable { stream: 0 });
@@ -566,6 +582,9 @@ impl H2Conn {
             if self.conn_send > i64::from(MAX_WINDOW) {
                 return Err(self.fail(ErrorCode::FLOW_CONTROL_ERROR, "the connection window past 2^31 - 1"));
             }
+            for s in self.streams.values_mut().filter(|s| s.send_window > 0) {
+                s.stalled = None;
+            }
             self.events.push_back(Event::Writable { stream: 0 });
             return Ok(());
         }
@@ -579,6 +598,9 @@ impl H2Conn {
         if s.send_window > i64::from(MAX_WINDOW) {
             self.reset(stream, ErrorCode::FLOW_CONTROL_ERROR);
             return Ok(());
+        }
+        if self.conn_send > 0 {
+            s.stalled = None;
         }
         self.events.push_back(Event::Writable { stream });
         Ok(())
@@ -678,10 +700,14 @@ impl H2Conn {
     }
 
     /// Sends what the windows allow of `data` on a stream, in frames of the peer's size; returns how much was
-    /// taken (the rest waits for [`Event::Writable`]). `end_stream` ends our side once all of `data` went.
-    pub fn send_data(&mut self, stream: u32, data: &[u8], end_stream: bool) -> usize {
+    /// taken (the rest waits for [`Event::Writable`]; if the windows stay shut, the stream is reset after
+    /// [`Limits::stall_timeout`]). `end_stream` ends our side once all of `data` went.
+    pub fn send_data(&mut self, stream: u32, data: &[u8], end_stream: bool, now: Instant) -> usize {
         let n = data.len().min(self.send_capacity(stream));
         let Some(s) = self.streams.get_mut(&stream).filter(|s| !s.local_closed) else { return 0 };
+        if n < data.len() {
+            s.stalled.get_or_insert(now);
+        }
         let end = end_stream && n == data.len();
         let mut chunks = data[..n].chunks(self.peer_max_frame as usize).peekable();
         if chunks.peek().is_none() && end {
@@ -697,6 +723,28 @@ impl H2Conn {
             self.close_if_done(stream);
         }
         n
+    }
+
+    /// The earliest time [`H2Conn::handle_timeout`] must be called: a stalled stream's deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.streams.values().filter_map(|s| s.stalled).min().map(|t| t + self.limits.stall_timeout)
+    }
+
+    /// Resets the streams whose windows stayed shut past [`Limits::stall_timeout`] while they had data to send
+    /// (a zero-window stall: a peer holding our buffers by never reading); each is reported as [`Event::Reset`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let limit = self.limits.stall_timeout;
+        let mut stalled: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.stalled.is_some_and(|t| now >= t + limit))
+            .map(|(id, _)| *id)
+            .collect();
+        stalled.sort_unstable();
+        for stream in stalled {
+            self.reset(stream, ErrorCode::CANCEL);
+            self.events.push_back(Event::Reset { stream, code: ErrorCode::CANCEL });
+        }
     }
 
     /// The application processed `n` bytes of a stream's DATA: the peer may send that much more.
@@ -813,7 +861,7 @@ mod tests {
         assert!(out[0].starts_with("Headers { stream: 1, end_stream: false, end_headers: true"), "{out:?}");
         c.consume_out(c.out().len());
         // The peer's windows are 65,535: the rest waits.
-        assert_eq!(c.send_data(1, &[7u8; 100_000], false), 65_535);
+        assert_eq!(c.send_data(1, &[7u8; 100_000], false, Instant::now()), 65_535);
         assert_eq!(c.send_capacity(1), 0);
         let out = frames_of(c.out());
         assert_eq!(out.len(), 4, "16 KiB frames: {out:?}");
@@ -825,7 +873,7 @@ mod tests {
         assert_eq!(c.poll_event(), Some(Event::Writable { stream: 0 }));
         assert_eq!(c.poll_event(), Some(Event::Writable { stream: 1 }));
         assert_eq!(c.send_capacity(1), 10_000);
-        assert_eq!(c.send_data(1, &[7u8; 10_000], true), 10_000);
+        assert_eq!(c.send_data(1, &[7u8; 10_000], true, Instant::now()), 10_000);
         assert!(frames_of(c.out()).last().unwrap().contains("end_stream: true"));
     }
 
@@ -969,5 +1017,38 @@ mod tests {
         );
         assert!(out.contains(&"RstStream { stream: 1, code: ErrorCode(1) }".to_string()), "{out:?}");
         assert!(matches!(events.last(), Some(Event::Request { stream: 5, .. })), "{events:?}");
+    }
+
+    #[test]
+    fn a_stream_whose_windows_stay_shut_is_reset_after_the_stall_timeout() {
+        let mut input = start();
+        input.extend(headers(1, &WS, false));
+        input.extend(headers(3, &WS, false));
+        let (mut c, r, _) = open(Limits::default(), &input);
+        r.unwrap();
+        let t0 = Instant::now();
+        assert_eq!(c.send_data(1, &[0u8; 70_000], false, t0), 65_535, "the peer's window");
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        // The stream's window alone does not end the stall: the connection's is still shut.
+        let mut wu = Vec::new();
+        write_window_update(&mut wu, 1, 100);
+        c.receive(&wu, t0).unwrap();
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(30)));
+        // Both open: the stall is over; what is left stalls again from the next send.
+        let mut wu = Vec::new();
+        write_window_update(&mut wu, 0, 1000);
+        c.receive(&wu, t0).unwrap();
+        while c.poll_event().is_some() {}
+        assert_eq!(c.next_deadline(), None);
+        assert_eq!(c.send_data(1, &[0u8; 4465], false, t0 + Duration::from_secs(1)), 100);
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(31)));
+        c.consume_out(c.out().len());
+        c.handle_timeout(t0 + Duration::from_secs(30));
+        assert!(c.out().is_empty(), "not yet");
+        c.handle_timeout(t0 + Duration::from_secs(31));
+        assert_eq!(frames_of(c.out()), vec!["RstStream { stream: 1, code: ErrorCode(8) }"]);
+        assert_eq!(c.poll_event(), Some(Event::Reset { stream: 1, code: ErrorCode::CANCEL }));
+        assert_eq!(c.next_deadline(), None);
+        assert_eq!(c.send_capacity(3), 900, "stream 3 goes on, with what is left of the connection's window");
     }
 }
