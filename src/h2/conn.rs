@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_resets_per_sec: u32,
     /// SETTINGS and PING frames a client may send a second (more: GOAWAY with ENHANCE_YOUR_CALM).
     pub max_control_per_sec: u32,
+    /// How long our SETTINGS may wait for the peer's acknowledgement (then GOAWAY with SETTINGS_TIMEOUT).
+    pub settings_timeout: Duration,
     /// How long a stream with data to send may find the peer's windows shut (a zero-window stall) before it is
     /// reset with CANCEL.
     pub stall_timeout: Duration,
@@ -53,6 +55,7 @@ impl Default for Limits {
             max_resets_per_sec: 100,
             max_control_per_sec: 100,
             stall_timeout: Duration::from_secs(30),
+            settings_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -146,6 +149,17 @@ enum Phase {
     Closed,
 }
 
+/// Where our SETTINGS' acknowledgement stands (§6.5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckWait {
+    /// Nothing came from the peer yet (the clock starts with its first bytes).
+    Unsent,
+    /// Due by then.
+    Until(Instant),
+    /// Acknowledged.
+    Done,
+}
+
 /// One stream's state, from our side.
 #[derive(Debug, Clone, Copy)]
 struct Stream {
@@ -210,6 +224,8 @@ pub struct H2Conn {
     peer_window: u32,
     peer_max_frame: u32,
     goaway_sent: bool,
+    /// Our SETTINGS wait for their acknowledgement: until this deadline (set when the first bytes come).
+    settings_ack: AckWait,
     resets: Rate,
     controls: Rate,
     events: VecDeque<Event>,
@@ -250,6 +266,7 @@ impl H2Conn {
             peer_window: 65_535,
             peer_max_frame: DEFAULT_MAX_FRAME_SIZE,
             goaway_sent: false,
+            settings_ack: AckWait::Unsent,
             resets: Rate { since: None, n: 0 },
             controls: Rate { since: None, n: 0 },
             events: VecDeque::new(),
@@ -281,6 +298,9 @@ impl H2Conn {
     pub fn receive(&mut self, input: &[u8], now: Instant) -> Result<(), ConnError> {
         if self.phase == Phase::Closed {
             return Ok(());
+        }
+        if self.settings_ack == AckWait::Unsent && !input.is_empty() {
+            self.settings_ack = AckWait::Until(now + self.limits.settings_timeout);
         }
         let mut input = input;
         if let Phase::Preface(got) = self.phase {
@@ -543,6 +563,7 @@ impl H2Conn {
 
     fn settings(&mut self, ack: bool, params: &[u8], now: Instant) -> Result<(), ConnError> {
         if ack {
+            self.settings_ack = AckWait::Done;
             return Ok(());
         }
         self.control(now)?;
@@ -725,14 +746,25 @@ impl H2Conn {
         n
     }
 
-    /// The earliest time [`H2Conn::handle_timeout`] must be called: a stalled stream's deadline.
+    /// The earliest time [`H2Conn::handle_timeout`] must be called: a stalled stream's deadline, or our
+    /// SETTINGS' acknowledgement's.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.streams.values().filter_map(|s| s.stalled).min().map(|t| t + self.limits.stall_timeout)
+        let stall = self.streams.values().filter_map(|s| s.stalled).min().map(|t| t + self.limits.stall_timeout);
+        let ack = match self.settings_ack {
+            AckWait::Until(t) if self.phase != Phase::Closed => Some(t),
+            _ => None,
+        };
+        stall.into_iter().chain(ack).min()
     }
 
-    /// Resets the streams whose windows stayed shut past [`Limits::stall_timeout`] while they had data to send
-    /// (a zero-window stall: a peer holding our buffers by never reading); each is reported as [`Event::Reset`].
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Past our SETTINGS' acknowledgement deadline, the connection ends (GOAWAY with SETTINGS_TIMEOUT, §6.5.3).
+    /// Otherwise resets the streams whose windows stayed shut past [`Limits::stall_timeout`] while they had data
+    /// to send (a zero-window stall: a peer holding our buffers by never reading); each is reported as
+    /// [`Event::Reset`].
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnError> {
+        if matches!(self.settings_ack, AckWait::Until(t) if now >= t) && self.phase != Phase::Closed {
+            return Err(self.fail(ErrorCode::SETTINGS_TIMEOUT, "our SETTINGS were never acknowledged"));
+        }
         let limit = self.limits.stall_timeout;
         let mut stalled: Vec<u32> = self
             .streams
@@ -745,6 +777,7 @@ impl H2Conn {
             self.reset(stream, ErrorCode::CANCEL);
             self.events.push_back(Event::Reset { stream, code: ErrorCode::CANCEL });
         }
+        Ok(())
     }
 
     /// The application processed `n` bytes of a stream's DATA: the peer may send that much more.
@@ -1022,6 +1055,7 @@ mod tests {
     #[test]
     fn a_stream_whose_windows_stay_shut_is_reset_after_the_stall_timeout() {
         let mut input = start();
+        frame::write_settings_ack(&mut input);
         input.extend(headers(1, &WS, false));
         input.extend(headers(3, &WS, false));
         let (mut c, r, _) = open(Limits::default(), &input);
@@ -1043,12 +1077,32 @@ mod tests {
         assert_eq!(c.send_data(1, &[0u8; 4465], false, t0 + Duration::from_secs(1)), 100);
         assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(31)));
         c.consume_out(c.out().len());
-        c.handle_timeout(t0 + Duration::from_secs(30));
+        c.handle_timeout(t0 + Duration::from_secs(30)).unwrap();
         assert!(c.out().is_empty(), "not yet");
-        c.handle_timeout(t0 + Duration::from_secs(31));
+        c.handle_timeout(t0 + Duration::from_secs(31)).unwrap();
         assert_eq!(frames_of(c.out()), vec!["RstStream { stream: 1, code: ErrorCode(8) }"]);
         assert_eq!(c.poll_event(), Some(Event::Reset { stream: 1, code: ErrorCode::CANCEL }));
         assert_eq!(c.next_deadline(), None);
         assert_eq!(c.send_capacity(3), 900, "stream 3 goes on, with what is left of the connection's window");
+    }
+
+    #[test]
+    fn our_settings_unacknowledged_end_the_connection_with_settings_timeout() {
+        let t0 = Instant::now();
+        let mut c = H2Conn::new(Limits::default());
+        assert_eq!(c.next_deadline(), None, "the clock starts with the peer's first bytes");
+        c.receive(&start(), t0).unwrap();
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        c.handle_timeout(t0 + Duration::from_secs(9)).unwrap();
+        let e = c.handle_timeout(t0 + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::SETTINGS_TIMEOUT);
+        assert!(frames_of(c.out()).last().unwrap().starts_with("GoAway"));
+        // Acknowledged in time: no deadline left.
+        let mut c = H2Conn::new(Limits::default());
+        let mut input = start();
+        frame::write_settings_ack(&mut input);
+        c.receive(&input, t0).unwrap();
+        assert_eq!(c.next_deadline(), None);
+        c.handle_timeout(t0 + Duration::from_secs(60)).unwrap();
     }
 }
