@@ -6,16 +6,22 @@ use std::path::Path;
 
 #[test]
 fn every_row_names_code_and_tests_that_exist() {
+    check_section("## Every MUST", 45);
+    check_section("## HTTP/2 and RFC 8441", 20);
+}
+
+/// Checks the numbered table under `heading`: at least `min` rows, each naming code and tests that exist.
+fn check_section(heading: &str, min: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/conformance.md")).unwrap();
-    let start = doc.find("## Every MUST").expect("the MUST section");
+    let start = doc.find(heading).expect("the MUST section");
     let section = &doc[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     let rows: Vec<&str> = section
         .lines()
         .filter(|l| l.starts_with("| ") && l.split('|').nth(1).is_some_and(|c| c.trim().parse::<u32>().is_ok()))
         .collect();
-    assert!(rows.len() >= 45, "the MUST table has {} rows", rows.len());
+    assert!(rows.len() >= min, "{heading}: the table has {} rows", rows.len());
     let mut numbers = Vec::new();
     for row in &rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
