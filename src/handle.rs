@@ -5,7 +5,7 @@
 use crate::close::CloseCode;
 use crate::conn::Message;
 use crate::error::SendError;
-use crate::handler::{Commands, ConnId, Origin};
+use crate::handler::{refusal_status, Commands, ConnId, Inbox, Origin};
 use crate::metrics::Metrics;
 #[cfg(feature = "tls")]
 use crate::tls_config::TlsConfigError;
@@ -82,9 +82,6 @@ impl Shared {
             self.wake();
         }
     }
-    pub(crate) fn decide(&self, to: ConnId, status: u16, bytes: &[u8]) {
-        self.push(|q| q.decide(to, status, bytes));
-    }
     pub(crate) fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake();
@@ -102,9 +99,9 @@ impl Shared {
     }
 }
 
-impl crate::handler::Inbox for Shared {
+impl Inbox for Shared {
     fn decide(&self, to: ConnId, status: u16, bytes: &[u8]) {
-        Shared::decide(self, to, status, bytes);
+        self.push(|q| q.decide(to, status, bytes));
     }
 }
 
@@ -158,8 +155,7 @@ impl ServerHandle {
     }
     /// Refuses an upgrade `on_open` deferred with this HTTP status (400–599; others become 500) and body.
     pub fn reject(&self, id: ConnId, status: u16, body: &str) {
-        let status = if (400..600).contains(&status) { status } else { 500 };
-        self.shared.decide(id, status, body.as_bytes());
+        self.shared.decide(id, refusal_status(status), body.as_bytes());
     }
     /// Whether the connection is open now.
     pub fn is_open(&self, id: ConnId) -> bool {

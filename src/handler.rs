@@ -367,9 +367,18 @@ impl Deferred {
     /// Refuses the upgrade with this HTTP status (400–599; others become 500) and body.
     pub fn reject(mut self, status: u16, body: &str) {
         if let Some(inbox) = self.inbox.take() {
-            let status = if (400..600).contains(&status) { status } else { 500 };
-            inbox.decide(self.id, status, body.as_bytes());
+            inbox.decide(self.id, refusal_status(status), body.as_bytes());
         }
+    }
+}
+
+/// The status a deferred upgrade is refused with: an HTTP error (400–599) as given, anything else 500 (never 0,
+/// which stands for an accept in the answer).
+pub(crate) fn refusal_status(status: u16) -> u16 {
+    if (400..600).contains(&status) {
+        status
+    } else {
+        500
     }
 }
 

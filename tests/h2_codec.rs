@@ -5,6 +5,11 @@ mod common;
 use common::*;
 use wskit::h2::hpack::{Decoded, Decoder};
 
+/// Bytes from the hex the Python scripts print.
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
 #[test]
 fn blocks_from_python_hpack_decode_to_what_it_encoded() {
     if skip_external("python h2") {
@@ -18,9 +23,7 @@ fn blocks_from_python_hpack_decode_to_what_it_encoded() {
         let mut d = Decoder::new(4096, 1 << 20, 1000);
         for line in out.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let hex = v["block"].as_str().unwrap();
-            let block: Vec<u8> =
-                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            let block = from_hex(v["block"].as_str().unwrap());
             let want: Vec<(String, String)> = v["fields"]
                 .as_array()
                 .unwrap()
@@ -70,9 +73,7 @@ fn python_h2_client_opens_an_extended_connect_and_gets_its_data_back() {
         if v["done"].as_bool().unwrap() {
             break;
         }
-        let hex = v["send"].as_str().unwrap();
-        let bytes: Vec<u8> =
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes = from_hex(v["send"].as_str().unwrap());
         c.receive(&bytes, now).unwrap();
         while let Some(ev) = c.poll_event() {
             match ev {

@@ -16,15 +16,15 @@ pub(super) struct Parked {
 }
 
 impl Endpoint {
-    /// `on_open` deferred the upgrade of `key`; `input[off..n]` (the read buffer, or the plaintext one when
-    /// `plain`) is what the client sent after its request, kept for after the answer. RFC 6455 §4.1 has a client
-    /// wait for the answer before sending more: one that sends more than [`STASH_COPY`] is dropped.
+    /// `on_open` deferred the upgrade of `key`: it waits for [`Endpoint::answer`].
     pub(super) fn park(&mut self, key: usize, parked: Parked) {
         self.parked.insert(key, parked);
         Metrics::add(&self.shared.metrics.upgrades_deferred, 1);
     }
 
-    /// Keeps what came after a deferred upgrade's request (see [`Endpoint::park`]).
+    /// Keeps `input[off..n]` (the read buffer, or the plaintext one when `plain`), what the client of a deferred
+    /// upgrade sent after its request, for after the answer. RFC 6455 §4.1 has a client wait for the answer
+    /// before sending more: one that sends more than [`STASH_COPY`] is dropped.
     #[cold]
     pub(super) fn keep_for_answer(&mut self, key: usize, plain: bool, off: usize, n: usize, now: Instant) {
         if n - off > STASH_COPY {
@@ -51,7 +51,7 @@ impl Endpoint {
         if let Some((why, status, body)) = refused {
             let slot = &mut self.slots[key];
             events::refuse(&self.shared.metrics, &mut slot.conn, why, status, &body, now);
-            self.stash.remove(&key);
+            // (What it sent early goes with the slot, `remove_with`.)
             self.unopened(key, &CloseStatus::Refused { status });
             return self.mark_dirty(key);
         }

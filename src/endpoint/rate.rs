@@ -28,7 +28,11 @@ impl Gcra {
     /// Charges `units` arriving `now`; returns when the bucket is back within its burst.
     fn charge(&self, tat: &mut Instant, units: u64, now: Instant) -> Instant {
         *tat = (*tat).max(now) + self.span(units);
-        (*tat).checked_sub(self.span(self.burst)).unwrap_or(now).max(now)
+        self.back(*tat, now)
+    }
+    /// When a bucket charged up to `tat` is back within its burst (`now` at the earliest).
+    fn back(&self, tat: Instant, now: Instant) -> Instant {
+        tat.checked_sub(self.span(self.burst)).unwrap_or(now).max(now)
     }
 }
 
@@ -100,17 +104,14 @@ impl Rates {
     /// When slot `key` is back within its limits (it may be now).
     pub(super) fn resume_at(&self, key: usize, now: Instant) -> Instant {
         let Some(&(m, b)) = self.tat.get(key) else { return now };
-        let back = |g: Option<Gcra>, tat: Instant| g.map_or(now, |g| tat.checked_sub(g.span(g.burst)).unwrap_or(now));
-        back(self.messages, m).max(back(self.bytes, b)).max(now)
+        let back = |g: Option<Gcra>, tat: Instant| g.map_or(now, |g| g.back(tat, now));
+        back(self.messages, m).max(back(self.bytes, b))
     }
 }
 
 /// Whether `units` fit the limit `g` (no limit: they do).
 fn fits(g: Option<Gcra>, tat: Instant, units: u64, now: Instant) -> bool {
-    match g {
-        Some(g) => g.fits(tat, units, now),
-        None => true,
-    }
+    g.map_or(true, |g| g.fits(tat, units, now))
 }
 
 /// A connection went past its rate limit under [`RatePolicy::Pause`]: reading from it pauses until `until` (its

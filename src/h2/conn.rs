@@ -212,11 +212,11 @@ pub struct H2Conn {
     /// Bytes of a frame not yet whole.
     held: Vec<u8>,
     decoder: Decoder,
+    /// Streams open or half-open (one both sides ended is forgotten): their count is what
+    /// MAX_CONCURRENT_STREAMS bounds.
     streams: HashMap<u32, Stream>,
     /// The highest stream the client opened (even refused ones count: identifiers never go back).
     last_stream: u32,
-    /// Streams open or half-open.
-    active: u32,
     block: Option<Block>,
     conn_recv: i64,
     conn_send: i64,
@@ -259,7 +259,6 @@ impl H2Conn {
             decoder: Decoder::new(limits.header_table as usize, limits.max_header_list as usize, max_fields),
             streams: HashMap::new(),
             last_stream: 0,
-            active: 0,
             block: None,
             conn_recv: i64::from(limits.conn_window.max(initial)),
             conn_send: 65_535,
@@ -414,11 +413,7 @@ impl H2Conn {
     /// Resets a stream: RST_STREAM with `code`; it is forgotten.
     pub fn reset(&mut self, stream: u32, code: ErrorCode) {
         frame::write_rst_stream(&mut self.out, stream, code);
-        if let Some(s) = self.streams.remove(&stream) {
-            if !(s.remote_closed && s.local_closed) {
-                self.active -= 1;
-            }
-        }
+        self.streams.remove(&stream);
     }
 
     /// Starts a graceful shutdown: GOAWAY with NO_ERROR; streams already open go on.
@@ -488,7 +483,7 @@ impl H2Conn {
             return Ok(());
         }
         self.last_stream = stream;
-        if self.goaway_sent || self.active >= self.limits.max_streams {
+        if self.goaway_sent || self.streams.len() >= self.limits.max_streams as usize {
             self.reset(stream, ErrorCode::REFUSED_STREAM);
             return Ok(());
         }
@@ -515,7 +510,6 @@ impl H2Conn {
             stalled: None,
         };
         self.streams.insert(stream, st);
-        self.active += 1;
         self.events.push_back(Event::Request { stream, head, end_stream });
         Ok(())
     }
@@ -532,7 +526,7 @@ impl H2Conn {
             if stream > self.last_stream {
                 return Err(self.fail(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            frame::write_rst_stream(&mut self.out, stream, ErrorCode::STREAM_CLOSED);
+            self.reset(stream, ErrorCode::STREAM_CLOSED); // (already forgotten)
             return Ok(());
         };
         if s.remote_closed {
@@ -635,10 +629,7 @@ impl H2Conn {
         if !self.resets.tick(now, self.limits.max_resets_per_sec) {
             return Err(self.fail(ErrorCode::ENHANCE_YOUR_CALM, "too many streams reset"));
         }
-        if let Some(s) = self.streams.remove(&stream) {
-            if !(s.remote_closed && s.local_closed) {
-                self.active -= 1;
-            }
+        if self.streams.remove(&stream).is_some() {
             self.events.push_back(Event::Reset { stream, code });
         }
         Ok(())
@@ -648,7 +639,6 @@ impl H2Conn {
     fn close_if_done(&mut self, stream: u32) {
         if self.streams.get(&stream).is_some_and(|s| s.remote_closed && s.local_closed) {
             self.streams.remove(&stream);
-            self.active -= 1;
         }
     }
 }
