@@ -50,6 +50,8 @@ pub struct Limits {
     pub ping_timeout: Duration,
     pub max_lifetime: Option<Duration>,
     pub deflate: DeflateConfig,
+    /// A client may open with the HTTP/2 preface (h2c by prior knowledge): see [`Config::http2`].
+    pub http2: bool,
 }
 
 /// Server configuration. Every limit is checked before a buffer grows.
@@ -154,6 +156,11 @@ pub struct Config {
     /// on only where every client comes through the balancer: whoever can reach the port can name any address.
     /// See [`crate::proxy`].
     pub proxy_protocol: bool,
+    /// Serves WebSockets over HTTP/2 too (RFC 8441; key `http2`, default false): TLS listeners offer `h2` by ALPN
+    /// ahead of `ssl_alpn`'s protocols, plain ones take a client that starts with the HTTP/2 preface (prior
+    /// knowledge, h2c). Each extended CONNECT stream is a connection of its own for the handler; plain requests on
+    /// a stream go to `on_http`. See docs/http2.md.
+    pub http2: bool,
     /// Proxies whose forwarding header is believed (key `trusted_proxies`, comma-separated addresses or networks:
     /// `127.0.0.1, 10.0.0.0/8`; default empty = none). When a request comes from one of them, the client is the
     /// rightmost address in `forwarded_header` that is not itself a trusted proxy, with port 0 (unknown); it is
@@ -259,6 +266,7 @@ impl Default for Config {
             memory_budget: 256 << 20,
             socket_send_buffer: 0,
             proxy_protocol: false,
+            http2: false,
             trusted_proxies: Vec::new(),
             forwarded_header: "x-forwarded-for".to_string(),
             deflate: DeflateConfig::default(),
@@ -397,6 +405,7 @@ impl Config {
             k if k.starts_with("rate_") => self.rate_limit.set(k, v)?,
             "socket_send_buffer" => self.socket_send_buffer = parse_usize(key, v)?,
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
+            "http2" => self.http2 = parse_bool(key, v)?,
             "trusted_proxies" => {
                 self.trusted_proxies = parse_list(v)
                     .iter()
@@ -551,6 +560,12 @@ impl Config {
         self
     }
 
+    /// Serves WebSockets over HTTP/2 as well (RFC 8441); see [`Config::http2`].
+    pub fn http2(mut self, on: bool) -> Self {
+        self.http2 = on;
+        self
+    }
+
     /// Believes the forwarding header (`forwarded_header`, `X-Forwarded-For` by default) of requests from these
     /// proxies; see [`Config::trusted_proxies`].
     pub fn trusted_proxies(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
@@ -595,6 +610,7 @@ impl Config {
             ping_timeout: self.ping_timeout,
             max_lifetime: self.max_lifetime,
             deflate: self.deflate.clone(),
+            http2: self.http2,
         })
     }
 
@@ -713,11 +729,12 @@ mod tests {
         assert_eq!(e.key, "max_message_size");
         let c = Config::from_pairs([
             ("proxy_protocol", "on"),
+            ("http2", "on"),
             ("trusted_proxies", "127.0.0.1, 10.0.0.0/8,2001:db8::/32"),
             ("forwarded_header", "X-Real-IP"),
         ])
         .unwrap();
-        assert!(c.proxy_protocol);
+        assert!(c.proxy_protocol && c.http2);
         assert_eq!(c.trusted_proxies.len(), 3);
         assert_eq!(c.forwarded_header, "X-Real-IP");
         let e = Config::from_pairs([("trusted_proxies", "10.0.0.0/8, 10.0.0.0/40")]).unwrap_err();

@@ -272,6 +272,44 @@ pub fn endpoint(data: &[u8]) {
     assert_eq!(without_pongs(&one.1), without_pongs(&split.1), "output depends on the split");
 }
 
+/// WebSockets over HTTP/2 through a whole endpoint (`Config::http2`, h2c by prior knowledge): the preface, an
+/// extended CONNECT on stream 1, then either the body as that stream's DATA frames (the first byte's low bit set:
+/// WebSocket bytes through HTTP/2) or the body as raw HTTP/2 frames, fed in pieces of any size, then the FIN.
+/// Nothing panics, every session ends with nothing held, and the handler's events do not depend on the split.
+pub fn endpoint_h2(data: &[u8]) {
+    use crate::h2::{frame as h2f, hpack};
+    if data.len() < 2 {
+        return;
+    }
+    let (flags, step, body) = (data[0], data[1] as usize % 31 + 1, &data[2..]);
+    let mut cfg = Config::new().max_payload_size(64 * 1024).max_message_size(256 * 1024).http2(true);
+    cfg.max_connections_per_ip = 0;
+    let mut stream = crate::h2::conn::PREFACE.to_vec();
+    h2f::write_settings(&mut stream, &[]);
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "x"),
+        ("sec-websocket-version", "13"),
+    ] {
+        hpack::write_field(&mut block, n.as_bytes(), v.as_bytes());
+    }
+    h2f::write_headers(&mut stream, 1, false, &block, h2f::DEFAULT_MAX_FRAME_SIZE);
+    if flags & 1 != 0 {
+        for piece in body.chunks(1000) {
+            h2f::write_data(&mut stream, 1, false, piece);
+        }
+    } else {
+        stream.extend_from_slice(body);
+    }
+    let one = endpoint_transcript(&cfg, &stream, stream.len());
+    let split = endpoint_transcript(&cfg, &stream, step);
+    assert_eq!(one.0, split.0, "the handler's events depend on the split");
+}
+
 /// The server's output with its pong frames taken out (the HTTP head and every other frame kept, in order).
 fn without_pongs(out: &[u8]) -> Vec<u8> {
     let head = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |i| i + 4);

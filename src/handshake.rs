@@ -194,6 +194,22 @@ impl HeadReader {
         self.buf.capacity()
     }
 
+    /// The bytes of an unfinished head held so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Holds `input` without looking for the head's end (the start of an HTTP/2 preface, which has a blank line
+    /// in it).
+    pub fn hold(&mut self, input: &[u8]) {
+        self.buf.extend_from_slice(input);
+    }
+
+    /// Takes the bytes held.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Parses the completed head: the stashed bytes if the head spanned reads, else `input[..n]`.
     pub fn parse(&mut self, input: &[u8], n: usize) -> Result<Request, HandshakeError> {
         let head = std::mem::take(&mut self.buf);

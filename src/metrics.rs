@@ -95,6 +95,12 @@ pub struct Metrics {
     pub upgrades_deferred: AtomicU64,
     /// TLS configurations taken for new handshakes after the first (`ServerHandle::reload_tls`).
     pub tls_reloads: AtomicU64,
+    /// HTTP/2 connections (TLS with ALPN `h2`, or h2c by prior knowledge).
+    pub http2_connections: AtomicU64,
+    /// Streams on them: WebSocket requests (extended CONNECT) and plain requests.
+    pub http2_streams: AtomicU64,
+    /// WebSocket connections opened over HTTP/2 (RFC 8441).
+    pub http2_websockets: AtomicU64,
     turns: [AtomicU64; 9],
     turn_us_sum: AtomicU64,
 }
@@ -201,6 +207,9 @@ impl Metrics {
             "TLS configurations taken for new handshakes after the first.",
             &self.tls_reloads,
         );
+        one("http2_connections_total", "counter", "HTTP/2 connections.", &self.http2_connections);
+        one("http2_streams_total", "counter", "HTTP/2 streams with a request.", &self.http2_streams);
+        one("http2_websockets_total", "counter", "WebSocket connections opened over HTTP/2.", &self.http2_websockets);
         let _ = writeln!(o, "# HELP wskit_upgrades_refused_total Upgrades refused, by reason.");
         let _ = writeln!(o, "# TYPE wskit_upgrades_refused_total counter");
         for (i, (_, name)) in REFUSALS.iter().enumerate() {

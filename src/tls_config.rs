@@ -223,6 +223,8 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
     tls.send_tls13_tickets = config.ssl_session_tickets;
-    tls.alpn_protocols = config.ssl_alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let h2 = config.http2.then(|| b"h2".to_vec());
+    let others = config.ssl_alpn.iter().map(|p| p.as_bytes().to_vec()).filter(|p| p != b"h2");
+    tls.alpn_protocols = h2.into_iter().chain(others).collect();
     Ok(Some(Arc::new(tls)))
 }

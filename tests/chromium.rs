@@ -284,6 +284,14 @@ fn chat_session(tls: bool) {
     for line in ["wskit_connections_opened_total 2", "wskit_connections_open 1", "wskit_messages_in_total 2"] {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics:\n{metrics}");
     }
+    if tls {
+        // Over https the page came on HTTP/2, and both chat sockets ran over it (RFC 8441): the server counts
+        // them, and the browser says which protocol carried the page.
+        let proto = alice.eval("performance.getEntriesByType('navigation')[0].nextHopProtocol");
+        assert_eq!(proto, json!("h2"));
+        let line = "wskit_http2_websockets_total 2";
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics:\n{metrics}");
+    }
 }
 
 #[test]

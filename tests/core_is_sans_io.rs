@@ -31,6 +31,7 @@ const ENDPOINT: &[&str] = &[
     "endpoint/commands.rs",
     "endpoint/deferred.rs",
     "endpoint/events.rs",
+    "endpoint/h2.rs",
     "endpoint/rate.rs",
     "endpoint/read.rs",
     "endpoint/slot.rs",

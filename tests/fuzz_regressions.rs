@@ -29,6 +29,7 @@ fn fuzz_inputs_replay_clean() {
     assert!(replay("h2_conn", wskit::fuzzing::h2_conn) >= 2);
     assert!(replay("connection", wskit::fuzzing::connection) >= 5);
     assert!(replay("endpoint", wskit::fuzzing::endpoint) >= 5);
+    assert!(replay("endpoint_h2", wskit::fuzzing::endpoint_h2) >= 3);
     assert!(replay("deflate", wskit::fuzzing::deflate) >= 3);
     #[cfg(feature = "tls")]
     {

@@ -64,6 +64,7 @@ fn feed(c: &mut Connection, input: &[u8]) -> (Vec<String>, Vec<u8>) {
             Some(Event::Error(e)) => evs.push(format!("Error({e}) -> close {}", e.close_code().0)),
             Some(Event::HandshakeFailed(e)) => evs.push(format!("HandshakeFailed({e}) -> HTTP {}", e.status())),
             Some(Event::Http(r)) => evs.push(format!("Http({})", r.uri())),
+            Some(Event::Tunnel) => unreachable!("HTTP/2 is off here"),
         }
         if accept {
             c.accept(None, true, now).unwrap();

@@ -96,6 +96,10 @@ pub enum Event<'a> {
     Close(CloseCode, &'a str),
     /// The peer broke the protocol or a limit; a close frame with [`ProtocolError::close_code`] is queued.
     Error(ProtocolError),
+    /// The connection carries another protocol ([`Connection::into_tunnel`], or the HTTP/2 preface when
+    /// [`Limits::http2`](crate::config::Limits) is on): the input is that protocol's, none of it was used
+    /// (what came before it is [`Connection::take_tunnel_prefix`]).
+    Tunnel,
 }
 
 /// Which wait ran out.
@@ -296,6 +300,10 @@ enum State {
     ClosingByUs { rx: Rx, deadline: Instant },
     /// Nothing more to read; waiting for `out` to drain, then TCP closes. Dropped at `linger` regardless.
     Closed { linger: Instant },
+    /// Carrying another protocol instead of a request head (HTTP/2, whose streams are connections of their own):
+    /// every read reports [`Event::Tunnel`], `out` holds that protocol's bytes, and its deadline is set from
+    /// outside. `prefix`: the client's first bytes, held while it could still have been HTTP/1.1.
+    Tunnel { deadline: Option<Instant>, prefix: Vec<u8> },
 }
 
 /// Where the event found by the frame loop lives (kept free of borrows so the loop can return freely).
@@ -445,8 +453,10 @@ impl Connection {
     /// Whether the shell should read from the socket: the connection expects input and its outbound queue is
     /// below the high-water mark (so a peer that never reads is not fed without bound).
     pub fn wants_read(&self) -> bool {
-        matches!(self.state, State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. })
-            && self.data_queued() < self.config.write_high_water
+        matches!(
+            self.state,
+            State::ReadingHead { .. } | State::Open(_) | State::ClosingByUs { .. } | State::Tunnel { .. }
+        ) && self.data_queued() < self.config.write_high_water
     }
 
     /// Whether bytes wait in [`Connection::out`].

@@ -85,4 +85,57 @@ impl Connection {
         self.state = State::Closed { linger: now + self.config.close_timeout };
         Event::HandshakeFailed(e)
     }
+
+    /// Hands the connection to another protocol before any request head came whole (HTTP/2, by prior knowledge
+    /// or ALPN): nothing is read here any more, and `out` carries that protocol's bytes as they are given
+    /// ([`Connection::tunnel_send`]). Only while the head is awaited (else `Err(NotOpen)`).
+    pub fn into_tunnel(&mut self) -> Result<(), SendError> {
+        if !matches!(self.state, State::ReadingHead { .. }) {
+            return Err(SendError::NotOpen);
+        }
+        self.state = State::Tunnel { deadline: None, prefix: Vec::new() };
+        Ok(())
+    }
+
+    /// The client's bytes held before the tunnel began (the start of the HTTP/2 preface); taken once.
+    pub fn take_tunnel_prefix(&mut self) -> Vec<u8> {
+        match &mut self.state {
+            State::Tunnel { prefix, .. } => std::mem::take(prefix),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Queues the tunnelled protocol's bytes, taking all of `bytes` (left empty): an empty queue takes the
+    /// buffer itself and gives its own back in exchange, so nothing is copied.
+    pub fn tunnel_send(&mut self, bytes: &mut Vec<u8>) {
+        if !matches!(self.state, State::Tunnel { .. }) {
+            return bytes.clear();
+        }
+        if self.out.is_empty() && self.tail.is_none() {
+            std::mem::swap(&mut self.out, bytes);
+            self.out_start = 0;
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+        bytes.clear();
+    }
+
+    /// Sets the tunnelled protocol's next deadline (see [`Connection::next_deadline`]).
+    pub fn set_tunnel_deadline(&mut self, at: Option<Instant>) {
+        if let State::Tunnel { deadline, .. } = &mut self.state {
+            *deadline = at;
+        }
+    }
+
+    /// Ends the tunnel: the connection closes once `out` is written (or at `close_timeout`).
+    pub fn end_tunnel(&mut self, now: Instant) {
+        if matches!(self.state, State::Tunnel { .. }) {
+            self.state = State::Closed { linger: now + self.config.close_timeout };
+        }
+    }
+
+    /// Whether the connection carries another protocol ([`Connection::into_tunnel`]).
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self.state, State::Tunnel { .. })
+    }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::frame::FrameHeader as Header;
+use crate::h2::conn::PREFACE;
 
 impl Connection {
     /// Data bytes a peer may send after our close frame before it counts as not closing and reading ends: what
@@ -24,6 +25,7 @@ impl Connection {
             // Waiting for the application, or closed: nothing is read.
             State::AwaitingDecision { .. } | State::AwaitingResponse { .. } => (0, None),
             State::Closed { .. } => (input.len(), None),
+            State::Tunnel { .. } => (0, Some(Event::Tunnel)),
         }
     }
 
@@ -33,6 +35,21 @@ impl Connection {
     #[inline(never)]
     fn read_head<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
         let State::ReadingHead { head, .. } = &mut self.state else { unreachable!("reading the head") };
+        if self.config.http2 && !input.is_empty() {
+            // HTTP/2 by prior knowledge: the 24-byte preface (RFC 9113 §3.4), held until it is whole or has
+            // turned out to be something else. (It contains a blank line: the head reader must not see it first.)
+            let held = head.bytes().len();
+            let n = (PREFACE.len() - held.min(PREFACE.len())).min(input.len());
+            if held < PREFACE.len() && PREFACE.starts_with(head.bytes()) && PREFACE[held..].starts_with(&input[..n]) {
+                if held + n < PREFACE.len() {
+                    head.hold(input);
+                    return (input.len(), None);
+                }
+                let prefix = head.take();
+                self.state = State::Tunnel { deadline: None, prefix };
+                return (0, Some(Event::Tunnel));
+            }
+        }
         let max = self.config.max_handshake_bytes;
         match head.feed(input, max) {
             Ok(Status::Partial) => (input.len(), None),

@@ -56,6 +56,7 @@ fn run(cfg: Arc<Limits>, data: &[u8], splits: &[usize]) -> (Vec<Ev>, Vec<u8>, Co
                 Some(Event::Pong(p)) => evs.push(Ev::Pong(p.to_vec())),
                 Some(Event::Close(code, r)) => evs.push(Ev::Close(code.0, r.to_string())),
                 Some(Event::Error(e)) => evs.push(Ev::Error(e)),
+                Some(Event::Tunnel) => unreachable!("HTTP/2 is off here"),
             }
             if upgraded {
                 c.accept(None, true, Instant::now()).unwrap();
@@ -724,4 +725,45 @@ fn recycled_buffers_never_show_their_old_bytes() {
         assert_eq!(got, want, "step {step}");
         assert_eq!(out, want_out, "step {step}");
     }
+}
+
+/// With HTTP/2 allowed, the preface (RFC 9113 §3.4) is recognised however it is split, before the head reader
+/// could take its blank line for a head's end; what came before the input that completed it is the tunnel's
+/// prefix, and that input is left unused. Anything that parts from it is read as HTTP/1.1.
+#[test]
+fn the_http2_preface_turns_the_connection_into_a_tunnel_at_any_split() {
+    use crate::h2::conn::PREFACE;
+    let cfg = Config::new().http2(true).limits();
+    let mut stream = PREFACE.to_vec();
+    stream.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let now = Instant::now();
+    for cut in 1..stream.len() {
+        let mut c = Connection::new(cfg.clone(), now);
+        let (mut a, mut b) = (stream[..cut].to_vec(), stream[cut..].to_vec());
+        let (used, ev) = c.read(&mut a, now);
+        let tunnel_at_a = matches!(ev, Some(Event::Tunnel));
+        let rest = if tunnel_at_a {
+            assert_eq!((cut >= PREFACE.len(), used), (true, 0), "cut {cut}");
+            [a, b].concat()
+        } else {
+            assert_eq!((ev.is_none(), used), (true, cut), "cut {cut}: held");
+            let (used, ev) = c.read(&mut b, now);
+            assert!(matches!(ev, Some(Event::Tunnel)) && used == 0, "cut {cut}");
+            b
+        };
+        assert!(c.is_tunnel());
+        assert_eq!([c.take_tunnel_prefix(), rest].concat(), stream, "cut {cut}: nothing lost");
+        assert!(c.wants_read() && c.next_deadline().is_none());
+    }
+    // Not the preface: HTTP/1.1, which refuses it.
+    for other in [&b"PRI * HTTP/1.1\r\n\r\n"[..], b"PROPFIND / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        let mut c = Connection::new(cfg.clone(), now);
+        let mut input = other.to_vec();
+        let (_, ev) = c.read(&mut input, now);
+        assert!(matches!(ev, Some(Event::HandshakeFailed(_) | Event::Http(_))), "{ev:?}");
+    }
+    // HTTP/2 not allowed: the preface is a bad request.
+    let mut c = Connection::new(config(), now);
+    let (_, ev) = c.read(&mut stream, now);
+    assert!(matches!(ev, Some(Event::HandshakeFailed(_))), "{ev:?}");
 }

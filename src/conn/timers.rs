@@ -18,6 +18,7 @@ impl Connection {
                 }
             }
             State::Closed { linger } => Some(*linger),
+            State::Tunnel { deadline, .. } => *deadline,
         }
     }
 
@@ -44,6 +45,13 @@ impl Connection {
         if shape != 0 && shape == self.armed_shape && armed.is_some() {
             return None;
         }
+        self.deadline_changed(shape, armed)
+    }
+
+    /// [`Connection::deadline_to_arm`] when a deadline may have started or stopped (out of line: the steady
+    /// path above needs no registers of its own).
+    #[inline(never)]
+    fn deadline_changed(&mut self, shape: u8, armed: Option<Instant>) -> Option<Instant> {
         self.armed_shape = shape;
         self.next_deadline().filter(|d| armed.map_or(true, |a| *d < a))
     }

@@ -201,7 +201,7 @@ fn echo_lent(
     pool: &mut DeflatePool,
     direct: &mut Option<Direct>,
 ) -> Result<(), crate::SendError> {
-    let worth = len >= DIRECT_MIN && last && !slot.is_tls() && direct.is_none();
+    let worth = len >= DIRECT_MIN && last && !slot.is_tls() && !slot.flags.has(Flags::STREAM) && direct.is_none();
     match worth.then(|| slot.conn.direct_header(text, len)).flatten() {
         Some((head, hl)) => {
             *direct = Some(Direct::Lent { key, head, hl });

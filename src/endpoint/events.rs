@@ -202,7 +202,7 @@ fn other_event(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, prod: bool, ev: Eve
             }
             guarded(id, "on_error", || handler.on_error(ctx, &e));
         }
-        Event::Close(..) | Event::Message(_) | Event::Upgrade(_) | Event::Http(_) => {}
+        Event::Close(..) | Event::Message(_) | Event::Upgrade(_) | Event::Http(_) | Event::Tunnel => {}
     }
     true
 }
@@ -351,6 +351,12 @@ impl Endpoint {
             Event::Http(req) => {
                 answer_http(&mut **handler, &mut ctx, slot, config, &req, now);
                 return Step::Handled;
+            }
+            Event::Tunnel => {
+                // The input is HTTP/2's (none of it was used).
+                self.h2_input(key, plain, *off, n, now);
+                *off = n;
+                return Step::Done;
             }
             other => {
                 if !other_event(&mut **handler, &mut ctx, config.prod, other) {

@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 mod commands;
 mod deferred;
 mod events;
+mod h2;
 mod rate;
 mod read;
 mod slot;
@@ -392,6 +393,10 @@ pub struct Endpoint {
     proxy_partial: HashMap<usize, ProxyReader>,
     /// Per-connection rate limits and buckets (`Config::rate_limit`).
     rates: rate::Rates,
+    /// HTTP/2 sockets (RFC 8441), by slot: each with its connection and its streams' sessions.
+    h2: HashMap<usize, Box<h2::H2Socket>>,
+    /// Sessions on HTTP/2 streams, by slot: their socket and stream.
+    links: HashMap<usize, h2::Link>,
     /// Upgrades `on_open` deferred, by slot, until their answer ([`crate::Deferred`]) or their end.
     parked: HashMap<usize, deferred::Parked>,
     /// The loop's inbox as [`Ctx::defer_upgrade`] hands it out (the same [`Shared`]).
@@ -491,6 +496,8 @@ impl Endpoint {
             open: 0,
             per_ip: HashMap::new(),
             proxy_partial: HashMap::new(),
+            h2: HashMap::new(),
+            links: HashMap::new(),
             parked: HashMap::new(),
             rates,
             inbox,
@@ -573,28 +580,27 @@ impl Endpoint {
             },
             None => None,
         };
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        let phase = if self.config.proxy_protocol { Phase::Proxy } else { Phase::Handshake };
+        let key = self.insert_slot(peer, phase, tls, now);
+        let m = &self.shared.metrics;
+        Metrics::add(&m.accepted, 1);
+        Metrics::add(&m.sockets, 1);
+        Some(self.id_of(key))
+    }
+
+    /// A new slot with a fresh generation, its handshake deadline armed.
+    fn insert_slot(&mut self, peer: SocketAddr, phase: Phase, tls: Option<TlsBox>, now: Instant) -> usize {
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         // A 24-bit counter under the loop index; 0 is never used (the live table marks an empty slot with it).
         self.next_gen = (self.next_gen.wrapping_add(1) & 0x00ff_ffff).max(1);
         let gen = self.loop_index << 24 | self.next_gen;
-        let phase = if self.config.proxy_protocol { Phase::Proxy } else { Phase::Handshake };
-        entry.insert(Slot::new(Connection::new(self.limits.clone(), now), peer, phase, {
-            #[cfg(feature = "tls")]
-            {
-                tls
-            }
-            #[cfg(not(feature = "tls"))]
-            {
-                None
-            }
-        }));
+        entry.insert(Slot::new(Connection::new(self.limits.clone(), now), peer, phase, tls));
         set_entry(&mut self.table, key, Entry { gen, open: false, queued: 0 });
-        let m = &self.shared.metrics;
-        Metrics::add(&m.accepted, 1);
-        Metrics::add(&m.sockets, 1);
         self.schedule(key);
-        Some(conn_id(key, gen))
+        key
     }
 
     /// The slot of a live id (its generation matches).
@@ -717,6 +723,9 @@ impl Endpoint {
         self.shutdown = Some(ShutdownReport::default());
         let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
         for key in keys {
+            if self.h2_shutdown(key, now) {
+                continue;
+            }
             let slot = &mut self.slots[key];
             if slot.conn.is_open() {
                 let _ = slot.conn.close(CloseCode::GOING_AWAY, "server shutting down", now);
@@ -743,7 +752,7 @@ impl Endpoint {
                 report.dropped_at_deadline += usize::from(slot.is_open_phase());
             }
             self.notify_close(key, now);
-            self.remove(key);
+            self.remove(key, now);
         }
         self.shared.stop.store(true, Ordering::SeqCst);
         report

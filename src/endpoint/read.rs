@@ -118,6 +118,9 @@ impl Endpoint {
     fn begin_burst(&mut self, key: usize, from_backlog: bool, now: Instant) {
         self.work = 0;
         if !self.stash.is_empty() && self.stash.contains_key(&key) {
+            if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::STREAM)) && self.h2_resume(key, now) {
+                return self.account(from_backlog); // (a session has no socket: only its stash is read)
+            }
             if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::THROTTLED)) {
                 return self.account(from_backlog); // its stash waits for the end of its rate-limit pause
             }
@@ -256,7 +259,7 @@ impl Endpoint {
             // Discarded until the peer's FIN; a peer that sends a quantum after our FIN is not closing: drop it.
             if self.work >= QUANTUM {
                 self.end_burst();
-                self.remove(key);
+                self.remove(key, now);
             }
             return;
         }
@@ -368,7 +371,7 @@ impl Endpoint {
 
     /// Feeds a connection's stashed input (its buffer is put in place of the one it was read into for the while);
     /// it may be cut again and stashed anew. Its echoes are queued, not written from the stash.
-    fn feed_stash(&mut self, key: usize, now: Instant) {
+    pub(super) fn feed_stash(&mut self, key: usize, now: Instant) {
         let Some(st) = self.stash.remove(&key) else { return };
         self.work += st.end - st.start;
         let slot_of_buf = if st.plain { &mut self.pbuf } else { &mut self.rbuf };
@@ -429,6 +432,9 @@ impl Endpoint {
         let len = plain.len();
         self.pbuf = plain;
         self.mark_dirty(key);
+        if self.slots[key].phase == Phase::Handshake && !self.slots[key].flags.has(Flags::H2) {
+            self.alpn_chose_h2(key);
+        }
         match result {
             Err(e) => {
                 if !self.config.prod {

@@ -54,6 +54,11 @@ impl Flags {
     pub(super) const THROTTLED: u16 = 1 << 11;
     /// Its messages are charged against the rate limits (`Config::rate_limit` is on).
     pub(super) const RATED: u16 = 1 << 12;
+    /// A socket speaking HTTP/2: its streams are sessions of their own (`Endpoint::h2`).
+    pub(super) const H2: u16 = 1 << 13;
+    /// A session on an HTTP/2 stream: it has no socket; its bytes go through its socket's HTTP/2 connection
+    /// (`Endpoint::links`).
+    pub(super) const STREAM: u16 = 1 << 14;
 
     #[inline]
     pub(super) fn has(self, f: u16) -> bool {
@@ -68,6 +73,12 @@ impl Flags {
         self.0 &= !f;
     }
 }
+
+/// A connection's TLS layer, if any (nothing without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(super) type TlsBox = Box<crate::tls::TlsLayer>;
+#[cfg(not(feature = "tls"))]
+pub(super) type TlsBox = ();
 
 /// One connection of the endpoint.
 pub(super) struct Slot {

@@ -25,12 +25,15 @@ impl Endpoint {
             if slot.phase == Phase::Draining {
                 // Its one deadline is the armed one: an earlier entry that fires now is stale.
                 if slot.scheduled.map_or(true, |until| now >= until) {
-                    self.remove(key);
+                    self.remove(key, now);
                 }
                 continue;
             }
             slot.scheduled = None;
             slot.conn.handle_timeout(now);
+            if slot.flags.has(Flags::H2) {
+                self.h2_timeout(key, now);
+            }
             self.mark_dirty(key);
         }
     }
@@ -163,10 +166,11 @@ impl Endpoint {
         }
         let id = self.id_of(key);
         if slow {
-            return self.remove_with(key, Order::Reset(id));
+            return self.remove_with(key, Order::Reset(id), now);
         }
-        if timed_out {
-            return self.remove(key);
+        if timed_out || self.slots[key].flags.has(Flags::STREAM) {
+            // (A session's stream ends as it leaves: END_STREAM, the FIN of HTTP/2.)
+            return self.remove(key, now);
         }
         self.orders.push_back(Order::ShutdownWrite(id));
         let (slot, until) = (&mut self.slots[key], now + self.config.close_timeout);
@@ -186,7 +190,7 @@ impl Endpoint {
             return;
         }
         self.notify_close(key, now);
-        self.remove(key);
+        self.remove(key, now);
     }
 
     /// Tells the handler a connection it accepted is over (once), and leaves its counts and topics.
@@ -235,19 +239,25 @@ impl Endpoint {
     }
 
     /// Forgets a connection; the shell releases its socket.
-    pub(super) fn remove(&mut self, key: usize) {
+    pub(super) fn remove(&mut self, key: usize, now: Instant) {
         if self.slots.contains(key) {
             let id = self.id_of(key);
-            self.remove_with(key, Order::Release(id));
+            self.remove_with(key, Order::Release(id), now);
         }
     }
 
     /// Forgets a connection; `order` tells the shell what to do with its socket.
-    fn remove_with(&mut self, key: usize, order: Order) {
+    fn remove_with(&mut self, key: usize, order: Order, now: Instant) {
         if !self.parked.is_empty() && self.parked.remove(&key).is_some() {
             // A deferred upgrade that never opened (timed out, dropped): its handler is told.
             let status = self.slots.get(key).map_or(CloseStatus::Lost, |s| s.conn.close_status());
             self.unopened(key, &status);
+        }
+        // A session leaves its stream; a socket's sessions end with it.
+        let session = !self.links.is_empty() && self.h2_detach(key, matches!(order, Order::Reset(_)), now);
+        if !self.h2.is_empty() && self.h2.contains_key(&key) {
+            self.h2_end_sessions(key, now);
+            self.h2.remove(&key);
         }
         let Some(slot) = self.slots.try_remove(key) else { return };
         if slot.phase == Phase::Proxy {
@@ -261,14 +271,18 @@ impl Endpoint {
             self.contexts -= 1;
         }
         let m = &self.shared.metrics;
-        Metrics::sub(&m.sockets, 1);
+        if !session {
+            Metrics::sub(&m.sockets, 1);
+        }
         Metrics::sub(&m.queued_bytes, self.table[key].queued as u64);
         self.held -= slot.held as usize;
         if let CloseStatus::TimedOut(TimeoutKind::Handshake) = slot.conn.close_status() {
             m.timed_out(TimeoutKind::Handshake);
         }
         self.table[key] = Entry::default();
-        self.orders.push_back(order);
+        if !session {
+            self.orders.push_back(order);
+        }
         let (slots, table) = (&self.slots, &self.table);
         let armed = |key: usize, gen: u32, at: Instant| {
             slots.get(key).is_some_and(|s| table[key].gen == gen && s.scheduled == Some(at))

@@ -41,7 +41,7 @@ impl Endpoint {
         }
         loop {
             if let Some((key, steps)) = self.flushing.key {
-                if let Some(f) = self.chunk(key) {
+                if let Some(f) = self.chunk(key, now) {
                     self.in_flight = Some(f);
                     return Some(f);
                 }
@@ -56,9 +56,14 @@ impl Endpoint {
     }
 
     /// The bytes connection `key` has to write next, if it may write now.
-    fn chunk(&mut self, key: usize) -> Option<InFlight> {
+    fn chunk(&mut self, key: usize, now: Instant) -> Option<InFlight> {
         let slot = self.slots.get_mut(key)?;
         if slot.flags.has(Flags::BLOCKED) || slot.is_draining() {
+            return None;
+        }
+        if slot.flags.has(Flags::STREAM) {
+            // A session writes through its socket's HTTP/2 connection, which the socket's own flush writes.
+            self.h2_pull(key, now);
             return None;
         }
         #[cfg(feature = "tls")]
@@ -294,7 +299,7 @@ impl Endpoint {
         let Some(slot) = self.slots.get_mut(key) else { return };
         if slot.flags.has(Flags::GONE) {
             self.notify_close(key, now);
-            return self.remove(key);
+            return self.remove(key, now);
         }
         if steps {
             self.flushing.turn_written += written;
@@ -341,7 +346,7 @@ impl Endpoint {
             return self.finish(key, now);
         }
         let write = slot.wants_write();
-        if write != slot.flags.has(Flags::WRITE_INTEREST) {
+        if write != slot.flags.has(Flags::WRITE_INTEREST) && !slot.flags.has(Flags::STREAM) {
             if write {
                 slot.flags.set(Flags::WRITE_INTEREST);
             } else {
@@ -349,6 +354,10 @@ impl Endpoint {
             }
             self.orders.push_back(Order::Interest { id: conn_id(key, self.table[key].gen), write });
         }
+        if slot.flags.has(Flags::H2 | Flags::STREAM) {
+            self.h2_after_flush(key);
+        }
+        let Some(slot) = self.slots.get_mut(key) else { return };
         let resume = slot.flags.has(Flags::READ_READY)
             && !slot.flags.has(Flags::DEFERRED)
             && slot.wants_read(self.config.write_high_water);
