@@ -1,4 +1,5 @@
-//! Pieces the harness's binaries share: a counting allocator for the memory figures, and the load client's text.
+//! Pieces the harness's binaries share: a counting allocator for the memory figures, the load client's text, and
+//! the clients' TLS configuration.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -43,4 +44,32 @@ pub fn json_text(size: usize, seed: usize) -> Vec<u8> {
     }
     v.truncate(size);
     v
+}
+
+/// A rustls client configuration trusting the certificates of the PEM file `ca`.
+pub fn tls_config(ca: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(ca).expect("--ca file");
+    let mut roots = rustls::RootCertStore::empty();
+    let mut body = String::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l.starts_with("-----BEGIN CERTIFICATE") {
+            inside = true;
+        } else if l.starts_with("-----END CERTIFICATE") {
+            let der = base64::engine::general_purpose::STANDARD.decode(&body).unwrap();
+            roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+            body.clear();
+            inside = false;
+        } else if inside {
+            body.push_str(l.trim());
+        }
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }

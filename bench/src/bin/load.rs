@@ -17,7 +17,6 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Client {
@@ -120,33 +119,6 @@ fn write_fully(sock: &mut TcpStream, mut data: &[u8]) {
     }
 }
 
-fn tls_config(ca: &str) -> Arc<rustls::ClientConfig> {
-    use base64::Engine;
-    let text = std::fs::read_to_string(ca).expect("--ca file");
-    let mut roots = rustls::RootCertStore::empty();
-    let mut body = String::new();
-    let mut inside = false;
-    for l in text.lines() {
-        if l.starts_with("-----BEGIN CERTIFICATE") {
-            inside = true;
-        } else if l.starts_with("-----END CERTIFICATE") {
-            let der = base64::engine::general_purpose::STANDARD.decode(&body).unwrap();
-            roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
-            body.clear();
-            inside = false;
-        } else if inside {
-            body.push_str(l.trim());
-        }
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
 }
@@ -246,7 +218,7 @@ fn main() {
     let warmup: f64 = arg(&args, "--warmup", 1.0);
     let latency = args.iter().any(|a| a == "--latency");
     let deflate = args.iter().any(|a| a == "--deflate");
-    let tls = args.iter().any(|a| a == "--tls").then(|| tls_config(&arg(&args, "--ca", String::new())));
+    let tls = args.iter().any(|a| a == "--tls").then(|| wskit_bench::tls_config(&arg(&args, "--ca", String::new())));
     // With deflate, 64 different texts in turn (a server keeping its compression context cannot just repeat
     // one message's back-references).
     let plain: Vec<Vec<u8>> = if deflate { (0..64).map(|i| text_frame(size, i)).collect() } else { vec![frame(size)] };
