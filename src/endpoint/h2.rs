@@ -18,6 +18,8 @@ pub(super) struct H2Socket {
     conn: H2Conn,
     /// Stream → its session's slot and generation.
     sessions: HashMap<u32, (usize, u32)>,
+    /// Some session was held back (`BLOCKED`) since the last time they were all let go.
+    blocked: bool,
     /// Going away (a shutdown, or the client's GOAWAY): new streams are refused, and once the last session has
     /// ended our GOAWAY goes and the socket ends.
     closing: bool,
@@ -110,7 +112,7 @@ impl Endpoint {
             Metrics::add(&self.shared.metrics.http2_connections, 1);
             let mut conn = H2Conn::new(H2Limits::default());
             let result = conn.receive(&prefix, now);
-            self.h2.insert(key, Box::new(H2Socket { conn, sessions: HashMap::new(), closing: false }));
+            self.h2.insert(key, Box::new(H2Socket { conn, sessions: HashMap::new(), blocked: false, closing: false }));
             if let Err(e) = result {
                 self.h2_failed(key, &e, now);
                 return self.h2_out(key, now);
@@ -272,8 +274,11 @@ impl Endpoint {
 
     /// The peer's windows opened: the sessions waiting on them (stream 0: all) may send again.
     fn h2_writable(&mut self, key: usize, stream: u32) {
-        let Some(sock) = self.h2.get(&key) else { return };
+        let Some(sock) = self.h2.get_mut(&key) else { return };
         let waiting: Vec<usize> = if stream == 0 {
+            if !std::mem::take(&mut sock.blocked) {
+                return; // (nobody waits: a hundred sessions are not looked at on every flush)
+            }
             sock.sessions.values().map(|&(child, _)| child).collect()
         } else {
             sock.sessions.get(&stream).map(|&(child, _)| child).into_iter().collect()
@@ -323,6 +328,7 @@ impl Endpoint {
         }
         if slot.conn.wants_write() {
             slot.flags.set(Flags::BLOCKED);
+            sock.blocked = true;
         }
         self.h2_out(parent, now);
     }

@@ -6,9 +6,10 @@
 //! Without `--tls` it speaks h2c by prior knowledge. The client announces large windows, so its own flow control
 //! never holds the server back; it honours the server's.
 
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use wskit::h2::frame::{self, setting, Frame};
 use wskit::h2::hpack::{self, Decoder};
@@ -223,7 +224,7 @@ fn main() {
     let conns: u32 = arg(&args, "--conns", 100);
     let size: usize = arg(&args, "--size", 20);
     let secs: f64 = arg(&args, "--secs", 5.0);
-    let sock = TcpStream::connect(&addr).expect("connect");
+    let sock = std::net::TcpStream::connect(&addr).expect("connect");
     sock.set_nodelay(true).unwrap();
     let tls = args.iter().any(|a| a == "--tls").then(|| {
         let mut config = (*wskit_bench::tls_config(&arg(&args, "--ca", String::new()))).clone();
@@ -235,6 +236,11 @@ fn main() {
         tls
     });
     sock.set_nonblocking(true).unwrap();
+    // Waits in epoll like `load` does (spinning would give this client an unfair head start on wake-ups).
+    let mut sock = TcpStream::from_std(sock);
+    let mut poll = Poll::new().unwrap();
+    poll.registry().register(&mut sock, Token(0), Interest::READABLE | Interest::WRITABLE).unwrap();
+    let mut events = Events::with_capacity(4);
     let mut message = Vec::new();
     let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     wskit::frame::write_client_frame(&mut message, true, 0, wskit::frame::OpCode::Binary, [1, 2, 3, 4], &payload);
@@ -259,9 +265,11 @@ fn main() {
     let warm = Duration::from_secs_f64(arg(&args, "--warmup", 1.0));
     let mut measuring = false;
     loop {
-        let wrote = c.wire.flush();
-        let read = c.wire.read(&mut input);
-        if read {
+        c.wire.flush();
+        // Edge-triggered: read until the socket is drained, answering as the frames come.
+        let mut read = false;
+        while c.wire.read(&mut input) {
+            read = true;
             let used = c.frames(&input);
             input.drain(..used);
             if !opened && c.settled {
@@ -271,6 +279,7 @@ fn main() {
                 }
             }
             c.pump();
+            c.wire.flush();
         }
         if !measuring && start.elapsed() >= warm {
             (measuring, start, base) = (true, Instant::now(), c.done);
@@ -278,8 +287,8 @@ fn main() {
         if measuring && start.elapsed().as_secs_f64() >= secs {
             break;
         }
-        if !wrote && !read {
-            std::thread::yield_now();
+        if !read {
+            poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
         }
     }
     let n = c.done - base;
