@@ -23,21 +23,28 @@ fn check_report(out: &str) -> serde_json::Value {
     assert!(r.get("wrong").is_none(), "{r}");
     assert_eq!(r["status"]["9"], 426, "a plain GET goes to on_http (none here: 426): {r}");
     assert!(r["body"].as_str().unwrap().contains("WebSocket"), "{r}");
+    // Subprotocols and permessage-deflate are negotiated as over HTTP/1.1; no accept value on HTTP/2.
+    let d = &r["deflate"];
+    assert_eq!(d["protocol"], "chat", "the server's preference among those offered: {r}");
+    assert!(d["extensions"].as_str().unwrap().starts_with("permessage-deflate"), "{r}");
+    assert!(d["accept"].is_null(), "{r}");
+    assert_eq!((d["rsv1"].as_bool(), d["echo_ok"].as_bool()), (Some(true), Some(true)), "{r}");
+    assert!(d["wire"].as_u64().unwrap() < 1000, "5,600 bytes of text compressed: {r}");
     r
 }
 
 #[test]
-fn python_h2_over_h2c_runs_three_websockets_on_one_connection() {
+fn python_h2_over_h2c_runs_five_websockets_on_one_connection() {
     if skip_external("python h2") {
         return;
     }
-    let server = TestServer::echo(Config::new().http2(true));
+    let server = TestServer::echo(Config::new().http2(true).subprotocols(["chat", "superchat"], false));
     let addr = server.addr.to_string();
     let out = run_python(include_str!("py/h2_ws_client.py"), &[&addr, "h2c"]);
     check_report(&out);
     assert_eq!(metric(&server, "http2_connections_total"), 1);
-    assert_eq!(metric(&server, "http2_websockets_total"), 4);
-    assert_eq!(metric(&server, "http2_streams_total"), 5);
+    assert_eq!(metric(&server, "http2_websockets_total"), 5);
+    assert_eq!(metric(&server, "http2_streams_total"), 6);
     assert!(
         wait_until(std::time::Duration::from_secs(5), || server.connections() == 0),
         "{} left",
@@ -65,7 +72,8 @@ fn python_h2_over_tls_with_alpn_and_http1_beside_it() {
     let mut both = std::fs::read(dir.join("key.pem")).unwrap();
     both.extend(std::fs::read(dir.join("cert.pem")).unwrap());
     std::fs::write(dir.join("both.pem"), both).unwrap();
-    let server = TestServer::echo(Config::new().http2(true).tls_pem(dir.join("both.pem"), None));
+    let config = Config::new().http2(true).subprotocols(["chat", "superchat"], false);
+    let server = TestServer::echo(config.tls_pem(dir.join("both.pem"), None));
     let addr = server.addr.to_string();
     let ca = dir.join("cert.pem").display().to_string();
     let h1 = python_h1_tls(&addr, &ca);
@@ -73,8 +81,8 @@ fn python_h2_over_tls_with_alpn_and_http1_beside_it() {
     check_report(&out);
     assert_eq!(h1.join().unwrap().trim(), "http/1.1 ok");
     assert_eq!(metric(&server, "http2_connections_total"), 1);
-    assert_eq!(metric(&server, "http2_websockets_total"), 4);
-    assert_eq!(metric(&server, "connections_opened_total"), 5, "four sessions on h2, one on HTTP/1.1");
+    assert_eq!(metric(&server, "http2_websockets_total"), 5);
+    assert_eq!(metric(&server, "connections_opened_total"), 6, "five sessions on h2, one on HTTP/1.1");
 }
 
 /// Python `websockets` over wss with ALPN `http/1.1` only, on a thread.
@@ -256,10 +264,87 @@ fn nghttp_and_h2load_get_pages_over_h2c() {
 }
 
 #[test]
+fn the_end_of_a_paused_sessions_stream_waits_behind_what_came_before_it() {
+    if skip_external("python h2") {
+        return;
+    }
+    let (r, log, _server) = cases("fin");
+    assert_eq!(r["messages"]["1"], serde_json::json!(["pausing", "paused", "a", "b"]), "{r}");
+    assert_eq!(r["closed"]["1"], 1000, "{r}");
+    assert!(r["ended"].as_array().unwrap().contains(&serde_json::json!("1")), "END_STREAM, not a reset: {r}");
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].contains("Clean { code: CloseCode(1000)"), "the close reached the handler: {log:?}");
+}
+
+#[test]
+fn a_stream_error_ends_its_session_and_only_it() {
+    if skip_external("python h2") {
+        return;
+    }
+    let (r, log, _server) = cases("zero_update");
+    assert_eq!(r["reset"], serde_json::json!([1, 1]), "RST_STREAM PROTOCOL_ERROR on stream 1: {r}");
+    assert_eq!(r["messages"]["3"], serde_json::json!(["still here"]), "{r}");
+    assert_eq!(log.len(), 2, "{log:?}");
+}
+
+#[test]
+fn an_http2_socket_without_a_session_gets_the_handshakes_time_then_goaway() {
+    use std::io::{Read, Write};
+    use wskit::h2::frame;
+    let config = Config::new().http2(true).handshake_timeout(std::time::Duration::from_millis(300));
+    let server = TestServer::echo(config);
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut hello = wskit::h2::conn::PREFACE.to_vec();
+    frame::write_settings(&mut hello, &[]);
+    frame::write_settings_ack(&mut hello);
+    s.write_all(&hello).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let waited = t.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(250) && waited < std::time::Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // SETTINGS, WINDOW_UPDATE, SETTINGS ACK, then GOAWAY (NO_ERROR), then the end.
+    let mut at = 0;
+    let mut kinds = Vec::new();
+    while let Some(h) = frame::decode_header(&got[at..]) {
+        kinds.push(h.kind);
+        at += frame::HEADER_LEN + h.len as usize;
+    }
+    assert_eq!(kinds.last(), Some(&frame::kind::GOAWAY), "{kinds:?}");
+    drop(s);
+    assert!(wait_until(std::time::Duration::from_secs(3), || server.connections() == 0));
+}
+
+#[test]
 fn a_graceful_shutdown_closes_each_session_then_says_goaway() {
     if skip_external("python h2") {
         return;
     }
+    let (r, report, log) = shutdown_case("shutdown", std::time::Duration::from_secs(5));
+    assert_eq!(r["goaway"], 0, "GOAWAY NO_ERROR: {r}");
+    let ended = r["ended"].as_array().unwrap();
+    assert!(ended.contains(&serde_json::json!("1")) && ended.contains(&serde_json::json!("3")), "{r}");
+    assert_eq!((report.closed_cleanly, report.dropped_at_deadline), (2, 0), "{report:?}");
+    assert_eq!(log.len(), 2);
+}
+
+#[test]
+fn a_shutdown_whose_grace_runs_out_drops_the_sessions_then_their_socket() {
+    if skip_external("python h2") {
+        return;
+    }
+    let (_, report, log) = shutdown_case("silent_shutdown", std::time::Duration::from_millis(300));
+    assert_eq!((report.closed_cleanly, report.dropped_at_deadline), (0, 2), "{report:?}");
+    assert_eq!(log.len(), 2, "each session's on_close, once: {log:?}");
+}
+
+/// A server with two sessions on one HTTP/2 connection, shut down with `grace` once both are open; the client's
+/// report, the shutdown's, and the handler's closes.
+fn shutdown_case(case: &str, grace: std::time::Duration) -> (serde_json::Value, wskit::ShutdownReport, Vec<String>) {
     use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel();
     let log = Log::default();
@@ -271,7 +356,7 @@ fn a_graceful_shutdown_closes_each_session_then_says_goaway() {
     });
     let (addr, handle) = rx.recv().unwrap();
     let mut child = std::process::Command::new(python())
-        .args(["-c", include_str!("py/h2_cases.py"), &addr.to_string(), "shutdown"])
+        .args(["-c", include_str!("py/h2_cases.py"), &addr.to_string(), case])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -279,16 +364,13 @@ fn a_graceful_shutdown_closes_each_session_then_says_goaway() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    handle.shutdown(std::time::Duration::from_secs(5));
+    handle.shutdown(grace);
     line.clear();
     out.read_line(&mut line).unwrap();
     assert!(child.wait().unwrap().success());
     let r: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!((r["closed"]["1"].as_u64(), r["closed"]["3"].as_u64()), (Some(1001), Some(1001)), "{r}");
-    assert_eq!(r["goaway"], 0, "GOAWAY NO_ERROR: {r}");
-    let ended = r["ended"].as_array().unwrap();
-    assert!(ended.contains(&serde_json::json!("1")) && ended.contains(&serde_json::json!("3")), "{r}");
     let report = thread.join().unwrap().expect("a shutdown report");
-    assert_eq!((report.closed_cleanly, report.dropped_at_deadline), (2, 0), "{report:?}");
-    assert_eq!(log.lock().unwrap().len(), 2);
+    let log = log.lock().unwrap().clone();
+    (r, report, log)
 }

@@ -89,11 +89,10 @@ impl Connection {
     /// Hands the connection to another protocol before any request head came whole (HTTP/2, by prior knowledge
     /// or ALPN): nothing is read here any more, and `out` carries that protocol's bytes as they are given
     /// ([`Connection::tunnel_send`]). Only while the head is awaited (else `Err(NotOpen)`).
+    /// The handshake's deadline still runs, until the tunnel's own is set ([`Connection::set_tunnel_deadline`]).
     pub fn into_tunnel(&mut self) -> Result<(), SendError> {
-        if !matches!(self.state, State::ReadingHead { .. }) {
-            return Err(SendError::NotOpen);
-        }
-        self.state = State::Tunnel { deadline: None, prefix: Vec::new() };
+        let State::ReadingHead { deadline, .. } = self.state else { return Err(SendError::NotOpen) };
+        self.state = State::Tunnel { deadline: Some(deadline), prefix: Vec::new() };
         Ok(())
     }
 

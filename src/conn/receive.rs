@@ -34,7 +34,7 @@ impl Connection {
     #[cold]
     #[inline(never)]
     fn read_head<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        let State::ReadingHead { head, .. } = &mut self.state else { unreachable!("reading the head") };
+        let State::ReadingHead { head, deadline } = &mut self.state else { unreachable!("reading the head") };
         if self.config.http2 && !input.is_empty() {
             // HTTP/2 by prior knowledge: the 24-byte preface (RFC 9113 §3.4), held until it is whole or has
             // turned out to be something else. (It contains a blank line: the head reader must not see it first.)
@@ -46,7 +46,7 @@ impl Connection {
                     return (input.len(), None);
                 }
                 let prefix = head.take();
-                self.state = State::Tunnel { deadline: None, prefix };
+                self.state = State::Tunnel { deadline: Some(*deadline), prefix };
                 return (0, Some(Event::Tunnel));
             }
         }

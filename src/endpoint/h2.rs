@@ -20,6 +20,8 @@ pub(super) struct H2Socket {
     sessions: HashMap<u32, (usize, u32)>,
     /// Some session was held back (`BLOCKED`) since the last time they were all let go.
     blocked: bool,
+    /// Since when it has had no session (a socket without one gets the handshake's time, then GOAWAY).
+    idle_since: Instant,
     /// Going away (a shutdown, or the client's GOAWAY): new streams are refused, and once the last session has
     /// ended our GOAWAY goes and the socket ends.
     closing: bool,
@@ -32,6 +34,8 @@ pub(super) struct Link {
     stream: u32,
     /// The core's HTTP answer went out as HEADERS: what follows is the stream's DATA.
     answered: bool,
+    /// The client ended its side (END_STREAM): the session's FIN, once what came before it was read.
+    peer_ended: bool,
 }
 
 /// The HTTP/1.1 request a stream's request stands for: an extended CONNECT becomes the upgrade of RFC 6455 §4.1
@@ -75,9 +79,14 @@ struct Answer {
 
 /// The core's HTTP/1.1 answer at the start of `out`, if a whole head is there.
 fn http1_answer(out: &[u8]) -> Option<Answer> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(len)) = resp.parse(out) else { return None };
+    let len = match resp.parse(out) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        // (A handler's answer with more fields than this: a 500 instead, its bytes dropped.)
+        Err(_) => return Some(Answer { status: 500, fields: Vec::new(), len: out.len() }),
+    };
     let status = resp.code?;
     let fields = resp
         .headers
@@ -112,7 +121,10 @@ impl Endpoint {
             Metrics::add(&self.shared.metrics.http2_connections, 1);
             let mut conn = H2Conn::new(H2Limits::default());
             let result = conn.receive(&prefix, now);
-            self.h2.insert(key, Box::new(H2Socket { conn, sessions: HashMap::new(), blocked: false, closing: false }));
+            self.h2.insert(
+                key,
+                Box::new(H2Socket { conn, sessions: HashMap::new(), blocked: false, idle_since: now, closing: false }),
+            );
             if let Err(e) = result {
                 self.h2_failed(key, &e, now);
                 return self.h2_out(key, now);
@@ -163,10 +175,10 @@ impl Endpoint {
                 }
                 H2Event::Writable { stream } => self.h2_writable(key, stream),
                 H2Event::GoAway { .. } => {
-                    // The client leaves: its sessions end with it.
-                    self.h2_end_sessions(key, now);
+                    // The client goes away: no new streams; those open go on (RFC 9113 §6.8), and after the
+                    // last our GOAWAY goes and the socket ends (`h2_out`).
                     if let Some(s) = self.h2.get_mut(&key) {
-                        s.closing = true; // (our GOAWAY, then the end: `h2_out`)
+                        s.closing = true;
                     }
                 }
             }
@@ -201,7 +213,7 @@ impl Endpoint {
         let peer = self.slots[key].peer;
         let child = self.insert_slot(peer, Phase::Handshake, None, now);
         self.slots[child].flags.set(Flags::STREAM);
-        self.links.insert(child, Link { parent: key, stream, answered: false });
+        self.links.insert(child, Link { parent: key, stream, answered: false, peer_ended: false });
         let gen = self.table[child].gen;
         self.h2.get_mut(&key)?.sessions.insert(stream, (child, gen));
         self.h2_feed_session(child, http1_request(head, websocket), now);
@@ -247,8 +259,14 @@ impl Endpoint {
         }
         let after = if self.slots.contains(child) { self.stashed(child) } else { 0 };
         self.h2.get_mut(&key)?.conn.release(stream, len + before - after);
-        if end && self.slots.contains(child) {
-            self.peer_gone(child, true, now);
+        if end {
+            if let Some(link) = self.links.get_mut(&child) {
+                link.peer_ended = true;
+            }
+            // Its FIN, once what came before it has been read (a stash waits for `h2_resume`).
+            if self.slots.contains(child) && after == 0 {
+                self.peer_gone(child, true, now);
+            }
         }
         Some(child)
     }
@@ -268,6 +286,9 @@ impl Endpoint {
         }
         if self.slots.contains(key) {
             self.h2_pull(key, now);
+            if after == 0 && link.peer_ended {
+                self.peer_gone(key, true, now);
+            }
         }
         true
     }
@@ -341,7 +362,12 @@ impl Endpoint {
         if changed {
             slot.conn.tunnel_send(sock.conn.out_mut());
         }
-        slot.conn.set_tunnel_deadline(sock.conn.next_deadline());
+        let idle = (sock.sessions.is_empty() && !sock.closing).then(|| sock.idle_since + self.config.handshake_timeout);
+        let deadline = match (sock.conn.next_deadline(), idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        slot.conn.set_tunnel_deadline(deadline);
         if sock.closing && sock.sessions.is_empty() && !sock.conn.is_closed() {
             // A shutdown's GOAWAY goes once every session has ended (some clients take a GOAWAY for the end of
             // every stream).
@@ -355,6 +381,7 @@ impl Endpoint {
         if changed {
             touch(&mut self.dirty, key, slot);
         }
+        self.schedule(key);
     }
 
     /// The HTTP/2 connection failed (its GOAWAY is queued): its sessions end, and the socket once written.
@@ -369,6 +396,7 @@ impl Endpoint {
     pub(super) fn h2_end_sessions(&mut self, key: usize, now: Instant) {
         let Some(sock) = self.h2.get_mut(&key) else { return };
         let sessions: Vec<(usize, u32)> = sock.sessions.drain().map(|(_, s)| s).collect();
+        sock.idle_since = now;
         for (child, gen) in sessions {
             if let Some(child) = self.key_of(conn_id(child, gen)) {
                 self.notify_close(child, now);
@@ -383,8 +411,12 @@ impl Endpoint {
         let Some(link) = self.links.remove(&key) else { return false };
         if let Some(sock) = self.h2.get_mut(&link.parent) {
             sock.sessions.remove(&link.stream);
-            let clean = !reset && self.slots.get(key).is_some_and(|s| s.conn.is_finished());
-            if clean {
+            if sock.sessions.is_empty() {
+                sock.idle_since = now;
+            }
+            // END_STREAM only after an answer, for a session over or whose client ended first; else a reset.
+            let over = self.slots.get(key).is_some_and(|s| s.conn.is_finished()) || link.peer_ended;
+            if !reset && link.answered && over {
                 sock.conn.send_data(link.stream, &[], true, now);
             } else {
                 sock.conn.cancel(link.stream);
@@ -397,7 +429,16 @@ impl Endpoint {
     /// A socket's deadline passed: its HTTP/2 connection's timers (a stalled stream's reset, our SETTINGS'
     /// acknowledgement).
     pub(super) fn h2_timeout(&mut self, key: usize, now: Instant) {
-        let Some(sock) = self.h2.get_mut(&key) else { return };
+        let Some(sock) = self.h2.get_mut(&key) else {
+            // TLS chose `h2` and the client said nothing more in the handshake's time.
+            if let Some(slot) = self.slots.get_mut(key).filter(|s| s.conn.next_deadline().is_some_and(|d| now >= d)) {
+                slot.conn.abort(now);
+            }
+            return;
+        };
+        if sock.sessions.is_empty() && !sock.closing && now >= sock.idle_since + self.config.handshake_timeout {
+            sock.closing = true; // (no session for a handshake's time: GOAWAY, and the end)
+        }
         let result = sock.conn.handle_timeout(now);
         self.h2_events(key, now);
         if let Err(e) = result {

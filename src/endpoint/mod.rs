@@ -744,9 +744,11 @@ impl Endpoint {
     /// Ends a shutdown: what is left is dropped (its `on_close` still runs, and its socket is released).
     pub fn finish_shutdown(&mut self, now: Instant) -> ShutdownReport {
         let mut report = self.shutdown.take().unwrap_or_default();
-        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        // Sessions on HTTP/2 streams first: a socket takes the ones still on it when it goes.
+        let mut keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        keys.sort_by_key(|&k| !self.slots[k].flags.has(Flags::STREAM));
         for key in keys {
-            let slot = &self.slots[key];
+            let Some(slot) = self.slots.get(key) else { continue };
             if !slot.is_draining() {
                 report.bytes_unsent += slot.queued();
                 report.dropped_at_deadline += usize::from(slot.is_open_phase());

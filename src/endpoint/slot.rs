@@ -189,7 +189,8 @@ impl Slot {
     }
     /// Nothing for the end of the turn to do but its timer (the steady echo, after its answer went out): open,
     /// nothing queued, held or owed, no write interest, not mid-message, no compression or TLS to count, its
-    /// socket drained. `counted`: its bytes queued as last counted.
+    /// socket drained, a socket's own (a session on an HTTP/2 stream always has its flush: input it stashed while
+    /// paused is read again from there). `counted`: its bytes queued as last counted.
     #[inline]
     pub(super) fn is_quiet(&self, counted: usize) -> bool {
         const BUSY: u16 = Flags::READ_READY
@@ -199,7 +200,8 @@ impl Slot {
             | Flags::WRITE_INTEREST
             | Flags::GONE
             | Flags::PAUSED
-            | Flags::PRESSED;
+            | Flags::PRESSED
+            | Flags::STREAM;
         counted == 0
             && self.held == 0
             && self.flags.0 & BUSY == 0

@@ -31,7 +31,7 @@ impl Endpoint {
             }
             slot.scheduled = None;
             slot.conn.handle_timeout(now);
-            if slot.flags.has(Flags::H2) {
+            if slot.conn.is_tunnel() {
                 self.h2_timeout(key, now);
             }
             self.mark_dirty(key);

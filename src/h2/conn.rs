@@ -365,8 +365,18 @@ impl H2Conn {
     fn frame_error(&mut self, input: &[u8], e: FrameError) -> Result<usize, ConnError> {
         let h = frame::decode_header(input).filter(|h| h.kind != kind::HEADERS && h.kind != kind::CONTINUATION);
         match (e.stream, h) {
+            // A stream never opened may not be reset (§5.1): a PRIORITY for it is passed over, anything else
+            // ends the connection.
+            (Some(stream), Some(h)) if stream > self.last_stream => {
+                if h.kind != kind::PRIORITY {
+                    return Err(self.fail(ErrorCode::PROTOCOL_ERROR, e.what));
+                }
+                Ok(frame::HEADER_LEN + h.len as usize)
+            }
             (Some(stream), Some(h)) => {
-                self.reset(stream, e.code);
+                if self.streams.contains_key(&stream) {
+                    self.reset(stream, e.code);
+                }
                 Ok(frame::HEADER_LEN + h.len as usize)
             }
             (Some(_), None) => Err(self.fail(ErrorCode::PROTOCOL_ERROR, e.what)),
@@ -430,10 +440,13 @@ impl H2Conn {
         ConnError { code, what }
     }
 
-    /// Resets a stream: RST_STREAM with `code`; it is forgotten.
+    /// Resets a stream: RST_STREAM with `code`; it is forgotten. One that was open is reported as
+    /// [`Event::Reset`] (whatever the layer above holds for it must end too).
     pub fn reset(&mut self, stream: u32, code: ErrorCode) {
         frame::write_rst_stream(&mut self.out, stream, code);
-        self.streams.remove(&stream);
+        if self.streams.remove(&stream).is_some() {
+            self.events.push_back(Event::Reset { stream, code });
+        }
     }
 
     /// Resets a stream we have not ended (CANCEL), if it is still open; one whose side we ended is left to the
@@ -554,7 +567,8 @@ impl H2Conn {
             if stream > self.last_stream {
                 return Err(self.fail(ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            self.reset(stream, ErrorCode::STREAM_CLOSED); // (already forgotten)
+            // Forgotten: reset by us or ended both ways. Frames may still be in flight after our RST_STREAM
+            // (§5.4.2): ignored, not answered (the connection's window was counted and comes back above).
             return Ok(());
         };
         if s.remote_closed {
@@ -818,7 +832,6 @@ impl H2Conn {
         stalled.sort_unstable();
         for stream in stalled {
             self.reset(stream, ErrorCode::CANCEL);
-            self.events.push_back(Event::Reset { stream, code: ErrorCode::CANCEL });
         }
         Ok(())
     }
@@ -1046,6 +1059,10 @@ mod tests {
         let mut idle = Vec::new();
         write_data(&mut idle, 9, false, b"x");
         assert_eq!(ends_with(l, &with(&idle)), ErrorCode::PROTOCOL_ERROR, "DATA on an idle stream");
+        let mut idle = Vec::new();
+        write_header(&mut idle, 4, frame::kind::WINDOW_UPDATE, 0, 7);
+        idle.extend([0, 0, 0, 0]);
+        assert_eq!(ends_with(l, &with(&idle)), ErrorCode::PROTOCOL_ERROR, "a stream error on an idle stream (§5.1)");
         let mut inside = Vec::new();
         write_header(&mut inside, 1, frame::kind::HEADERS, 0, 1);
         inside.push(0x82);
@@ -1097,7 +1114,9 @@ mod tests {
             "{out:?}"
         );
         assert!(out.contains(&"RstStream { stream: 1, code: ErrorCode(1) }".to_string()), "{out:?}");
-        assert!(matches!(events.last(), Some(Event::Request { stream: 5, .. })), "{events:?}");
+        // Each reset stream is reported, so whatever the layer above holds for it ends too.
+        assert!(matches!(events[1], Event::Reset { stream: 1, code: ErrorCode::PROTOCOL_ERROR }), "{events:?}");
+        assert!(matches!(events.last(), Some(Event::Reset { stream: 5, code: ErrorCode::FLOW_CONTROL_ERROR })));
     }
 
     #[test]

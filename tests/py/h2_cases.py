@@ -7,8 +7,14 @@ on a real socket (h2c by prior knowledge). argv: HOST:PORT CASE. Prints one JSON
   the server resumes.
 - `garbage`: two sessions, then a frame that breaks HTTP/2 (SETTINGS on a stream): GOAWAY PROTOCOL_ERROR.
 - `drop`: two sessions, then the client's TCP connection closes without a word.
+- `fin`: one session pauses; meanwhile its client sends two messages and its close, ending the stream with them:
+  all of it reaches the handler after the resume (the END_STREAM waits behind the stashed input), then
+  END_STREAM.
+- `zero_update`: two sessions, then a WINDOW_UPDATE of 0 on the first (a stream error): that stream is reset and
+  its session ends; the other goes on.
 - `shutdown`: two sessions; once both are open it prints `ready` and waits for the server's graceful shutdown:
-  each session's close (answered), its END_STREAM, the GOAWAY, then the end of the connection."""
+  each session's close (answered), its END_STREAM, the GOAWAY, then the end of the connection.
+- `silent_shutdown`: the same, but the client never answers the closes: the grace period runs out."""
 import json, os, socket, struct, sys, time
 import h2.config, h2.connection, h2.events, h2.exceptions
 
@@ -87,16 +93,28 @@ def pump():
 def on_message(stream, op, payload):
     if op == 8:
         report["closed"][str(stream)] = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-        send(stream, frame(8, payload[:2]))  # the close handshake's answer
+        if case not in ("fin", "silent_shutdown"):  # (over already, or not answering on purpose)
+            send(stream, frame(8, payload[:2]))  # the close handshake's answer
         return
     report["messages"].setdefault(str(stream), []).append(
         payload.decode() if len(payload) < 100 else f"{len(payload)} bytes at {time.monotonic() - t0:.2f}")
+    if case == "fin" and payload == b"pausing":
+        # While it is paused: two messages and the close, and the end of the stream with them.
+        data = frame(1, b"a") + frame(1, b"b") + frame(8, struct.pack("!H", 1000))
+        conn.send_data(stream, data, end_stream=True)
     if case == "mixed" and stream == 9 and payload == b"paused":
         report["paused_at"] = round(time.monotonic() - t0, 2)
 
 
 def on_response(stream, status):
     report["status"][str(stream)] = status
+    if case == "fin":
+        conn.send_data(stream, frame(1, b"pause"))
+        return
+    if case == "zero_update" and len(report["status"]) == 2:
+        sock.sendall(conn.data_to_send() + struct.pack("!I", 4)[1:] + bytes([8, 0]) + struct.pack("!II", 1, 0))
+        send(3, frame(1, b"still here"))
+        return
     if case != "mixed" or status != 200:
         return
     if stream == 3:
@@ -110,7 +128,9 @@ def on_response(stream, status):
 
 
 def start():
-    if case == "mixed":
+    if case == "fin":
+        open_ws(1, "/ws")
+    elif case == "mixed":
         open_ws(1, "/refuse")
         open_ws(3, "/defer")
         for s in (5, 7, 9):
@@ -125,8 +145,12 @@ def finished():
         big = [m for m in report["messages"].get("9", []) if "bytes" in m]
         ended = set(report["ended"])
         return big and {"1", "5", "7"} <= ended and report["messages"].get("3")
-    if case == "shutdown":
+    if case in ("shutdown", "silent_shutdown"):
         return "eof" in report
+    if case == "fin":
+        return "1" in report["ended"]
+    if case == "zero_update":
+        return report["messages"].get("3") and report.get("reset")
     return len(report["status"]) == 2
 
 
@@ -151,7 +175,7 @@ while True:
             start()
         elif isinstance(ev, h2.events.ResponseReceived):
             on_response(ev.stream_id, int(dict(ev.headers)[":status"]))
-            if case == "shutdown" and len(report["status"]) == 2:
+            if case in ("shutdown", "silent_shutdown") and len(report["status"]) == 2:
                 print("ready", flush=True)
         elif isinstance(ev, h2.events.DataReceived):
             conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -164,6 +188,8 @@ while True:
             pump()
         elif isinstance(ev, h2.events.StreamEnded):
             report["ended"].append(str(ev.stream_id))
+        elif isinstance(ev, h2.events.StreamReset):
+            report["reset"] = [ev.stream_id, int(ev.error_code)]
         elif isinstance(ev, h2.events.ConnectionTerminated):
             report["goaway"] = ev.error_code
 if case == "garbage":

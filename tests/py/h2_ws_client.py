@@ -3,8 +3,9 @@ client: h2c by prior knowledge, or TLS with ALPN `h2` (then argv[3] is the CA fi
 share the one connection: each is an extended CONNECT stream whose DATA carries RFC 6455 frames (masked, as a
 client's are). Each session sends messages of several sizes (one larger than a stream window, so flow control
 works both ways), expects each echoed in order, then closes with 1000; one more session is reset by the client;
-a plain GET goes to on_http. Prints one JSON line with what happened."""
-import json, os, socket, ssl, struct, sys
+a plain GET goes to on_http; one more session offers subprotocols and permessage-deflate and echoes a compressed
+message. Prints one JSON line with what happened."""
+import json, os, socket, ssl, struct, sys, zlib
 import h2.config, h2.connection, h2.events
 
 host, port = sys.argv[1].rsplit(":", 1)
@@ -22,7 +23,9 @@ SIZES = [5, 200, 70_000, 300_000]
 SESSIONS = [1, 3, 5]
 RESET = 7
 GET = 9
-report = {"status": {}, "echoed": {}, "closed": {}, "ended": [], "reset_by_server": [], "body": ""}
+DEFLATE = 11
+TEXT = "κόσμε, " * 400
+report = {"status": {}, "echoed": {}, "closed": {}, "ended": [], "reset_by_server": [], "body": "", "deflate": {}}
 rx = {s: b"" for s in SESSIONS}
 pending = {s: [] for s in SESSIONS}  # messages still to send (sent once the previous one is echoed)
 outbox = {}  # stream -> bytes waiting for window
@@ -99,6 +102,38 @@ def open_sessions():
                               ("origin", "http://localhost")])
     conn.send_headers(GET, [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "localhost")],
                       end_stream=True)
+    conn.send_headers(DEFLATE, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                (":path", "/chat"), (":authority", "localhost"), ("sec-websocket-version", "13"),
+                                ("sec-websocket-protocol", "superchat, chat"),
+                                ("sec-websocket-extensions", "permessage-deflate; client_no_context_takeover")])
+    rx[DEFLATE] = b""
+
+
+def compressed_frame(text):
+    """A masked text frame with RSV1, its payload deflated (RFC 7692 §7.2.1: the trailing 00 00 ff ff removed)."""
+    z = zlib.compressobj(wbits=-15)
+    body = z.compress(text.encode()) + z.flush(zlib.Z_SYNC_FLUSH)
+    assert body.endswith(b"\x00\x00\xff\xff")
+    f = frame(1, body[:-4])
+    return bytes([f[0] | 0x40]) + f[1:]
+
+
+def on_deflate_data(data):
+    rx[DEFLATE] += data
+    if len(rx[DEFLATE]) < 2:
+        return
+    b0, n = rx[DEFLATE][0], rx[DEFLATE][1] & 0x7F
+    at = 2
+    if n == 126:
+        n, at = struct.unpack("!H", rx[DEFLATE][2:4])[0], 4
+    if len(rx[DEFLATE]) < at + n:
+        return
+    payload = rx[DEFLATE][at:at + n]
+    report["deflate"]["rsv1"] = bool(b0 & 0x40)
+    text = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff").decode()
+    report["deflate"]["echo_ok"] = text == TEXT
+    report["deflate"]["wire"] = n
+    queue(DEFLATE, frame(8, struct.pack("!H", 1000)))
 
 
 def on_ws_data(stream, data):
@@ -119,7 +154,8 @@ def on_ws_data(stream, data):
             queue(stream, frame(8, struct.pack("!H", 1000) + b"bye"))
 
 
-done = lambda: len(report["ended"]) >= len(SESSIONS) + 1 and report["body"] and report["status"].get(str(RESET))
+done = lambda: (len(report["ended"]) >= len(SESSIONS) + 2 and report["body"] and report["status"].get(str(RESET))
+                and DEFLATE in report["ended"])
 while not done():
     out = conn.data_to_send()
     if out:
@@ -142,6 +178,12 @@ while not done():
             report["status"][str(ev.stream_id)] = int(status)
             if ev.stream_id in SESSIONS:
                 queue(ev.stream_id, frame(1, message(ev.stream_id, 0)))
+            if ev.stream_id == DEFLATE:
+                fields = dict(ev.headers)
+                report["deflate"]["protocol"] = fields.get("sec-websocket-protocol")
+                report["deflate"]["extensions"] = fields.get("sec-websocket-extensions")
+                report["deflate"]["accept"] = fields.get("sec-websocket-accept")
+                queue(DEFLATE, compressed_frame(TEXT))
             if ev.stream_id == RESET:
                 conn.reset_stream(RESET)
         elif isinstance(ev, h2.events.DataReceived):
@@ -150,6 +192,8 @@ while not done():
                 on_ws_data(ev.stream_id, ev.data)
             elif ev.stream_id == GET:
                 report["body"] += ev.data.decode()
+            elif ev.stream_id == DEFLATE and "echo_ok" not in report["deflate"]:
+                on_deflate_data(ev.data)
         elif isinstance(ev, h2.events.WindowUpdated):
             pump()
         elif isinstance(ev, h2.events.StreamEnded):
