@@ -40,7 +40,7 @@ fn python_h2_over_h2c_runs_five_websockets_on_one_connection() {
     }
     let server = TestServer::echo(Config::new().http2(true).subprotocols(["chat", "superchat"], false));
     let addr = server.addr.to_string();
-    let out = run_python(include_str!("py/h2_ws_client.py"), &[&addr, "h2c"]);
+    let out = run_python(concat!(include_str!("py/ws_frames.py"), include_str!("py/h2_ws_client.py")), &[&addr, "h2c"]);
     check_report(&out);
     assert_eq!(metric(&server, "http2_connections_total"), 1);
     assert_eq!(metric(&server, "http2_websockets_total"), 5);
@@ -77,7 +77,8 @@ fn python_h2_over_tls_with_alpn_and_http1_beside_it() {
     let addr = server.addr.to_string();
     let ca = dir.join("cert.pem").display().to_string();
     let h1 = python_h1_tls(&addr, &ca);
-    let out = run_python(include_str!("py/h2_ws_client.py"), &[&addr, "tls", &ca]);
+    let out =
+        run_python(concat!(include_str!("py/ws_frames.py"), include_str!("py/h2_ws_client.py")), &[&addr, "tls", &ca]);
     check_report(&out);
     assert_eq!(h1.join().unwrap().trim(), "http/1.1 ok");
     assert_eq!(metric(&server, "http2_connections_total"), 1);
@@ -154,7 +155,10 @@ fn cases(case: &str) -> (serde_json::Value, Vec<String>, TestServer) {
     let log = Log::default();
     let seen = log.clone();
     let server = TestServer::start(Config::new().http2(true), move || Cases(seen));
-    let out = run_python(include_str!("py/h2_cases.py"), &[&server.addr.to_string(), case]);
+    let out = run_python(
+        concat!(include_str!("py/ws_frames.py"), include_str!("py/h2_cases.py")),
+        &[&server.addr.to_string(), case],
+    );
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(
         wait_until(std::time::Duration::from_secs(5), || server.connections() == 0),
@@ -356,7 +360,7 @@ fn shutdown_case(case: &str, grace: std::time::Duration) -> (serde_json::Value, 
     });
     let (addr, handle) = rx.recv().unwrap();
     let mut child = std::process::Command::new(python())
-        .args(["-c", include_str!("py/h2_cases.py"), &addr.to_string(), case])
+        .args(["-c", concat!(include_str!("py/ws_frames.py"), include_str!("py/h2_cases.py")), &addr.to_string(), case])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -1,5 +1,6 @@
 """Edge cases of WebSockets over HTTP/2 (RFC 8441) against tests/http2.rs's `Cases` handler, with Python's `h2`
-on a real socket (h2c by prior knowledge). argv: HOST:PORT CASE. Prints one JSON line.
+on a real socket (h2c by prior knowledge). argv: HOST:PORT CASE. Prints one JSON line. (tests/py/ws_frames.py is
+prepended: `frame`, `parse`.)
 
 - `mixed`: on one connection, a refused upgrade (403 as a response), a deferred one (accepted from another
   thread), a session the server closes (4000), one whose handler panics (1011), and one that pauses reading:
@@ -26,38 +27,6 @@ conn.initiate_connection()
 report = {"status": {}, "messages": {}, "closed": {}, "ended": [], "min_window": {}}
 rx, outbox, t0 = {}, {}, time.monotonic()
 
-
-def frame(op, payload):
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | op])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    m = (mask * (n // 4 + 1))[:n]
-    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(n, "big")
-
-
-def parse(buf):
-    out = []
-    while len(buf) >= 2:
-        op, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
-        if n == 126:
-            if len(buf) < 4:
-                break
-            n, at = struct.unpack("!H", buf[2:4])[0], 4
-        elif n == 127:
-            if len(buf) < 10:
-                break
-            n, at = struct.unpack("!Q", buf[2:10])[0], 10
-        if len(buf) < at + n:
-            break
-        out.append((op, buf[at:at + n]))
-        buf = buf[at + n:]
-    return out, buf
 
 
 def open_ws(stream, path):

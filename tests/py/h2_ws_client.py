@@ -4,7 +4,8 @@ share the one connection: each is an extended CONNECT stream whose DATA carries 
 client's are). Each session sends messages of several sizes (one larger than a stream window, so flow control
 works both ways), expects each echoed in order, then closes with 1000; one more session is reset by the client;
 a plain GET goes to on_http; one more session offers subprotocols and permessage-deflate and echoes a compressed
-message. Prints one JSON line with what happened."""
+message. Prints one JSON line with what happened. (tests/py/ws_frames.py is
+prepended: `frame`, `parse`.)"""
 import json, os, socket, ssl, struct, sys, zlib
 import h2.config, h2.connection, h2.events
 
@@ -31,45 +32,6 @@ pending = {s: [] for s in SESSIONS}  # messages still to send (sent once the pre
 outbox = {}  # stream -> bytes waiting for window
 started = False
 
-
-def frame(op, payload):
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | op])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else xor(payload, mask)
-    return head + mask + body
-
-
-def xor(payload, mask):
-    m = (mask * (len(payload) // 4 + 1))[: len(payload)]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(m, "big")).to_bytes(len(payload), "big")
-
-
-def parse(buf):
-    """Server frames (unmasked) at the start of buf: [(op, payload)], rest."""
-    out = []
-    while len(buf) >= 2:
-        op, n = buf[0] & 0x0F, buf[1] & 0x7F
-        at = 2
-        if n == 126:
-            if len(buf) < 4:
-                break
-            n, at = struct.unpack("!H", buf[2:4])[0], 4
-        elif n == 127:
-            if len(buf) < 10:
-                break
-            n, at = struct.unpack("!Q", buf[2:10])[0], 10
-        if len(buf) < at + n:
-            break
-        out.append((op, buf[at:at + n]))
-        buf = buf[at + n:]
-    return out, buf
 
 
 def message(stream, i):
