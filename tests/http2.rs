@@ -59,23 +59,12 @@ fn python_h2_over_tls_with_alpn_and_http1_beside_it() {
     if skip_external("python h2") {
         return;
     }
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("h2-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new("openssl")
-        .current_dir(&dir)
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-keyout", "key.pem", "-out", "cert.pem"])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut both = std::fs::read(dir.join("key.pem")).unwrap();
-    both.extend(std::fs::read(dir.join("cert.pem")).unwrap());
-    std::fs::write(dir.join("both.pem"), both).unwrap();
+    // The project's test key material (tests/data: a certificate for localhost and 127.0.0.1, and its key).
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let config = Config::new().http2(true).subprotocols(["chat", "superchat"], false);
-    let server = TestServer::echo(config.tls_pem(dir.join("both.pem"), None));
+    let server = TestServer::echo(config.tls_pem(data.join("localhost.pem"), None));
     let addr = server.addr.to_string();
-    let ca = dir.join("cert.pem").display().to_string();
+    let ca = data.join("localhost-cert.pem").display().to_string();
     let h1 = python_h1_tls(&addr, &ca);
     let out =
         run_python(concat!(include_str!("py/ws_frames.py"), include_str!("py/h2_ws_client.py")), &[&addr, "tls", &ca]);

@@ -27,6 +27,13 @@ pub(super) struct H2Socket {
     closing: bool,
 }
 
+impl H2Socket {
+    /// When a socket without a session has had the handshake's time (`None` while it has one, or is going away).
+    fn idle_deadline(&self, handshake_timeout: std::time::Duration) -> Option<Instant> {
+        (self.sessions.is_empty() && !self.closing).then(|| self.idle_since + handshake_timeout)
+    }
+}
+
 /// Where a session lives: the socket's slot, and its stream.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Link {
@@ -243,19 +250,13 @@ impl Endpoint {
             return None;
         };
         let before = self.stashed(child);
-        if len > 0 {
-            let waits = self.slots[child].flags.has(Flags::PAUSED | Flags::THROTTLED);
-            match self.stash.get_mut(&child) {
-                Some(st) => {
-                    st.buf.truncate(st.end);
-                    st.buf.extend_from_slice(&data);
-                    st.end = st.buf.len();
-                }
-                None if waits => {
-                    self.stash.insert(child, Stash { plain: true, buf: data, start: 0, end: len });
-                }
-                None => self.h2_feed_session(child, data, now),
-            }
+        let waits = self.slots[child].flags.has(Flags::PAUSED | Flags::THROTTLED);
+        if len > 0 && waits && before == 0 {
+            // Not read now: the window stays taken until it is (`h2_resume`).
+            self.stash.insert(child, Stash { plain: true, buf: data, start: 0, end: len });
+        } else if len > 0 {
+            // (Behind a stash, `feed` appends the bytes to it.)
+            self.h2_feed_session(child, data, now);
         }
         let after = if self.slots.contains(child) { self.stashed(child) } else { 0 };
         self.h2.get_mut(&key)?.conn.release(stream, len + before - after);
@@ -318,7 +319,7 @@ impl Endpoint {
     pub(super) fn h2_pull(&mut self, key: usize, now: Instant) {
         let Some(link) = self.links.get_mut(&key) else { return };
         let Link { parent, stream, .. } = *link;
-        let room = match self.slots.get(parent) {
+        let mut room = match self.slots.get(parent) {
             Some(p) => self.config.write_high_water.saturating_sub(p.queued()),
             None => 0,
         };
@@ -333,7 +334,6 @@ impl Endpoint {
                 Metrics::add(&self.shared.metrics.http2_websockets, 1);
             }
         }
-        let mut room = room;
         while room > 0 && slot.conn.wants_write() {
             let data = slot.conn.out();
             if data.is_empty() {
@@ -358,22 +358,17 @@ impl Endpoint {
     /// end of the turn and its deadline brought up to date.
     fn h2_out(&mut self, key: usize, now: Instant) {
         let (Some(sock), Some(slot)) = (self.h2.get_mut(&key), self.slots.get_mut(key)) else { return };
+        if sock.closing && sock.sessions.is_empty() && !sock.conn.is_closed() {
+            // Going away: our GOAWAY once every session has ended (some clients take a GOAWAY for the end of
+            // every stream).
+            sock.conn.go_away();
+        }
         let mut changed = !sock.conn.out().is_empty();
         if changed {
             slot.conn.tunnel_send(sock.conn.out_mut());
         }
-        let idle = (sock.sessions.is_empty() && !sock.closing).then(|| sock.idle_since + self.config.handshake_timeout);
-        let deadline = match (sock.conn.next_deadline(), idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        slot.conn.set_tunnel_deadline(deadline);
-        if sock.closing && sock.sessions.is_empty() && !sock.conn.is_closed() {
-            // A shutdown's GOAWAY goes once every session has ended (some clients take a GOAWAY for the end of
-            // every stream).
-            sock.conn.go_away();
-            slot.conn.tunnel_send(sock.conn.out_mut());
-        }
+        let idle = sock.idle_deadline(self.config.handshake_timeout);
+        slot.conn.set_tunnel_deadline(sock.conn.next_deadline().into_iter().chain(idle).min());
         if slot.conn.is_tunnel() && (sock.conn.is_closed() || (sock.closing && sock.sessions.is_empty())) {
             slot.conn.end_tunnel(now);
             changed = true;
@@ -436,7 +431,7 @@ impl Endpoint {
             }
             return;
         };
-        if sock.sessions.is_empty() && !sock.closing && now >= sock.idle_since + self.config.handshake_timeout {
+        if sock.idle_deadline(self.config.handshake_timeout).is_some_and(|d| now >= d) {
             sock.closing = true; // (no session for a handshake's time: GOAWAY, and the end)
         }
         let result = sock.conn.handle_timeout(now);
