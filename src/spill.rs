@@ -64,6 +64,53 @@ impl<T> Spill<T> {
     }
 }
 
+/// A spare buffer that costs one pointer while there is none: `None` exactly when it has no capacity. Unlike a
+/// [`Spill`], an empty buffer with capacity is kept (its capacity, and its old bytes, are the point).
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // (one word while there is none, as for `Spill`)
+pub(crate) struct Spare(Option<Box<Vec<u8>>>);
+
+impl Spare {
+    /// There is a buffer (with capacity: one without is never kept).
+    #[inline]
+    pub(crate) fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
+    #[inline]
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.capacity())
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+
+    /// Heap bytes held: the vector's header and its buffer.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| std::mem::size_of::<Vec<u8>>() + v.capacity())
+    }
+
+    /// Takes the buffer out (an empty `Vec`, allocating nothing, when there is none).
+    #[inline]
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Puts `v` in and hands back what was there (a buffer without capacity is not kept).
+    pub(crate) fn replace(&mut self, v: Vec<u8>) -> Vec<u8> {
+        match (&mut self.0, v.capacity()) {
+            (_, 0) => self.take(),
+            (Some(b), _) => std::mem::replace(&mut **b, v),
+            (None, _) => {
+                self.0 = Some(Box::new(v));
+                Vec::new()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Spill;

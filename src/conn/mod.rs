@@ -33,7 +33,7 @@ use crate::frame::{
 use crate::handshake::{self, HeadReader, Request};
 use crate::mask::apply_mask;
 use crate::prepared::{PreparedMessage, SharedFrames};
-use crate::spill::Spill;
+use crate::spill::{Spare, Spill};
 use crate::utf8::Utf8Validator;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -168,8 +168,8 @@ struct InFrame {
     opcode: OpCode,
     fin: bool,
     mask: [u8; 4],
-    /// Payload bytes already unmasked (the mask offset).
-    done: usize,
+    /// Payload bytes already unmasked, modulo 4: the mask's offset for the next ones.
+    done: u8,
     remaining: u64,
 }
 
@@ -242,14 +242,14 @@ impl Rx {
     /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
     /// control payload.
     #[inline]
-    fn release_lent(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
+    fn release_lent(&mut self, spare: &mut Spare, out: &mut Vec<u8>) {
         if self.msg_delivered || self.ctrl_lent {
             self.release_lent_now(spare, out);
         }
     }
 
     #[inline(never)]
-    fn release_lent_now(&mut self, spare: &mut Vec<u8>, out: &mut Vec<u8>) {
+    fn release_lent_now(&mut self, spare: &mut Spare, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.msg_delivered) {
             if let Some(m) = self.msg.take() {
                 park(spare, out, m.buf);
@@ -356,6 +356,9 @@ pub struct Connection {
     ctrl: Spill<u8>,
     /// Part of `ctrl` has been written (its head frame is in flight).
     ctrl_started: bool,
+    /// A keepalive ping is out (sent when `ping_interval` passed after the liveness clock's `last_rx`): the peer
+    /// must send something within `ping_timeout` of that ([`Liveness::pong_deadline`]).
+    ping_out: bool,
     /// Which deadlines were running when [`Connection::deadline_to_arm`] last computed one (see there).
     armed_shape: u8,
     /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
@@ -367,7 +370,7 @@ pub struct Connection {
     /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
     /// Its contents are an earlier message's, kept so that a read straight into it need not zero it first: every
     /// use empties it, except a message's assembly, which counts them as room ([`InMessage::room`]).
-    spare: Vec<u8>,
+    spare: Spare,
 }
 
 /// Shared frames shorter than this are copied into the queue instead: for a short message a copy costs less than
@@ -382,13 +385,13 @@ pub(crate) const SPARE_MIN: usize = 64 * 1024;
 /// `spare`, the larger of the two; the other in the queue `out` if that is empty and smaller. Keeping only the
 /// larger and freeing the other drained the loop's pool by one buffer per 1 MiB echo, so every message then paid
 /// fresh pages for its assembly (256 page faults per MiB). Buffers below [`SPARE_MIN`] are freed.
-fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
+fn park(spare: &mut Spare, out: &mut Vec<u8>, mut buf: Vec<u8>) {
     if buf.capacity() < SPARE_MIN {
         return;
     }
     // (Of two alike, the spare keeps the one with more old bytes: room to read into without zeroing.)
     if (buf.capacity(), buf.len()) > (spare.capacity(), spare.len()) {
-        std::mem::swap(spare, &mut buf);
+        buf = spare.replace(buf);
     }
     if buf.capacity() >= SPARE_MIN && out.is_empty() && buf.capacity() > out.capacity() {
         buf.clear();
@@ -396,23 +399,21 @@ fn park(spare: &mut Vec<u8>, out: &mut Vec<u8>, mut buf: Vec<u8>) {
     }
 }
 
-/// The clocks of an open connection's liveness timers, held in the connection (40 bytes; boxed, they cost 64
-/// of heap and a pointer).
+/// The clocks of an open connection's liveness timers, held in the connection (32 bytes; boxed, they cost 48
+/// of heap and a pointer). Whether a keepalive ping is out is the connection's `ping_out`, which fits in its
+/// padding.
 #[derive(Debug, Clone, Copy)]
 struct Liveness {
     opened: Instant,
     /// When bytes last arrived.
     last_rx: Instant,
-    /// A keepalive ping is out (sent when `ping_interval` passed after `last_rx`): the peer must send something
-    /// within `ping_timeout` of that ([`Liveness::pong_deadline`]).
-    ping_out: bool,
 }
 
 impl Liveness {
     /// When an unanswered keepalive ping times out, if one is out. It was sent at `last_rx + ping_interval` (its
     /// timer's deadline; a turn late at most), so the pong's window is counted from there.
-    fn pong_deadline(&self, c: &Limits) -> Option<Instant> {
-        let interval = c.ping_interval.filter(|_| self.ping_out)?;
+    fn pong_deadline(&self, c: &Limits, ping_out: bool) -> Option<Instant> {
+        let interval = c.ping_interval.filter(|_| ping_out)?;
         Some(self.last_rx + interval + c.ping_timeout)
     }
 }
@@ -442,9 +443,10 @@ impl Connection {
             live: None,
             ctrl: Spill::default(),
             ctrl_started: false,
+            ping_out: false,
             armed_shape: 0,
             frame_left: usize::MAX,
-            spare: Vec::new(),
+            spare: Spare::default(),
         }
     }
 

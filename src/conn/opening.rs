@@ -22,7 +22,7 @@ impl Connection {
         self.state = State::Open(Rx { release_out: true, ..Rx::default() });
         let c = &self.config;
         if c.idle_timeout.is_some() || c.ping_interval.is_some() || c.max_lifetime.is_some() {
-            self.live = Some(Liveness { opened: now, last_rx: now, ping_out: false });
+            self.live = Some(Liveness { opened: now, last_rx: now });
         }
         Ok(())
     }

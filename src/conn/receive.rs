@@ -18,7 +18,7 @@ impl Connection {
     /// Bytes that do not yet form anything whole are kept inside the connection. Payload bytes are unmasked in
     /// place in `input`.
     pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant) -> (usize, Option<Event<'a>>) {
-        heard_from(self.live.as_mut().filter(|_| !input.is_empty()), now);
+        heard_from(self.live.as_mut().filter(|_| !input.is_empty()), &mut self.ping_out, now);
         match &mut self.state {
             State::ReadingHead { .. } => self.read_head(input, now),
             State::Open(_) | State::ClosingByUs { .. } => self.read_frames(input, now),
@@ -124,14 +124,14 @@ impl Connection {
     /// `n` bytes were read into the room [`Connection::payload_target`] gave: they join the message (unmasked,
     /// UTF-8 checked) as if they had come through [`Connection::read`].
     pub fn payload_read(&mut self, n: usize, now: Instant) {
-        heard_from(self.live.as_mut().filter(|_| n > 0), now);
+        heard_from(self.live.as_mut().filter(|_| n > 0), &mut self.ping_out, now);
         let State::Open(rx) = &mut self.state else { return };
         let (Some(f), Some(m)) = (rx.frame.as_mut(), rx.msg.as_deref_mut()) else { return };
         let data = m.len();
         let n = n.min(m.room).min(f.remaining as usize);
         let got = &mut m.buf[data..data + n];
-        apply_mask(got, f.mask, f.done);
-        (f.done, f.remaining, m.room) = (f.done + n, f.remaining - n as u64, m.room - n);
+        apply_mask(got, f.mask, f.done.into());
+        (f.done, f.remaining, m.room) = (advance(f.done, n), f.remaining - n as u64, m.room - n);
         if m.text && m.utf8.feed(got).is_err() {
             m.pending = Pending::NotUtf8;
         } else if f.remaining == 0 {
@@ -376,7 +376,7 @@ struct Frames<'c> {
     config: &'c Limits,
     rx: &'c mut Rx,
     deflate: &'c mut Option<Box<DeflateState>>,
-    spare: &'c mut Vec<u8>,
+    spare: &'c mut Spare,
     out: &'c mut Vec<u8>,
     /// Our close was sent: data is skipped, not read.
     closing: bool,
@@ -400,8 +400,8 @@ impl Frames<'_> {
             return self.skip(avail);
         }
         let chunk = &mut input[self.pos..self.pos + avail];
-        apply_mask(chunk, f.mask, f.done);
-        f.done += avail;
+        apply_mask(chunk, f.mask, f.done.into());
+        f.done = advance(f.done, avail);
         f.remaining -= avail as u64;
         self.pos += avail;
         let f = *f;
@@ -503,7 +503,7 @@ impl Frames<'_> {
         }
         if msg.buf.capacity() - msg.buf.len() < chunk.len() && self.spare.capacity() >= msg.buf.len() + chunk.len() {
             // Grow into the spare buffer rather than a fresh allocation.
-            let mut grown = std::mem::take(self.spare);
+            let mut grown = self.spare.take();
             grown.clear();
             grown.extend_from_slice(&msg.buf);
             park(self.spare, self.out, std::mem::replace(&mut msg.buf, grown));
@@ -591,7 +591,7 @@ impl Frames<'_> {
                 }
                 // A large message is assembled in the spare buffer, if one is at hand.
                 // (A recycled buffer's old bytes are room for reads straight into it; inflating appends.)
-                let mut buf = if len >= SPARE_MIN || compressed { std::mem::take(self.spare) } else { Vec::new() };
+                let mut buf = if len >= SPARE_MIN || compressed { self.spare.take() } else { Vec::new() };
                 if compressed {
                     buf.clear();
                 }
@@ -646,9 +646,15 @@ pub(super) enum Payload<'a> {
 
 /// Anything from the peer shows it is alive (and answers an outstanding keepalive ping).
 #[inline]
-fn heard_from(live: Option<&mut Liveness>, now: Instant) {
+fn heard_from(live: Option<&mut Liveness>, ping_out: &mut bool, now: Instant) {
     if let Some(l) = live {
         l.last_rx = now;
-        l.ping_out = false;
+        *ping_out = false;
     }
+}
+
+/// A frame's mask offset after `n` more bytes.
+#[inline]
+fn advance(done: u8, n: usize) -> u8 {
+    ((usize::from(done) + n) & 3) as u8
 }

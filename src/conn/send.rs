@@ -139,7 +139,7 @@ impl Connection {
     /// head, a spare buffer, and its compression contexts. Frames shared with other queues are not counted here
     /// (whoever made them counts them once). For a loop-wide memory budget; O(1).
     pub fn held(&self) -> usize {
-        let mut n = self.out.capacity() + self.ctrl.heap_bytes() + self.spare.capacity();
+        let mut n = self.out.capacity() + self.ctrl.heap_bytes() + self.spare.heap_bytes();
         if let Some(t) = self.tail.as_deref() {
             n += t.own + t.segs.capacity() * std::mem::size_of::<Seg>();
         }
@@ -351,7 +351,7 @@ impl Connection {
         };
         let need = payload + MAX_HEADER_LEN * frames;
         if self.out.is_empty() && self.tail.is_none() && self.out.capacity() < need && self.spare.capacity() >= need {
-            std::mem::swap(&mut self.out, &mut self.spare);
+            self.out = self.spare.replace(std::mem::take(&mut self.out));
             self.out.clear();
         }
     }
@@ -360,17 +360,17 @@ impl Connection {
     /// never shown, and kept only as room to read into). It is
     /// refused (handed back) when the connection already holds one.
     pub fn lend_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
-        if self.spare.capacity() > 0 {
+        if self.spare.is_some() {
             return Some(buf);
         }
-        self.spare = buf;
+        self.spare.replace(buf);
         None
     }
 
     /// [`Connection::take_buffer`] has a buffer to hand back.
     #[inline]
     pub fn holds_buffer(&self) -> bool {
-        self.spare.capacity() > 0 || self.out_parked()
+        self.spare.is_some() || self.out_parked()
     }
 
     /// The queue is empty and holds a large buffer ([`park`]ed there, or left by a written queue).
@@ -386,7 +386,7 @@ impl Connection {
         if self.out_parked() {
             return Some(std::mem::take(&mut self.out));
         }
-        (self.spare.capacity() > 0).then(|| std::mem::take(&mut self.spare))
+        self.spare.is_some().then(|| self.spare.take())
     }
 
     /// Queues a message as one frame.

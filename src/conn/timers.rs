@@ -8,8 +8,8 @@ impl Connection {
         match &self.state {
             State::ReadingHead { deadline, .. }
             | State::AwaitingDecision { deadline, .. }
-            | State::AwaitingResponse { deadline }
-            | State::ClosingByUs { deadline, .. } => Some(*deadline),
+            | State::AwaitingResponse { deadline } => Some(*deadline),
+            State::ClosingByUs { deadline, .. } => Some(*deadline),
             State::Open(rx) => {
                 let msg = rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline);
                 match (msg, self.live_deadline()) {
@@ -35,7 +35,7 @@ impl Connection {
             // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.
             State::Open(rx) => {
                 let msg = rx.msg.is_some() && !rx.msg_delivered;
-                let ping = self.live.as_ref().is_some_and(|l| l.ping_out);
+                let ping = self.ping_out;
                 1 | (msg as u8) << 1 | (ping as u8) << 2
             }
             // Deadlines set once per state, but the state may change within its variant (a close cut short):
@@ -61,7 +61,7 @@ impl Connection {
         let l = self.live.as_ref()?;
         let c = &self.config;
         let idle = c.idle_timeout.map(|d| l.last_rx + d);
-        let ping = l.pong_deadline(c).or_else(|| c.ping_interval.map(|d| l.last_rx + d));
+        let ping = l.pong_deadline(c, self.ping_out).or_else(|| c.ping_interval.map(|d| l.last_rx + d));
         let life = c.max_lifetime.map(|d| l.opened + d);
         [idle, ping, life].into_iter().flatten().min()
     }
@@ -108,11 +108,11 @@ impl Connection {
             Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
         } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
             Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
-        } else if l.pong_deadline(c).is_some_and(|d| now >= d) {
+        } else if l.pong_deadline(c, self.ping_out).is_some_and(|d| now >= d) {
             Some((TimeoutKind::Keepalive, CloseCode::INTERNAL, "keepalive ping timeout"))
         } else {
-            if !l.ping_out && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
-                l.ping_out = true;
+            if !self.ping_out && c.ping_interval.is_some_and(|d| now >= l.last_rx + d) {
+                self.ping_out = true;
                 if self.is_open() {
                     self.queue_control(OpCode::Ping, b"wskit");
                 }

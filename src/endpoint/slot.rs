@@ -279,8 +279,17 @@ pub(super) fn message(text: bool, bytes: &[u8]) -> Message<'_> {
     }
 }
 
-/// Lends `conn` a pooled buffer, if the pool has one and the connection holds none.
+/// Lends `conn` a pooled buffer, if the pool has one and the connection holds none. Inlined: it runs before every
+/// read is fed, and the pool is usually empty.
+#[inline]
 pub(super) fn lend(bufs: &mut BufPool, conn: &mut Connection) {
+    if !bufs.bufs.is_empty() {
+        lend_one(bufs, conn);
+    }
+}
+
+#[inline(never)]
+fn lend_one(bufs: &mut BufPool, conn: &mut Connection) {
     if let Some(b) = bufs.pop() {
         if let Some(b) = conn.lend_buffer(b) {
             bufs.push(b);
