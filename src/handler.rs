@@ -415,7 +415,7 @@ pub(crate) struct Entry {
 /// The connection object handed to every callback: who the connection is, and the commands it may give.
 pub struct Ctx<'a> {
     pub(crate) id: ConnId,
-    pub(crate) peer: SocketAddr,
+    pub(crate) peer: crate::peer::Peer,
     pub(crate) queue: &'a mut Commands,
     pub(crate) metrics: &'a crate::metrics::Metrics,
     /// Every connection of the loop by slot, its bytes queued as of the last flush.
@@ -459,7 +459,7 @@ impl fmt::Debug for Ctx<'_> {
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         id: ConnId,
-        peer: SocketAddr,
+        peer: crate::peer::Peer,
         queue: &'a mut Commands,
         metrics: &'a crate::metrics::Metrics,
         table: &'a [Entry],
@@ -516,7 +516,7 @@ impl<'a> Ctx<'a> {
     }
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        self.peer.addr()
     }
     /// The peer's IP.
     pub fn peer_ip(&self) -> std::net::IpAddr {

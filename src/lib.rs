@@ -23,6 +23,7 @@ pub mod handshake;
 pub mod mask;
 pub mod metrics;
 pub mod net;
+mod peer;
 pub mod policy;
 pub mod prepared;
 pub mod proxy;

@@ -6,15 +6,16 @@ use super::rate;
 use super::*;
 use crate::handler::{Inbox, Opening};
 use crate::handshake::Request;
+use crate::peer::Peer;
 
 /// Behind trusted proxies: the client their forwarding header names (port unknown) becomes the peer.
-fn forwarded_peer(config: &Config, peer: &mut SocketAddr, req: &Request) {
+fn forwarded_peer(config: &Config, peer: &mut Peer, req: &Request) {
     if config.trusted_proxies.is_empty() {
         return;
     }
     let values = req.header_values(&config.forwarded_header);
     if let Some(ip) = crate::policy::forwarded_client(peer.ip(), &config.trusted_proxies, values) {
-        *peer = SocketAddr::new(ip, 0);
+        *peer = Peer::new(SocketAddr::new(ip, 0));
     }
 }
 

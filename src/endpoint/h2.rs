@@ -217,7 +217,7 @@ impl Endpoint {
             sock.conn.respond(stream, 501, &[], true);
             return None;
         }
-        let peer = self.slots[key].peer;
+        let peer = self.slots[key].peer.addr();
         let child = self.insert_slot(peer, Phase::Handshake, None, now);
         self.slots[child].flags.set(Flags::STREAM);
         self.links.insert(child, Link { parent: key, stream, answered: false, peer_ended: false });

@@ -399,7 +399,7 @@ impl Endpoint {
             }
             Ok(Status::Complete((source, used))) => {
                 if let Some(source) = source {
-                    slot.peer = source;
+                    slot.peer = crate::peer::Peer::new(source);
                 }
                 self.rbuf.copy_within(used..n, 0);
                 n - used

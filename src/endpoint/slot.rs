@@ -83,7 +83,7 @@ pub(super) type TlsBox = ();
 /// One connection of the endpoint.
 pub(super) struct Slot {
     pub(super) conn: Connection,
-    pub(super) peer: SocketAddr,
+    pub(super) peer: crate::peer::Peer,
     pub(super) phase: Phase,
     pub(super) flags: Flags,
     /// The earliest deadline this slot has in the timer table.
@@ -110,7 +110,7 @@ impl Slot {
     ) -> Slot {
         Slot {
             conn,
-            peer,
+            peer: crate::peer::Peer::new(peer),
             phase,
             flags: Flags::default(),
             scheduled: None,
@@ -124,7 +124,7 @@ impl Slot {
     pub(super) fn new(conn: Connection, peer: SocketAddr, phase: Phase, _tls: Option<()>) -> Slot {
         Slot {
             conn,
-            peer,
+            peer: crate::peer::Peer::new(peer),
             phase,
             flags: Flags::default(),
             scheduled: None,
