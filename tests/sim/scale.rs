@@ -99,3 +99,60 @@ fn twenty_thousand_idle_connections_cost_only_their_own_turns() {
     assert!(!ep.busy());
     assert_eq!(ep.timer_entries(), CONNS, "one deadline (the pong's) per connection");
 }
+
+/// Large frames are read straight into their message; the read after each is small, so that the next frame's
+/// header comes without a copy of its payload through the read buffer; every message comes back whole.
+#[test]
+fn after_a_large_frame_the_next_header_is_read_small() {
+    let head = b"GET / HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let config = Config { max_payload_size: 4 << 20, ..Config::default() };
+    let mut ep = Endpoint::new(config, Box::new(Echo));
+    let now = Instant::now();
+    let id = ep.accept(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_000), now).unwrap();
+    ep.receive_bytes(id, head, now);
+    ep.end_turn(now);
+    drain(&mut ep, now);
+    const LEN: usize = 300 << 10;
+    let mut wire = Vec::new();
+    for fill in [1u8, 2, 3] {
+        write_client_frame(&mut wire, true, 0, OpCode::Binary, [9, 8, 7, 6], &vec![fill; LEN]);
+    }
+    let (mut at, mut asked, mut echoed) = (0, Vec::new(), 0);
+    for _turn in 0..20 {
+        ep.ready(id, true, false, false);
+        while let Some(op) = ep.poll_read(now) {
+            asked.push(op.max);
+            let n = op.max.min(wire.len() - at);
+            let result = if n == 0 {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                ep.read_buf()[..n].copy_from_slice(&wire[at..at + n]);
+                at += n;
+                Ok(n)
+            };
+            ep.received(op, result, now);
+            while let Some(t) = ep.poll_transmit(now) {
+                let (id, len) = (t.id, t.len());
+                echoed += len;
+                ep.sent(id, Ok(len), now);
+            }
+        }
+        ep.end_turn(now);
+        while let Some(t) = ep.poll_transmit(now) {
+            let (id, len) = (t.id, t.len());
+            echoed += len;
+            ep.sent(id, Ok(len), now);
+        }
+        if at == wire.len() && echoed == 3 * (LEN + 10) {
+            break;
+        }
+    }
+    assert_eq!(echoed, 3 * (LEN + 10), "three messages of {LEN} bytes echoed, 10-byte headers (asked: {asked:?})");
+    // The first read fills the read buffer; each frame's rest goes in place; each read after one is 4 KiB.
+    assert_eq!(asked[0], wskit::server::READ_BUF, "{asked:?}");
+    let small = asked.iter().filter(|&&m| m == 4096).count();
+    assert!(small >= 3, "a small read after each large frame: {asked:?}");
+    let through_rbuf: usize = asked.iter().filter(|&&m| m == wskit::server::READ_BUF).count();
+    assert_eq!(through_rbuf, 1, "only the first frame's head comes through a full read buffer: {asked:?}");
+}
