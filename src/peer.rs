@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 /// The IP (an IPv4 address in its first four bytes), the port, and an IPv6 address's scope id. An IPv6 flow label
 /// is not kept: it describes a packet flow, not the peer, and accepted sockets report 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Peer {
     ip: [u8; 16],
     scope: u32,
@@ -41,6 +41,12 @@ impl Peer {
     }
 }
 
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr().fmt(f)
+    }
+}
+
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.addr().fmt(f)
@@ -62,6 +68,7 @@ mod tests {
             assert_eq!(Peer::new(a).addr(), a, "{a}");
             assert_eq!(Peer::new(a).ip(), a.ip());
             assert_eq!(Peer::new(a).to_string(), a.to_string());
+            assert_eq!(format!("{:?}", Peer::new(a)), format!("{a:?}"));
         }
         let scoped = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 7, 0, 3));
         assert_eq!(Peer::new(scoped).addr(), scoped, "the scope id is kept");

@@ -99,7 +99,7 @@ impl Endpoint {
             slot.flags.set(Flags::LARGE);
             return Some(Read { id: self.id_of(key), max, peek: false });
         }
-        let max = if slot.flags.has(Flags::LARGE) { after_large(slot) } else { READ_BUF };
+        let max = if slot.flags.has(Flags::LARGE) { after_large(slot, due) } else { READ_BUF };
         Some(Read { id: self.id_of(key), max, peek: false })
     }
 
@@ -468,14 +468,15 @@ impl Endpoint {
     }
 }
 
-/// The size of the first read after a frame read in place: a frame header and some, so that when the next frame
+/// What the first read after a frame read in place asks beyond that frame: a frame header and some, so that when the next frame
 /// is large too, its payload goes straight into its message rather than first through the read buffer (at 1 MiB
 /// that copy was 128 KiB a message).
 pub(super) const HEAD_READ: usize = 4096;
 
-/// The read after one straight into a large frame: small, once.
+/// The read after one straight into a large frame, once: what is left of that frame (`due`, under
+/// [`IN_PLACE_MIN`]: a short read, or a frame just over [`IN_PLACE_MAX`]) and [`HEAD_READ`] more.
 #[cold]
-fn after_large(slot: &mut Slot) -> usize {
+fn after_large(slot: &mut Slot, due: usize) -> usize {
     slot.flags.clear(Flags::LARGE);
-    HEAD_READ
+    (due + HEAD_READ).min(READ_BUF)
 }
