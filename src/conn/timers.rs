@@ -31,21 +31,34 @@ impl Connection {
     /// disarms it and asks again.
     #[inline]
     pub fn deadline_to_arm(&mut self, armed: Option<Instant>) -> Option<Instant> {
-        let shape = match &self.state {
-            // Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping awaits its pong.
-            State::Open(rx) => {
-                let msg = rx.msg.is_some() && !rx.msg_delivered;
-                let ping = self.ping_out;
-                1 | (msg as u8) << 1 | (ping as u8) << 2
-            }
-            // Deadlines set once per state, but the state may change within its variant (a close cut short):
-            // always computed.
-            _ => 0,
-        };
+        let shape = self.deadline_shape();
         if shape != 0 && shape == self.armed_shape && armed.is_some() {
             return None;
         }
         self.deadline_changed(shape, armed)
+    }
+
+    /// The steady path of [`Connection::deadline_to_arm`] alone, for a caller that keeps the armed deadline in a
+    /// form of its own: true when no deadline can have started or stopped since the last answer, so that an armed
+    /// timer still comes first.
+    #[inline]
+    pub(crate) fn deadlines_steady(&self) -> bool {
+        let shape = self.deadline_shape();
+        shape != 0 && shape == self.armed_shape
+    }
+
+    /// Which deadlines are running. Bit 0: open; bit 1: a message is being assembled; bit 2: a keepalive ping
+    /// awaits its pong. Other states set their deadlines once per state, but the state may change within its
+    /// variant (a close cut short): 0, always computed.
+    #[inline]
+    fn deadline_shape(&self) -> u8 {
+        match &self.state {
+            State::Open(rx) => {
+                let msg = rx.msg.is_some() && !rx.msg_delivered;
+                1 | (msg as u8) << 1 | (self.ping_out as u8) << 2
+            }
+            _ => 0,
+        }
     }
 
     /// [`Connection::deadline_to_arm`] when a deadline may have started or stopped (out of line: the steady

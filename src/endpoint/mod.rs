@@ -662,7 +662,7 @@ impl Endpoint {
     /// The answer to [`Order::MeasureSendBuffer`].
     pub fn send_buffer_is(&mut self, id: ConnId, bytes: usize) {
         if let Some(key) = self.key_of(id) {
-            self.slots[key].sndbuf = bytes.min(u32::MAX as usize) as u32;
+            self.slots[key].sndbuf_kib = bytes.div_ceil(1024).min(u16::MAX.into()) as u16;
         }
     }
 

@@ -89,14 +89,17 @@ pub(super) struct Slot {
     pub(super) peer: crate::peer::Peer,
     pub(super) phase: Phase,
     pub(super) flags: Flags,
-    /// The earliest deadline this slot has in the timer table.
-    pub(super) scheduled: Option<Instant>,
+    /// The earliest deadline this slot has in the timer table, as the table keeps it (8 bytes where an
+    /// `Option<Instant>` takes 16; `timers::NOT_ARMED`: none).
+    pub(super) scheduled: i64,
     /// TLS under the WebSocket (wss).
     #[cfg(feature = "tls")]
     pub(super) tls: Option<Box<crate::tls::TlsLayer>>,
-    /// The kernel send buffer's size, measured when the socket was last found full (it is full then, so this is
-    /// what the kernel holds for it: counted in the memory budget).
-    pub(super) sndbuf: u32,
+    /// The kernel send buffer's size in KiB (rounded up; 64 MiB at most), measured when the socket was last found
+    /// full (it is full then, so this is what the kernel holds for it: counted in the memory budget). With the
+    /// peer's 23 bytes and no alignment between them, the slot is 256 bytes: a power of two, so indexing the slab
+    /// is a shift, not a multiplication.
+    pub(super) sndbuf_kib: u16,
     /// Bytes last counted for it in the loop's memory total ([`Endpoint::held`]).
     pub(super) held: u32,
     /// Topics this connection is subscribed to (one word while none).
@@ -116,9 +119,9 @@ impl Slot {
             peer: crate::peer::Peer::new(peer),
             phase,
             flags: Flags::default(),
-            scheduled: None,
+            scheduled: super::timers::NOT_ARMED,
             tls,
-            sndbuf: 0,
+            sndbuf_kib: 0,
             held: 0,
             topics: Default::default(),
         }
@@ -130,8 +133,8 @@ impl Slot {
             peer: crate::peer::Peer::new(peer),
             phase,
             flags: Flags::default(),
-            scheduled: None,
-            sndbuf: 0,
+            scheduled: super::timers::NOT_ARMED,
+            sndbuf_kib: 0,
             held: 0,
             topics: Default::default(),
         }
@@ -370,7 +373,7 @@ pub(super) fn recount(slot: &mut Slot, entry: &mut Entry, m: &Metrics, held: &mu
         || slot.flags.has(Flags::DEFLATE)
         || slot.is_tls()
     {
-        let kernel = if blocked { slot.sndbuf as usize } else { 0 };
+        let kernel = if blocked { usize::from(slot.sndbuf_kib) << 10 } else { 0 };
         let now = (slot.conn.held() + slot.tls_held() + kernel).min(u32::MAX as usize) as u32;
         *held = *held + now as usize - slot.held as usize;
         slot.held = now;

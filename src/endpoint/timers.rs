@@ -29,6 +29,9 @@ pub(super) enum Due {
     Throttle { key: usize, gen: u32 },
 }
 
+/// `Slot::scheduled` when no timer is armed (292 years after the table's first instant: never a deadline).
+pub(super) const NOT_ARMED: i64 = i64::MAX;
+
 /// A heap deadline as an instant.
 fn instant(epoch: Option<Instant>, at: i64) -> Option<Instant> {
     let e = epoch?;
@@ -70,10 +73,26 @@ impl Timers {
         self.heap.len()
     }
 
-    /// Arms connection `key`'s timer for `at`.
-    pub(super) fn arm_conn(&mut self, key: usize, gen: u32, at: Instant) {
+    /// Arms connection `key`'s timer for `at`; returns the deadline as the table keeps it (for
+    /// `Slot::scheduled`).
+    pub(super) fn arm_conn(&mut self, key: usize, gen: u32, at: Instant) -> i64 {
         let at = self.at(at);
         self.heap.push(Reverse((at, Timer::Conn { key: key as u32, gen })));
+        at
+    }
+
+    /// Whether a deadline kept as the table keeps it ([`Timers::arm_conn`]) has come at `now`.
+    #[inline]
+    pub(super) fn has_come(&mut self, at: i64, now: Instant) -> bool {
+        self.at(now) >= at
+    }
+
+    /// A deadline kept as the table keeps it, as an instant ([`NOT_ARMED`]: none).
+    pub(super) fn instant_of(&self, at: i64) -> Option<Instant> {
+        if at == NOT_ARMED {
+            return None;
+        }
+        instant(self.epoch, at)
     }
 
     /// Arms the end of connection `key`'s rate-limit pause for `at`.
@@ -142,18 +161,18 @@ impl Timers {
     pub(super) fn compact(
         &mut self,
         connections: usize,
-        armed: impl Fn(usize, u32, Instant) -> bool,
+        armed: impl Fn(usize, u32, i64) -> bool,
         exists: impl Fn(u64) -> bool,
     ) {
         if self.heap.len() <= 2 * (connections + self.live.len()) + 1024 {
             return;
         }
         self.live.retain(|(conn, _), _| exists(*conn));
-        let (live, epoch) = (&self.live, self.epoch);
+        let live = &self.live;
         self.handlers.retain(|seq, key| live.get(key).is_some_and(|&(l, _)| l == *seq));
         let handlers = &self.handlers;
         self.heap.retain(|Reverse((t, timer))| match *timer {
-            Timer::Conn { key, gen } => instant(epoch, *t).is_some_and(|at| armed(key as usize, gen, at)),
+            Timer::Conn { key, gen } => armed(key as usize, gen, *t),
             Timer::Handler { seq } => handlers.contains_key(&seq),
             Timer::Throttle { key, gen } => exists(u64::from(gen) << 32 | u64::from(key)),
         });
@@ -203,7 +222,8 @@ mod tests {
         }
         // Connection 3 alone is still armed (for its deadline), the rest are gone.
         let d3 = t0 + Duration::from_secs(4);
-        t.compact(1, |key, gen, at| key == 3 && gen == 1 && at == d3, |_| false);
+        let a3 = t.at(d3);
+        t.compact(1, |key, gen, at| key == 3 && gen == 1 && at == a3, |_| false);
         assert_eq!(t.len(), 1);
         assert_eq!(t.next(), Some(d3));
     }

@@ -1,7 +1,7 @@
 //! The turn's end and the timers: deadlines firing, the loop-wide memory budget, and how a connection ends
 //! (reported to the handler once, its socket shut down, reset or released).
 
-use super::timers::Due;
+use super::timers::{Due, NOT_ARMED};
 use super::*;
 
 impl Endpoint {
@@ -24,12 +24,12 @@ impl Endpoint {
             let Some(slot) = self.slots.get_mut(key).filter(|_| self.table[key].gen == gen) else { continue };
             if slot.phase == Phase::Draining {
                 // Its one deadline is the armed one: an earlier entry that fires now is stale.
-                if slot.scheduled.map_or(true, |until| now >= until) {
+                if slot.scheduled == NOT_ARMED || self.timers.has_come(slot.scheduled, now) {
                     self.remove(key, now);
                 }
                 continue;
             }
-            slot.scheduled = None;
+            slot.scheduled = NOT_ARMED;
             slot.conn.handle_timeout(now);
             if slot.conn.is_tunnel() {
                 self.h2_timeout(key, now);
@@ -176,8 +176,7 @@ impl Endpoint {
         let (slot, until) = (&mut self.slots[key], now + self.config.close_timeout);
         slot.phase = Phase::Draining;
         // From now on its timer is armed for this deadline alone (an entry armed earlier fires as stale).
-        slot.scheduled = Some(until);
-        self.timers.arm_conn(key, self.table[key].gen, until);
+        slot.scheduled = self.timers.arm_conn(key, self.table[key].gen, until);
     }
 
     /// The peer closed TCP or the socket failed. With `last_write`, what is queued for it is written once more
@@ -284,9 +283,8 @@ impl Endpoint {
             self.orders.push_back(order);
         }
         let (slots, table) = (&self.slots, &self.table);
-        let armed = |key: usize, gen: u32, at: Instant| {
-            slots.get(key).is_some_and(|s| table[key].gen == gen && s.scheduled == Some(at))
-        };
+        let armed =
+            |key: usize, gen: u32, at: i64| slots.get(key).is_some_and(|s| table[key].gen == gen && s.scheduled == at);
         let exists = |id: u64| {
             let (key, gen) = split_id(id);
             slots.contains(key) && table[key].gen == gen
@@ -306,12 +304,10 @@ impl Endpoint {
 #[inline(always)]
 pub(super) fn arm(timers: &mut Timers, key: usize, gen: u32, slot: &mut Slot) {
     let armed = slot.scheduled;
-    let earlier = match slot.phase {
-        Phase::Draining => None, // armed once, when draining began
-        _ => slot.conn.deadline_to_arm(armed),
-    };
-    if let Some(d) = earlier {
-        slot.scheduled = Some(d);
-        timers.arm_conn(key, gen, d);
+    if slot.phase == Phase::Draining || (armed != NOT_ARMED && slot.conn.deadlines_steady()) {
+        return; // (a draining slot was armed once, when draining began)
+    }
+    if let Some(d) = slot.conn.deadline_to_arm(timers.instant_of(armed)) {
+        slot.scheduled = timers.arm_conn(key, gen, d);
     }
 }
