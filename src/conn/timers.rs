@@ -8,8 +8,8 @@ impl Connection {
         match &self.state {
             State::ReadingHead { deadline, .. }
             | State::AwaitingDecision { deadline, .. }
-            | State::AwaitingResponse { deadline } => Some(*deadline),
-            State::ClosingByUs { deadline, .. } => Some(*deadline),
+            | State::AwaitingResponse { deadline }
+            | State::ClosingByUs { deadline, .. } => Some(*deadline),
             State::Open(rx) => {
                 let msg = rx.msg.as_ref().filter(|_| !rx.msg_delivered).map(|m| m.deadline);
                 match (msg, self.live_deadline()) {

@@ -468,10 +468,10 @@ impl Endpoint {
     }
 }
 
-/// What the first read after a frame read in place asks beyond that frame: a frame header and some, so that when the next frame
-/// is large too, its payload goes straight into its message rather than first through the read buffer (at 1 MiB
-/// that copy was 128 KiB a message).
-pub(super) const HEAD_READ: usize = 4096;
+/// What the first read after a frame read in place asks beyond that frame: a frame header and some, so that when
+/// the next frame is large too, its payload goes straight into its message rather than first through the read
+/// buffer (at 1 MiB that copy was 128 KiB a message).
+const HEAD_READ: usize = 4096;
 
 /// The read after one straight into a large frame, once: what is left of that frame (`due`, under
 /// [`IN_PLACE_MIN`]: a short read, or a frame just over [`IN_PLACE_MAX`]) and [`HEAD_READ`] more.
