@@ -1,10 +1,10 @@
 # bench/servers.sh: the servers of the harness, sourced by run.sh and profile.sh. Each command takes its listen
 # address where ADDR stands. `plain` lists the ones that serve ws without compression, the set every scenario
-# compares.
+# compares. WSKIT_BIN runs another build of the echo example as `wskit` (two builds side by side).
 big=$((64 << 20))  # every server accepts 64 MiB messages (the tokio peers' default)
 declare -A servers=(
   [raw-mio]="target/release/raw_echo ADDR"
-  [wskit]="target/release/examples/echo --no-deflate --max-payload $big --set max_connections_per_ip=0 --addr ADDR"
+  [wskit]="${WSKIT_BIN:-target/release/examples/echo} --no-deflate --max-payload $big --set max_connections_per_ip=0 --addr ADDR"
   [fastwebsockets]="target/release/peer_fastwebsockets ADDR"
   [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
   [tokio-websockets]="target/release/peer_tokio_websockets ADDR"

@@ -199,7 +199,10 @@ fn endpoint_transcript(cfg: &Config, stream: &[u8], step: usize) -> (Vec<String>
         let mut chunk = chunk.unwrap_or_default();
         while let Some(op) = ep.poll_read(now) {
             let n = chunk.len().min(op.max);
-            ep.read_buf()[..n].copy_from_slice(&chunk[..n]);
+            let (first, second) = ep.read_bufs(&op);
+            let k = n.min(first.len());
+            first[..k].copy_from_slice(&chunk[..k]);
+            second[..n - k].copy_from_slice(&chunk[k..n]);
             let result = match n {
                 0 if eof => Ok(0),
                 0 => Err(std::io::ErrorKind::WouldBlock.into()),

@@ -18,7 +18,8 @@ use crate::handler::{ConnId, Handler};
 use crate::metrics::Metrics;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, IoSliceMut, Read as _, Write as _};
+use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,8 @@ pub struct Server {
     /// The sockets, by the endpoint's slot, each with its connection's generation.
     socks: Vec<Option<(u32, TcpStream)>>,
     accept_paused: Option<Instant>,
+    /// Room for a look that only counts ([`count_waiting`]): never written, so never made resident.
+    uncopied: Vec<MaybeUninit<u8>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -87,6 +90,20 @@ impl mio::event::Source for Server {
         use std::os::fd::AsRawFd;
         mio::unix::SourceFd(&self.poll.as_raw_fd()).deregister(registry)
     }
+}
+
+/// The bytes waiting in a socket, up to `buf.len()`, neither taken nor copied: `MSG_PEEK | MSG_TRUNC` makes
+/// Linux count them only, so `room` (there because the call takes a buffer's length) is never written.
+#[cfg(target_os = "linux")]
+fn count_waiting(sock: &TcpStream, room: &mut Vec<MaybeUninit<u8>>, buf: &mut [u8]) -> io::Result<usize> {
+    room.resize(buf.len(), MaybeUninit::uninit());
+    socket2::SockRef::from(sock).recv_with_flags(room, libc::MSG_PEEK | libc::MSG_TRUNC)
+}
+
+/// Elsewhere the bytes are copied to be counted.
+#[cfg(not(target_os = "linux"))]
+fn count_waiting(sock: &TcpStream, _: &mut Vec<MaybeUninit<u8>>, buf: &mut [u8]) -> io::Result<usize> {
+    sock.peek(buf)
 }
 
 fn config_error(e: ConfigError) -> io::Error {
@@ -180,7 +197,7 @@ impl Server {
             let _ = waker.wake();
         });
         let events = Events::with_capacity(1024);
-        Ok(Server { poll, events, listener, local, ep, socks: Vec::new(), accept_paused: None })
+        Ok(Server { poll, events, listener, local, ep, socks: Vec::new(), accept_paused: None, uncopied: Vec::new() })
     }
 
     /// The address the listener is bound to (useful after binding port 0).
@@ -331,9 +348,19 @@ impl Server {
 
     fn read(&mut self, op: Read) -> io::Result<usize> {
         let Some(sock) = sock_of(&mut self.socks, op.id) else { return Err(io::ErrorKind::NotConnected.into()) };
-        let buf = &mut self.ep.read_buf()[..op.max];
+        let (buf, after) = self.ep.read_bufs(&op);
         loop {
-            let r = if op.peek { sock.peek(buf) } else { sock.read(buf) };
+            let r = if op.peek {
+                if op.count_only {
+                    count_waiting(sock, &mut self.uncopied, buf)
+                } else {
+                    sock.peek(buf)
+                }
+            } else if after.is_empty() {
+                sock.read(buf)
+            } else {
+                sock.read_vectored(&mut [IoSliceMut::new(buf), IoSliceMut::new(after)])
+            };
             match r {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
@@ -497,5 +524,35 @@ fn write(sock: &mut TcpStream, t: &Transmit<'_>) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A look that counts ([`count_waiting`]) sees how many bytes wait, up to what it may look at, and neither
+    /// takes them nor writes them anywhere.
+    #[test]
+    fn a_look_that_counts_takes_nothing_and_copies_nothing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let mut sock = TcpStream::from_std(accepted);
+        client.write_all(&[7; 1000]).unwrap();
+        let (mut room, mut buf) = (Vec::new(), [0u8; 4096]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count_waiting(&sock, &mut room, &mut buf).map_or(true, |n| n < 1000) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(count_waiting(&sock, &mut room, &mut buf).unwrap(), 1000);
+        assert_eq!(count_waiting(&sock, &mut room, &mut buf[..10]).unwrap(), 10, "at most what it may look at");
+        if cfg!(target_os = "linux") {
+            assert!(buf.iter().all(|&b| b == 0), "nothing copied");
+        }
+        let mut got = [0u8; 2000];
+        assert_eq!(sock.read(&mut got).unwrap(), 1000, "nothing taken");
+        assert!(got[..1000].iter().all(|&b| b == 7));
     }
 }

@@ -13,7 +13,8 @@
 //! 1. **Readiness in.** For each readiness event, [`Endpoint::ready`]; for each socket accepted,
 //!    [`Endpoint::accept`] (its id keys the socket from then on: [`ConnId::index`]).
 //! 2. **Reads out.** While [`Endpoint::poll_read`] gives a [`Read`]: `recv` (or `MSG_PEEK` when [`Read::peek`])
-//!    from that socket into [`Endpoint::read_buf`]`[..max]`, retrying `EINTR`, and report the outcome with
+//!    from that socket into [`Endpoint::read_bufs`] (two slices: a vectored read when the second is not empty),
+//!    retrying `EINTR`, and report the outcome with
 //!    [`Endpoint::received`]. After each report, carry out the transmits (step 3): an echo may lie in the read
 //!    buffer, and the next read would overwrite it (if the shell does not, the endpoint queues it first).
 //! 3. **Writes out.** While [`Endpoint::poll_transmit`] gives a [`Transmit`]: write its parts to that socket in
@@ -125,17 +126,21 @@ const IN_PLACE_MAX: usize = 1 << 20;
 /// Slices a [`Transmit`] has at most.
 pub const MAX_PARTS: usize = 16;
 
-/// A read the shell must make: `recv` from the socket of `id` into [`Endpoint::read_buf`]`[..max]`, or look
+/// A read the shell must make: `recv` from the socket of `id` into [`Endpoint::read_bufs`], or look
 /// without taking (`MSG_PEEK`) when `peek`; then [`Endpoint::received`] with this `Read` and the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Read {
     /// Whose socket.
     pub id: ConnId,
-    /// Bytes to read at most.
+    /// Bytes to read at most. A read that brings fewer tells the endpoint the socket is drained (its next bytes
+    /// come with a new readiness event).
     pub max: usize,
     /// Look only (`MSG_PEEK`): the bytes stay in the socket.
     pub peek: bool,
+    /// With `peek`: only how many bytes wait matters, not what they are (Linux counts them without copying
+    /// with `MSG_PEEK | MSG_TRUNC`; a shell that copies them anyway is still right).
+    pub count_only: bool,
 }
 
 /// Bytes to write to the socket of `id`: its parts in order, in one send (vectored when there are several);

@@ -5,28 +5,35 @@
 use super::*;
 
 impl Endpoint {
-    /// The shared read buffer, for the shell to read into (see [`Read`]). An echo still waiting in it is queued
-    /// first.
-    pub fn read_buf(&mut self) -> &mut [u8] {
+    /// Where the shell reads `op` to (see [`Read`]): `op.max` bytes in all, the first slice filled first. The
+    /// second is empty except after a read straight into a message (the rest of a large frame, in the message's
+    /// own buffer): then it is the start of the read buffer, for what follows the frame, so that one `readv` both
+    /// ends the message and shows whether the socket is drained. An echo still waiting in the read buffer is
+    /// queued first.
+    #[inline]
+    pub fn read_bufs(&mut self, op: &Read) -> (&mut [u8], &mut [u8]) {
         self.settle_direct();
         if self.target.is_some() {
-            return self.target_buf();
+            return self.target_bufs(op.max);
         }
-        &mut self.rbuf
+        (&mut self.rbuf[..op.max], &mut [])
     }
 
-    /// [`Endpoint::read_buf`] for a read straight into a message: room in its buffer (or the read buffer, if it
-    /// has none after all).
+    /// [`Endpoint::read_bufs`] for a read straight into a message: room in its buffer, then the read buffer for
+    /// what follows. (The message always has room: [`Endpoint::poll_read`] asked for this read because it was
+    /// waiting for those bytes, and nothing ran since.)
     #[cold]
     #[inline(never)]
-    fn target_buf(&mut self) -> &mut [u8] {
-        if let Some((key, max)) = self.target {
-            if let Some(room) = self.slots.get_mut(key).and_then(|s| s.conn.payload_target(max)) {
-                return room;
+    fn target_bufs(&mut self, max: usize) -> (&mut [u8], &mut [u8]) {
+        if let Some((key, room)) = self.target {
+            if let Some(room) = self.slots.get_mut(key).and_then(|s| s.conn.payload_target(room)) {
+                let tail = max.saturating_sub(room.len()).min(self.rbuf.len());
+                return (room, &mut self.rbuf[..tail]);
             }
             self.target = None;
         }
-        &mut self.rbuf
+        let n = max.min(self.rbuf.len());
+        (&mut self.rbuf[..n], &mut [])
     }
 
     /// The next read the shell must make, or `None` when this turn's reading is over: the connections with a
@@ -45,7 +52,7 @@ impl Endpoint {
                 }
                 Some(Burst::Probing { key, n, asked: false }) => {
                     self.burst = Some(Burst::Probing { key, n, asked: true });
-                    return Some(Read { id: self.id_of(key), max: n, peek: false });
+                    return Some(Read { id: self.id_of(key), max: n, peek: false, count_only: false });
                 }
                 Some(Burst::Peeking { key } | Burst::Probing { key, .. }) => {
                     // Asked and never reported: it is read at its place in the backlog instead.
@@ -92,15 +99,17 @@ impl Endpoint {
             }
         }
         // The rest of a large frame is read straight into its message's buffer: no copy out of the read buffer.
+        // When that read can end the frame, what follows it comes in the same read, into the read buffer.
         let due = slot.conn.payload_due();
         if due >= IN_PLACE_MIN && !slot.is_tls() && !slot.is_draining() {
-            let max = due.min(IN_PLACE_MAX);
-            self.target = Some((key, max));
+            let room = due.min(IN_PLACE_MAX);
+            self.target = Some((key, room));
             slot.flags.set(Flags::LARGE);
-            return Some(Read { id: self.id_of(key), max, peek: false });
+            let tail = if room == due { HEAD_READ } else { 0 };
+            return Some(Read { id: self.id_of(key), max: room + tail, peek: false, count_only: false });
         }
         let max = if slot.flags.has(Flags::LARGE) { after_large(slot, due) } else { READ_BUF };
-        Some(Read { id: self.id_of(key), max, peek: false })
+        Some(Read { id: self.id_of(key), max, peek: false, count_only: false })
     }
 
     /// A fresh event: read the connection now, or, once the fresh events have had their share, look first.
@@ -206,15 +215,17 @@ impl Endpoint {
         }
         self.work = 0;
         self.burst = Some(Burst::Peeking { key });
-        Some(Read { id: self.id_of(key), max: PROBE, peek: true })
+        // Only a compressed frame's first byte matters; otherwise the number of bytes waiting says it all.
+        let count_only = slot.conn.deflate_params().is_none();
+        Some(Read { id: self.id_of(key), max: PROBE, peek: true, count_only })
     }
 
-    /// What a read made for [`Endpoint::poll_read`] came to: `Ok(n)` bytes in [`Endpoint::read_buf`] (0: the
+    /// What a read made for [`Endpoint::poll_read`] came to: `Ok(n)` bytes in [`Endpoint::read_bufs`] (0: the
     /// peer's FIN), or the error (`WouldBlock`: the socket is drained). The bytes are handled at once: events go
     /// to the handler, and what it sends is queued (an echo may wait in the read buffer: poll the transmits
     /// before the next read).
     pub fn received(&mut self, read: Read, result: io::Result<usize>, now: Instant) {
-        let in_place = self.target.is_some() && self.read_in_place(&read, &result, now);
+        let in_place = if self.target.is_some() { self.read_in_place(&read, &result, now) } else { None };
         let Some(key) = self.key_of(read.id) else { return };
         match self.burst {
             Some(Burst::Peeking { key: k }) if k == key && read.peek => return self.peeked(key, result, now),
@@ -239,22 +250,23 @@ impl Endpoint {
         }
     }
 
-    /// A read straight into a message's buffer ([`Endpoint::read_buf`]) is reported to its connection; true if
-    /// this was one.
+    /// A read straight into a message's buffer ([`Endpoint::read_bufs`]) is reported to its connection: the part
+    /// that went into the message. Returns how many bytes went on into the read buffer, or `None` if this was no
+    /// such read.
     #[cold]
     #[inline(never)]
-    fn read_in_place(&mut self, read: &Read, result: &io::Result<usize>, now: Instant) -> bool {
-        if !self.target.take().is_some_and(|(k, _)| read.id.index() == k) {
-            return false;
-        }
+    fn read_in_place(&mut self, read: &Read, result: &io::Result<usize>, now: Instant) -> Option<usize> {
+        let (_, room) = self.target.take().filter(|&(k, _)| read.id.index() == k)?;
+        let n = *result.as_ref().unwrap_or(&0);
         if let Some(slot) = self.key_of(read.id).and_then(|key| self.slots.get_mut(key)) {
-            slot.conn.payload_read(*result.as_ref().unwrap_or(&0), now);
+            slot.conn.payload_read(n.min(room), now);
         }
-        true
+        Some(n.saturating_sub(room))
     }
 
     /// `n` bytes were read from a connection being read (`short`: fewer than asked, so the socket is drained).
-    fn read_some(&mut self, key: usize, n: usize, short: bool, in_place: bool, now: Instant) {
+    /// `in_place`: the read went straight into a message, and this many bytes of it on into the read buffer.
+    fn read_some(&mut self, key: usize, n: usize, short: bool, in_place: Option<usize>, now: Instant) {
         self.work += n;
         let slot = &mut self.slots[key];
         if slot.is_draining() {
@@ -271,11 +283,16 @@ impl Endpoint {
             slot.flags.clear(Flags::READ_READY);
         }
         Metrics::add(&self.shared.metrics.bytes_in, n as u64);
-        let quiet = if in_place {
-            // (Already in the message: what the connection has to report, it reports on empty input.)
+        let quiet = if in_place == Some(0) {
+            // (Already in the message: what the connection has to report, it reports on empty input, or before
+            // the bytes that followed the frame, which are in the read buffer.)
             self.feed(key, false, 0, 0, false, now)
         } else {
-            let n = if slot.phase == Phase::Proxy { self.strip_proxy_header(key, n, now) } else { n };
+            let n = match in_place {
+                Some(after) => after,
+                None if slot.phase == Phase::Proxy => self.strip_proxy_header(key, n, now),
+                None => n,
+            };
             n > 0 && self.input(key, n, short, now)
         };
         if !self.slots.contains(key) {
@@ -324,6 +341,7 @@ impl Endpoint {
             Err(_) => return self.defer(key),
         };
         let slot = &self.slots[key];
+        // (Without deflate the look counted the bytes only: the read buffer holds none of them.)
         let compressed = slot.conn.deflate_params().is_some() && self.rbuf[0] & 0x40 != 0;
         if n >= PROBE || compressed || slot.flags.has(Flags::READ_CLOSED) {
             return self.defer(key);

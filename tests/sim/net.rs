@@ -143,7 +143,7 @@ impl Net {
         Ok(wire)
     }
 
-    fn read(&mut self, id: ConnId, buf: &mut [u8], peek: bool) -> Result<io::Result<usize>, String> {
+    fn read(&mut self, id: ConnId, bufs: [&mut [u8]; 2], peek: bool) -> Result<io::Result<usize>, String> {
         let w = self.wire(id)?;
         if w.client_reset {
             return Ok(Err(io::ErrorKind::ConnectionReset.into()));
@@ -151,8 +151,9 @@ impl Net {
         if w.up.is_empty() {
             return Ok(if w.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) });
         }
-        let n = buf.len().min(w.up.len());
-        for (d, s) in buf.iter_mut().zip(w.up.iter()) {
+        let [first, second] = bufs;
+        let n = (first.len() + second.len()).min(w.up.len());
+        for (d, s) in first.iter_mut().chain(second.iter_mut()).zip(w.up.iter()) {
             *d = *s;
         }
         if !peek {
@@ -251,7 +252,8 @@ impl Net {
     pub fn pump(&mut self, ep: &mut Endpoint, now: Instant, stats: &mut TurnStats) -> Result<(), String> {
         while let Some(op) = ep.poll_read(now) {
             stats.reads += 1;
-            let result = self.read(op.id, &mut ep.read_buf()[..op.max], op.peek)?;
+            let (first, second) = ep.read_bufs(&op);
+            let result = self.read(op.id, [first, second], op.peek)?;
             if let (Ok(n), false) = (&result, op.peek) {
                 stats.bytes_read += n;
             }

@@ -78,7 +78,7 @@ fn twenty_thousand_idle_connections_cost_only_their_own_turns() {
         let (mut reads, mut writes) = (0, 0);
         while let Some(op) = ep.poll_read(now) {
             reads += 1;
-            ep.read_buf()[..frame.len()].copy_from_slice(&frame);
+            ep.read_bufs(&op).0[..frame.len()].copy_from_slice(&frame);
             ep.received(op, Ok(frame.len()), now);
             writes += drain(&mut ep, now);
         }
@@ -113,11 +113,40 @@ fn take_all(ep: &mut Endpoint, now: Instant, wire: &mut Vec<u8>) {
     }
 }
 
-/// Large frames are read straight into their message; the read after each asks for the rest of it and 4 KiB more,
-/// so that the next frame's header comes without a copy of its payload through the read buffer; every message
-/// comes back whole, unmasked right across the reads (each frame's in-place part starts at mask offset 2).
+/// Large frames are read straight into their message, and the read that ends a frame brings what follows it (4 KiB
+/// into the read buffer, by the same vectored read), so that the next frame's header comes without a copy of its
+/// payload through the read buffer and without a read that finds the socket empty; every message comes back
+/// whole, unmasked right across the reads (each frame's in-place part starts at mask offset 2).
 #[test]
-fn after_a_large_frame_the_next_header_is_read_small() {
+fn the_read_that_ends_a_large_frame_brings_the_next_header() {
+    let rest = |first: usize| LEN + 14 - first;
+    let rb = wskit::server::READ_BUF;
+    // All three frames at once: one full read buffer (the first header and 128 KiB of its payload); then each
+    // frame's rest in place with the next 4 KiB after it; the last finds less than it asked: the socket is drained.
+    let asked = large_frames_echoed(usize::MAX);
+    assert_eq!(asked, [rb, rest(rb) + 4096, rest(4096) + 4096, rest(4096) + 4096], "the reads asked");
+    // In pieces of 100 KiB (102,400 bytes), each with its own readiness event: a read that finds less than it
+    // asked ends the burst, so no read finds the socket empty. A read straight into a frame asks for its rest and
+    // 4 KiB more; under 64 KiB of a frame left, the rest comes through the read buffer, with 4 KiB more too.
+    //   frame 1: 128 KiB asked, 102,400 read (14 header bytes); its rest 204,814 + 4,096 asked, 102,400 read;
+    //            102,414 + 4,096, 102,400; 14 + 4,096 (frame 2's header and 4,082 of its payload), all there;
+    //   frame 2: 303,118 + 4,096 asked, 98,290 read (the rest of that piece); then as frame 1, 14 bytes later.
+    let asked = large_frames_echoed(100 << 10);
+    let mut expected = vec![rb];
+    for k in 0..3 {
+        if k > 0 {
+            expected.push(rest(4096) + 4096);
+        }
+        expected.extend([208_910, 106_510, 4_110].map(|r| r + 14 * k));
+    }
+    assert_eq!(asked, expected, "the reads asked, in pieces");
+}
+
+const LEN: usize = 300 << 10;
+
+/// Three frames of [`LEN`] bytes to an echo, `piece` bytes of them made readable at a time; checks the echoes,
+/// and that no read was made on a socket already drained; returns the reads asked.
+fn large_frames_echoed(piece: usize) -> Vec<usize> {
     let head = b"GET / HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let config = Config { max_payload_size: 4 << 20, ..Config::default() };
@@ -127,38 +156,37 @@ fn after_a_large_frame_the_next_header_is_read_small() {
     ep.receive_bytes(id, head, now);
     ep.end_turn(now);
     drain(&mut ep, now);
-    const LEN: usize = 300 << 10;
     let mut wire = Vec::new();
     for fill in [1u8, 2, 3] {
         let payload: Vec<u8> = (0..LEN).map(|i| fill ^ (i % 251) as u8).collect();
         write_client_frame(&mut wire, true, 0, OpCode::Binary, [9, 8, 7, 6], &payload);
     }
     let (mut at, mut asked, mut echoed) = (0, Vec::new(), Vec::new());
-    ep.ready(id, true, false, false);
-    while let Some(op) = ep.poll_read(now) {
-        asked.push(op.max);
-        let n = op.max.min(wire.len() - at);
-        let result = if n == 0 {
-            Err(std::io::ErrorKind::WouldBlock.into())
-        } else {
-            ep.read_buf()[..n].copy_from_slice(&wire[at..at + n]);
+    let mut readable = 0;
+    while readable < wire.len() {
+        readable = readable.saturating_add(piece).min(wire.len());
+        ep.ready(id, true, false, false);
+        while let Some(op) = ep.poll_read(now) {
+            asked.push(op.max);
+            let n = op.max.min(readable - at);
+            assert!(n > 0, "a read of a socket already drained, after {asked:?}");
+            let (first, second) = ep.read_bufs(&op);
+            let k = n.min(first.len());
+            first[..k].copy_from_slice(&wire[at..at + k]);
+            second[..n - k].copy_from_slice(&wire[at + k..at + n]);
             at += n;
-            Ok(n)
-        };
-        ep.received(op, result, now);
+            ep.received(op, Ok(n), now);
+            take_all(&mut ep, now, &mut echoed);
+        }
+        ep.end_turn(now);
         take_all(&mut ep, now, &mut echoed);
     }
-    ep.end_turn(now);
-    take_all(&mut ep, now, &mut echoed);
-    // One full read buffer (the first header and 128 KiB of its payload); each frame's rest in place; 4 KiB after
-    // each (the next header and its payload's start); the last of them finds the socket drained.
-    let rest = |first: usize| LEN + 14 - first;
-    let rb = wskit::server::READ_BUF;
-    assert_eq!(asked, [rb, rest(rb), 4096, rest(4096), 4096, rest(4096), 4096], "the reads asked");
+    assert_eq!(at, wire.len(), "everything read");
     assert_eq!(echoed.len(), 3 * (LEN + 10), "three messages of {LEN} bytes echoed, 10-byte headers");
     for (k, fill) in [1u8, 2, 3].into_iter().enumerate() {
         let msg = &echoed[k * (LEN + 10)..(k + 1) * (LEN + 10)];
         assert_eq!(msg[..2], [0x82, 127], "message {k}: a final binary frame, 64-bit length");
         assert!(msg[10..].iter().enumerate().all(|(i, &b)| b == fill ^ (i % 251) as u8), "message {k} unmasked");
     }
+    asked
 }
