@@ -532,7 +532,8 @@ mod tests {
     use super::*;
 
     /// A look that counts ([`count_waiting`]) sees how many bytes wait, up to what it may look at, and neither
-    /// takes them nor writes them anywhere.
+    /// takes them nor copies them into the read buffer. (That the kernel copies nothing into the room it is given
+    /// either, `MSG_TRUNC`'s part, cannot be seen without reading uninitialised memory.)
     #[test]
     fn a_look_that_counts_takes_nothing_and_copies_nothing() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

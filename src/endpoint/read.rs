@@ -32,6 +32,7 @@ impl Endpoint {
             }
             self.target = None;
         }
+        debug_assert!(false, "a read into a message without room for it");
         let n = max.min(self.rbuf.len());
         (&mut self.rbuf[..n], &mut [])
     }
@@ -260,8 +261,29 @@ impl Endpoint {
         let n = *result.as_ref().unwrap_or(&0);
         if let Some(slot) = self.key_of(read.id).and_then(|key| self.slots.get_mut(key)) {
             slot.conn.payload_read(n.min(room), now);
+            if n > room {
+                slot.flags.clear(Flags::LARGE); // (the next header came with it: the next read is an ordinary one)
+            }
         }
         Some(n.saturating_sub(room))
+    }
+
+    /// A read that ended a frame in its message went on with `after` bytes into the read buffer. The message is
+    /// delivered first, on its own, so that its echo can be written from its buffer; while it is lent out so,
+    /// the bytes after it wait in the stash (the connection is deferred, and its echo written now). Returns the
+    /// bytes to feed now (0 if none, or if the connection is gone).
+    #[cold]
+    #[inline(never)]
+    fn after_in_place(&mut self, key: usize, after: usize, now: Instant) -> usize {
+        self.feed(key, false, 0, 0, false, now);
+        if !self.slots.contains(key) {
+            return 0;
+        }
+        if matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key) {
+            self.stash_rest(key, false, 0, after);
+            return 0;
+        }
+        after
     }
 
     /// `n` bytes were read from a connection being read (`short`: fewer than asked, so the socket is drained).
@@ -284,12 +306,11 @@ impl Endpoint {
         }
         Metrics::add(&self.shared.metrics.bytes_in, n as u64);
         let quiet = if in_place == Some(0) {
-            // (Already in the message: what the connection has to report, it reports on empty input, or before
-            // the bytes that followed the frame, which are in the read buffer.)
+            // (Already in the message: what the connection has to report, it reports on empty input.)
             self.feed(key, false, 0, 0, false, now)
         } else {
             let n = match in_place {
-                Some(after) => after,
+                Some(after) => self.after_in_place(key, after, now),
                 None if slot.phase == Phase::Proxy => self.strip_proxy_header(key, n, now),
                 None => n,
             };
@@ -486,9 +507,10 @@ impl Endpoint {
     }
 }
 
-/// What the first read after a frame read in place asks beyond that frame: a frame header and some, so that when
-/// the next frame is large too, its payload goes straight into its message rather than first through the read
-/// buffer (at 1 MiB that copy was 128 KiB a message).
+/// What a read that can end a frame read in place asks beyond that frame (into the read buffer, in the same
+/// vectored read), and what the first read after one that fell short of the frame's end asks beyond it: a frame
+/// header and some, so that when the next frame is large too, its payload goes straight into its message rather
+/// than first through the read buffer (at 1 MiB that copy was 128 KiB a message).
 const HEAD_READ: usize = 4096;
 
 /// The read after one straight into a large frame, once: what is left of that frame (`due`, under

@@ -59,9 +59,9 @@ impl Flags {
     /// A session on an HTTP/2 stream: it has no socket; its bytes go through its socket's HTTP/2 connection
     /// (`Endpoint::links`).
     pub(super) const STREAM: u16 = 1 << 14;
-    /// The last read went straight into a large frame's message: the next read asks only for the rest of that
-    /// frame and 4 KiB (`read::HEAD_READ`), so the next frame's header comes in without a copy of its payload
-    /// through the read buffer.
+    /// The last read went straight into a large frame's message and brought nothing after it: the next read asks
+    /// only for the rest of that frame and 4 KiB (`read::HEAD_READ`), so the next frame's header comes in without
+    /// a copy of its payload through the read buffer. (A read that went on past the frame brought that header.)
     pub(super) const LARGE: u16 = 1 << 15;
 
     #[inline]

@@ -58,7 +58,7 @@ fn fan_out(subs: usize, size: usize, now: Instant) -> (f64, Duration) {
     while let Some(op) = ep.poll_read(now) {
         match input.take() {
             Some(frame) => {
-                ep.read_buf()[..frame.len()].copy_from_slice(&frame);
+                ep.read_bufs(&op).0[..frame.len()].copy_from_slice(&frame);
                 ep.received(op, Ok(frame.len()), now);
             }
             None => ep.received(op, Err(std::io::ErrorKind::WouldBlock.into()), now),
@@ -142,7 +142,7 @@ fn active_turn(ep: &mut Endpoint, active: &[ConnId], now: Instant) -> (Duration,
     }
     let mut echoes = 0;
     while let Some(op) = ep.poll_read(now) {
-        ep.read_buf()[..frame.len()].copy_from_slice(&frame);
+        ep.read_bufs(&op).0[..frame.len()].copy_from_slice(&frame);
         ep.received(op, Ok(frame.len()), now);
         echoes += drain(ep, now);
     }
