@@ -404,12 +404,46 @@ pub enum SendStatus {
 }
 
 /// A connection's entry in its loop's table: its generation, whether it is open for sends, and the bytes queued
-/// for it as of its last flush (what [`Ctx`] computes send statuses from, without touching the connection).
+/// for it as of its last flush (what [`Ctx`] computes send statuses from, without touching the connection). 8
+/// bytes: whether it is open is the top bit of the second word, the bytes queued the rest (counted up to 2 GiB:
+/// past that a connection is over any sane high-water mark, and the `queued_bytes` gauge counts it as 2 GiB).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Entry {
     pub(crate) gen: u32,
-    pub(crate) open: bool,
-    pub(crate) queued: usize,
+    state: u32,
+}
+
+impl Entry {
+    const OPEN: u32 = 1 << 31;
+
+    /// A new connection's entry: not open yet, nothing queued.
+    pub(crate) fn new(gen: u32) -> Entry {
+        Entry { gen, state: 0 }
+    }
+
+    /// Open for sends (between `on_open` and the close).
+    #[inline]
+    pub(crate) fn open(&self) -> bool {
+        self.state & Self::OPEN != 0
+    }
+
+    pub(crate) fn set_open(&mut self, open: bool) {
+        self.state = if open { self.state | Self::OPEN } else { self.state & !Self::OPEN };
+    }
+
+    /// The bytes queued as of the last flush (at most 2 GiB - 1).
+    #[inline]
+    pub(crate) fn queued(&self) -> usize {
+        (self.state & !Self::OPEN) as usize
+    }
+
+    /// Records the bytes queued (counted up to 2 GiB - 1); returns what was recorded.
+    #[inline]
+    pub(crate) fn set_queued(&mut self, queued: usize) -> usize {
+        let q = queued.min((Self::OPEN - 1) as usize);
+        self.state = self.state & Self::OPEN | q as u32;
+        q
+    }
 }
 
 /// The connection object handed to every callback: who the connection is, and the commands it may give.
@@ -471,7 +505,7 @@ impl<'a> Ctx<'a> {
     /// Bytes queued for `to` (as of the last flush, plus what this callback queued to itself), or `None` if it is
     /// not open.
     fn queued_for(&self, to: ConnId) -> Option<usize> {
-        let listed = self.table.get(to.slot()).filter(|e| e.gen == to.generation() && e.open).map(|e| e.queued);
+        let listed = self.table.get(to.slot()).filter(|e| e.gen == to.generation() && e.open()).map(|e| e.queued());
         if to == self.id {
             // During `on_open` the connection is not listed yet, but sends to it go out after the 101.
             return (!self.closed).then(|| listed.unwrap_or(0) + self.pending_self);

@@ -228,8 +228,8 @@ impl Endpoint {
             slot.flags.set(Flags::RATED);
         }
         let entry = &mut self.table[key];
-        entry.open = true;
-        entry.queued = 0;
+        entry.set_open(true);
+        entry.set_queued(0);
         self.shared.set_live(key, entry.gen);
         if slot.conn.deflate_params().is_some() {
             slot.flags.set(Flags::DEFLATE);
@@ -303,7 +303,7 @@ impl Endpoint {
         // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output: the
         // end of the turn acts on what they changed. A connection they left quiet (the steady echo, its answer
         // about to go out whole) only has its timer checked, now.
-        if !lent_out && slot.is_quiet(self.table[key].queued) {
+        if !lent_out && slot.is_quiet(self.table[key].queued()) {
             turn::arm(&mut self.timers, key, self.table[key].gen, slot);
             true
         } else {

@@ -603,7 +603,7 @@ impl Endpoint {
         self.next_gen = (self.next_gen.wrapping_add(1) & 0x00ff_ffff).max(1);
         let gen = self.loop_index << 24 | self.next_gen;
         entry.insert(Slot::new(Connection::new(self.limits.clone(), now), peer, phase, tls));
-        set_entry(&mut self.table, key, Entry { gen, open: false, queued: 0 });
+        set_entry(&mut self.table, key, Entry::new(gen));
         self.schedule(key);
         key
     }

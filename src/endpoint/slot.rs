@@ -361,10 +361,11 @@ pub(super) fn per_ip_key(ip: IpAddr) -> IpAddr {
 /// (the steady echo) is skipped. Returns the bytes queued.
 pub(super) fn recount(slot: &mut Slot, entry: &mut Entry, m: &Metrics, held: &mut usize) -> usize {
     let queued = slot.queued();
-    if queued != entry.queued {
-        Metrics::add(&m.queued_bytes, queued as u64);
-        Metrics::sub(&m.queued_bytes, entry.queued as u64);
-        entry.queued = queued;
+    let before = entry.queued();
+    if queued != before {
+        let counted = entry.set_queued(queued);
+        Metrics::add(&m.queued_bytes, counted as u64);
+        Metrics::sub(&m.queued_bytes, before as u64);
     }
     let blocked = slot.flags.has(Flags::BLOCKED);
     if slot.held != 0
@@ -434,5 +435,21 @@ mod tests {
         assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff:ffff:ffff:ffff"), "one /64");
         assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
         assert_eq!(k("2001:db8:1:2::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    }
+
+    /// The slot stays a power of two (indexing the slab is then a shift); the table entry is 8 bytes, its open
+    /// bit and queued count apart, the count saturating at 2 GiB - 1.
+    #[test]
+    fn a_slot_is_256_bytes_and_its_table_entry_8() {
+        assert_eq!(std::mem::size_of::<Slot>(), 256);
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
+        let mut e = Entry::new(u32::MAX);
+        e.set_open(true);
+        assert_eq!((e.open(), e.queued()), (true, 0));
+        assert_eq!(e.set_queued(5 << 30), (1 << 31) - 1, "saturates");
+        assert_eq!((e.open(), e.queued(), e.gen), (true, (1 << 31) - 1, u32::MAX));
+        e.set_open(false);
+        assert_eq!(e.set_queued(7), 7);
+        assert_eq!((e.open(), e.queued()), (false, 7));
     }
 }

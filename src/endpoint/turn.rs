@@ -133,7 +133,7 @@ impl Endpoint {
             .slots
             .iter()
             .filter(|(_, s)| s.is_open_phase() && !s.conn.is_finished() && s.held > 0)
-            .map(|(k, s)| (table[k].queued, s.held, k))
+            .map(|(k, s)| (table[k].queued(), s.held, k))
             .collect();
         heavy.sort_unstable_by(|a, b| b.cmp(a));
         let mut dropped = false;
@@ -208,7 +208,7 @@ impl Endpoint {
         }
         let id = conn_id(key, table[key].gen);
         shared.set_live(key, 0);
-        table[key].open = false;
+        table[key].set_open(false);
         let m = &shared.metrics;
         Metrics::sub(&m.open, 1);
         match &status {
@@ -273,7 +273,7 @@ impl Endpoint {
         if !session {
             Metrics::sub(&m.sockets, 1);
         }
-        Metrics::sub(&m.queued_bytes, self.table[key].queued as u64);
+        Metrics::sub(&m.queued_bytes, self.table[key].queued() as u64);
         self.held -= slot.held as usize;
         if let CloseStatus::TimedOut(TimeoutKind::Handshake) = slot.conn.close_status() {
             m.timed_out(TimeoutKind::Handshake);

@@ -266,7 +266,7 @@ impl Endpoint {
             if slot.is_draining() {
                 continue;
             }
-            if slot.is_quiet(self.table[key].queued) {
+            if slot.is_quiet(self.table[key].queued()) {
                 // Nothing to write, count, tell or resume: only its timer may need an earlier deadline.
                 turn::arm(&mut self.timers, key, self.table[key].gen, slot);
                 continue;
