@@ -242,6 +242,13 @@ fn subscribe(
 }
 
 impl Endpoint {
+    /// Whether connection `key`'s message is lent out for an echo still to be written from its buffer (it stays
+    /// in the connection until then).
+    #[inline]
+    pub(super) fn lent_out(&self, key: usize) -> bool {
+        matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key)
+    }
+
     /// Queues the echo waiting to be written from where it lies (see [`settle`]).
     #[inline]
     pub(super) fn settle_direct(&mut self) {

@@ -294,7 +294,7 @@ impl Endpoint {
             self.keep_for_answer(key, plain, off, n, now);
         }
         // A message lent out for an echo still to be written stays until it is written.
-        let lent_out = matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key);
+        let lent_out = self.lent_out(key);
         let Some(slot) = self.slots.get_mut(key) else { return false };
         if !lent_out {
             slot.conn.reclaim();

@@ -279,7 +279,7 @@ impl Endpoint {
         if !self.slots.contains(key) {
             return 0;
         }
-        if matches!(self.direct, Some(Direct::Lent { key: k, .. }) if k == key) {
+        if self.lent_out(key) {
             self.stash_rest(key, false, 0, after);
             return 0;
         }
