@@ -9,6 +9,7 @@ declare -A servers=(
   [tokio-tungstenite]="target/release/peer_tungstenite ADDR"
   [tokio-websockets]="target/release/peer_tokio_websockets ADDR"
   [sockudo-ws]="target/release/peer_sockudo ADDR"
+  [wskit-busy-poll]="${WSKIT_BIN:-target/release/examples/echo} --no-deflate --max-payload $big --set max_connections_per_ip=0 --set busy_poll_us=50 --addr ADDR"
   [wskit-deflate]="target/release/examples/echo --max-payload $big --set max_connections_per_ip=0 --addr ADDR"
   [wskit-deflate-ctx]="target/release/examples/echo --max-payload $big --set deflate_server_no_context_takeover=false --set max_connections_per_ip=0 --addr ADDR"
   [sockudo-ws-deflate]="target/release/peer_sockudo ADDR --deflate"

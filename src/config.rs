@@ -150,6 +150,12 @@ pub struct Config {
     /// buffer of every socket found full, read from the kernel. A fixed 256 KiB held 1 MiB echoes on loopback
     /// ~40 % longer at p99 than autotuning; set it where kernel memory is scarcer than latency.
     pub socket_send_buffer: usize,
+    /// Busy-polling (key `busy_poll_us`, microseconds; default 0 = off): before the loop sleeps in the kernel it
+    /// asks for readiness without waiting, over and over, for this long. A loop that sleeps must be woken by the
+    /// peer's send (on a virtual machine an inter-processor interrupt, tens of µs); one that spins is already
+    /// running. It trades a core's idle time for latency and throughput when the loop is nearly always busy: set
+    /// it where the loop has a core of its own. The spin never delays a deadline. See docs/benchmarks.md.
+    pub busy_poll: Duration,
     /// Every accepted connection starts with a PROXY protocol header, version 1 or 2, from a load balancer (key
     /// `proxy_protocol`, default false). The client it names becomes the connection's peer (`Ctx::peer_addr`,
     /// the per-IP limit, logs); a connection without a valid header gets 400 (a TLS listener: closed). Turn it
@@ -265,6 +271,7 @@ impl Default for Config {
             max_connections_per_ip: 256,
             memory_budget: 256 << 20,
             socket_send_buffer: 0,
+            busy_poll: Duration::ZERO,
             proxy_protocol: false,
             http2: false,
             trusted_proxies: Vec::new(),
@@ -404,6 +411,7 @@ impl Config {
             "memory_budget" => self.memory_budget = parse_usize(key, v)?,
             k if k.starts_with("rate_") => self.rate_limit.set(k, v)?,
             "socket_send_buffer" => self.socket_send_buffer = parse_usize(key, v)?,
+            "busy_poll_us" => self.busy_poll = Duration::from_micros(parse_usize(key, v)? as u64),
             "proxy_protocol" => self.proxy_protocol = parse_bool(key, v)?,
             "http2" => self.http2 = parse_bool(key, v)?,
             "trusted_proxies" => {

@@ -254,7 +254,7 @@ impl Server {
         if self.ep.busy() {
             timeout = Some(Duration::ZERO);
         }
-        match self.poll.poll(&mut self.events, timeout) {
+        match self.wait(timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
             Err(e) => return Err(e),
@@ -263,6 +263,28 @@ impl Server {
         let handled = self.turn(now);
         self.ep.metrics().turn(now.elapsed().as_micros() as u64);
         Ok(handled)
+    }
+
+    /// Waits for readiness at most `timeout`. With [`Config::busy_poll`] it first asks without waiting, again and
+    /// again, for that long (never past `timeout`), and sleeps in the kernel only for what is left.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let spin = self.ep.config().busy_poll;
+        if spin.is_zero() || timeout == Some(Duration::ZERO) {
+            return self.poll.poll(&mut self.events, timeout);
+        }
+        let start = Instant::now();
+        let spin = timeout.map_or(spin, |t| t.min(spin));
+        loop {
+            self.poll.poll(&mut self.events, Some(Duration::ZERO))?;
+            if !self.events.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.poll.poll(&mut self.events, timeout.map(|t| t.saturating_sub(start.elapsed())))
     }
 
     /// For a server embedded in the caller's `Poll`: handles everything that is ready or due now, without

@@ -208,3 +208,40 @@ fn embedding_in_the_callers_poll_and_adopting_a_socket() {
     handle.stop();
     thread.join().unwrap();
 }
+
+/// CPU time this thread has used, in clock ticks (Linux: `/proc/thread-self/stat`, user + system).
+#[cfg(target_os = "linux")]
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of the whole line (utime, stime) are 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn busy_polling_spins_within_the_wait_then_sleeps_and_serves() {
+    use std::time::Instant;
+    // A spin longer than the wait: the wait still ends on time (deadlines and `max_wait` bound the spin).
+    let config = Config { busy_poll: Duration::from_secs(30), ..Config::new() };
+    let mut server = Server::bind("127.0.0.1:0", config, Echo).unwrap();
+    let t = Instant::now();
+    assert_eq!(server.poll_once(Some(Duration::from_millis(100))).unwrap(), 0);
+    assert!(t.elapsed() < Duration::from_secs(3), "the spin outlasted the wait: {:?}", t.elapsed());
+    // A short spin, then sleep: waiting 400 ms idle costs about the spin, not the wait (clock ticks are 10 ms).
+    let config = Config { busy_poll: Duration::from_millis(2), ..Config::new() };
+    let mut server = Server::bind("127.0.0.1:0", config, Echo).unwrap();
+    let (cpu, t) = (thread_cpu_ticks(), Instant::now());
+    server.poll_once(Some(Duration::from_millis(400))).unwrap();
+    let (spent, waited) = (thread_cpu_ticks() - cpu, t.elapsed());
+    assert!(waited >= Duration::from_millis(390), "woke early: {waited:?}");
+    assert!(spent <= 10, "spun {spent} ticks of a 400 ms idle wait");
+    // And it serves: echoes come back while the loop spins between messages.
+    let server = TestServer::echo(Config { busy_poll: Duration::from_micros(200), ..Config::new() });
+    let (mut ws, _) = ws_connect(&server.url("/"), &[]).unwrap();
+    for i in 0..100 {
+        ws.send(T::text(format!("spin {i}"))).unwrap();
+        assert_eq!(ws.read().unwrap(), T::text(format!("spin {i}")));
+    }
+}
