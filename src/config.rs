@@ -177,7 +177,8 @@ pub struct Config {
     pub forwarded_header: String,
     /// permessage-deflate policy (keys `deflate`, `deflate_server_max_window_bits`,
     /// `deflate_client_max_window_bits`, `deflate_server_no_context_takeover`, `deflate_client_no_context_takeover`,
-    /// `deflate_level`, `deflate_large_level`, `deflate_large_min`, `deflate_min_size`, `deflate_max_contexts`).
+    /// `deflate_level`, `deflate_large_level`, `deflate_large_min`, `deflate_min_size`, `deflate_max_contexts`,
+    /// `deflate_dedicated_window_bits`).
     pub deflate: DeflateConfig,
     /// Per-connection rate limits, off by default (keys `rate_messages`, `rate_messages_burst`, `rate_bytes`,
     /// `rate_bytes_burst`, `rate_policy`).
@@ -435,6 +436,9 @@ impl Config {
             "deflate_large_min" => self.deflate.large_min = parse_usize(key, v)?,
             "deflate_min_size" => self.deflate.min_size = parse_usize(key, v)?,
             "deflate_max_contexts" => self.deflate.max_contexts = parse_usize(key, v)?,
+            "deflate_dedicated_window_bits" => {
+                self.deflate.dedicated_window_bits = parse_usize(key, v)?.min(u8::MAX as usize) as u8
+            }
             _ => return Err(ConfigError::new(key, "unknown key")),
         }
         Ok(())
@@ -690,6 +694,9 @@ impl Config {
         }
         if !(8..=15).contains(&d.client_max_window_bits) {
             return Err(ConfigError::new("deflate_client_max_window_bits", "must be 8 to 15"));
+        }
+        if d.dedicated_window_bits != 0 && !(8..=15).contains(&d.dedicated_window_bits) {
+            return Err(ConfigError::new("deflate_dedicated_window_bits", "must be 0 (zlib-rs) or 8 to 15"));
         }
         if d.level > 9 {
             return Err(ConfigError::new("deflate_level", "must be 0 to 9"));

@@ -62,6 +62,12 @@ pub struct DeflateConfig {
     pub large_min: usize,
     /// Messages shorter than this go out uncompressed with RSV1 clear (default 64 bytes).
     pub min_size: usize,
+    /// With server context takeover (`server_no_context_takeover` false), the window of each connection's own
+    /// compressor: 0 (the default) for zlib-rs (251–380 KB per connection, at the configured levels), or 8–15
+    /// for wskit's small-window compressor ([`crate::lz`]: `3 << bits` bytes per connection, 3 KiB at 10 bits,
+    /// fixed Huffman codes at every level). The window announced is unchanged: a compressor may always refer
+    /// back less far than it promised.
+    pub dedicated_window_bits: u8,
     /// Most connections with a live inflate context in one loop; past it, new connections are served without
     /// compression (default 100,000).
     pub max_contexts: usize,
@@ -79,6 +85,7 @@ impl Default for DeflateConfig {
             large_level: 3,
             large_min: 4096,
             min_size: 64,
+            dedicated_window_bits: 0,
             max_contexts: 100_000,
         }
     }
@@ -105,6 +112,9 @@ pub struct Params {
     pub large_min: usize,
     /// Smallest message compressed.
     pub min_size: usize,
+    /// The window of wskit's small-window compressor under server context takeover, or 0 for zlib-rs'
+    /// ([`DeflateConfig::dedicated_window_bits`]).
+    pub dedicated_window_bits: u8,
 }
 
 impl Params {
@@ -271,6 +281,11 @@ pub fn negotiate(offers: &[Offer<'_>], cfg: &DeflateConfig) -> Option<Params> {
         large_level: cfg.large_level.min(9),
         large_min: cfg.large_min,
         min_size: cfg.min_size,
+        dedicated_window_bits: if cfg.dedicated_window_bits == 0 {
+            0
+        } else {
+            cfg.dedicated_window_bits.min(server_bits)
+        },
     })
 }
 
@@ -468,6 +483,8 @@ mod codec {
         compressors: Vec<(u8, u32, Compressor)>,
         /// Where a message is compressed before it is framed (reused).
         pub(crate) scratch: Vec<u8>,
+        /// Where the small-window compressor joins its history and a message (reused; [`crate::lz`]).
+        pub(crate) joined: Vec<u8>,
     }
 
     impl DeflatePool {
@@ -549,6 +566,7 @@ mod codec {
     #[derive(Debug, Default)]
     pub struct DeflatePool {
         pub(crate) scratch: Vec<u8>,
+        pub(crate) joined: Vec<u8>,
     }
     impl DeflatePool {
         /// An empty pool.

@@ -23,6 +23,21 @@ fn python_websockets_every_parameter_combination() {
     assert_eq!(out.trim(), "ok 32");
 }
 
+#[test]
+fn python_websockets_against_the_small_window_compressor() {
+    if skip_external("python websockets") {
+        return;
+    }
+    // The server keeps its context in wskit's own 1 KiB-window compressor (or the client's smaller window).
+    let config = with_pairs(
+        Config::new().max_payload_size(2 << 20),
+        "deflate_server_no_context_takeover=false;deflate_dedicated_window_bits=10",
+    );
+    let server = TestServer::echo(config);
+    let out = run_python(include_str!("py/deflate_client.py"), &[&server.url("/"), "server-keeps-context"]);
+    assert_eq!(out.trim(), "ok 32");
+}
+
 fn deflate_client(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -424,7 +424,16 @@ struct DeflateState {
     params: Params,
     inflater: Option<Inflater>,
     /// Only under server context takeover; otherwise the loop's pool compresses.
-    compressor: Option<deflate::Compressor>,
+    compressor: Option<Dedicated>,
+}
+
+/// A connection's own compressor (server context takeover).
+#[derive(Debug)]
+enum Dedicated {
+    /// zlib-rs, at the configured levels.
+    Zlib(deflate::Compressor),
+    /// wskit's small-window one ([`crate::lz`], `dedicated_window_bits`).
+    Small(crate::lz::SmallCompressor),
 }
 
 impl Connection {

@@ -152,7 +152,11 @@ impl Connection {
         };
         if let Some(d) = self.deflate.as_deref() {
             n += if d.inflater.is_some() { deflate::INFLATER_BYTES } else { 0 };
-            n += d.compressor.as_ref().map_or(0, |_| deflate::compressor_bytes(d.params.compress_window()));
+            n += match &d.compressor {
+                None => 0,
+                Some(Dedicated::Zlib(_)) => deflate::compressor_bytes(d.params.compress_window()),
+                Some(Dedicated::Small(c)) => c.heap_bytes(),
+            };
         }
         n
     }
@@ -542,8 +546,10 @@ impl Connection {
         } else {
             // With context takeover the compressor's window now holds this message, so it must go out compressed
             // (the peer's inflater has to see it too).
-            let c = d.compressor.get_or_insert_with(|| deflate::Compressor::new(p.level, p.compress_window()));
-            c.compress_at(p.level_for(payload.len()), payload, &mut z);
+            match d.compressor.get_or_insert_with(|| dedicated(&p)) {
+                Dedicated::Zlib(c) => c.compress_at(p.level_for(payload.len()), payload, &mut z),
+                Dedicated::Small(c) => c.compress(payload, &mut z, &mut pool.joined),
+            }
             self.queue_message(true, op, &z);
         }
         if z.capacity() > 1 << 20 {
@@ -608,5 +614,13 @@ impl Connection {
             self.status = Some(Box::new(CloseStatus::Error(ProtocolError::SlowConsumer { queued })));
         }
         self.abort(now);
+    }
+}
+
+/// The compressor a connection keeps under server context takeover.
+fn dedicated(p: &deflate::Params) -> Dedicated {
+    match p.dedicated_window_bits {
+        0 => Dedicated::Zlib(deflate::Compressor::new(p.level, p.compress_window())),
+        bits => Dedicated::Small(crate::lz::SmallCompressor::new(bits)),
     }
 }

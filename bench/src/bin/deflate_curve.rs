@@ -4,13 +4,15 @@
 //! per message and per payload KiB, and the compressor's heap bytes (a counting allocator) — what a connection
 //! holds with context takeover, and the loop's one pooled compressor without it. The compressor is wskit's own
 //! (`wskit::deflate::Compressor`, zlib-rs), driven as the server drives it: one sync flush per message, reset
-//! after each message without context takeover.
+//! after each message without context takeover. `--small` prints instead a table of wskit's small-window
+//! compressor (`wskit::lz`, context kept) beside zlib-rs.
 //!
 //! `cargo run -p wskit-bench --release --bin deflate_curve [-- --csv target/bench/deflate.csv --svg docs/deflate.svg]`
 
 use std::fmt::Write as _;
 use std::time::Instant;
 use wskit::deflate::Compressor;
+use wskit::lz::SmallCompressor;
 use wskit_bench::live;
 
 #[global_allocator]
@@ -170,6 +172,51 @@ fn measure(workload: &'static str, msgs: &[Vec<u8>], takeover: bool, bits: u8, l
     }
 }
 
+/// wskit's small-window compressor (`wskit::lz`, context kept) over one workload: (wire / payload, µs per message
+/// as the best of five passes, heap bytes held).
+fn measure_small(msgs: &[Vec<u8>], bits: u8) -> (f64, f64, isize) {
+    let payload: usize = msgs.iter().map(Vec::len).sum();
+    // (The output and the joined buffer are the loop's in the server, not the connection's: made large enough
+    // here that they do not grow while the connection's heap is counted.)
+    let (mut out, mut joined) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
+    let run = |c: &mut SmallCompressor, out: &mut Vec<u8>, joined: &mut Vec<u8>| {
+        let (t, mut wire) = (Instant::now(), 0);
+        for m in msgs {
+            out.clear();
+            c.compress(m, out, joined);
+            wire += out.len(); // (with context takeover every message goes out compressed)
+        }
+        (wire, t.elapsed().as_secs_f64())
+    };
+    let before = live();
+    let mut c = SmallCompressor::new(bits);
+    let (wire, _) = run(&mut c, &mut out, &mut joined);
+    let held = live() - before;
+    let best =
+        (0..5).map(|_| run(&mut SmallCompressor::new(bits), &mut out, &mut joined).1).fold(f64::INFINITY, f64::min);
+    (wire as f64 / payload as f64, best * 1e6 / msgs.len() as f64, held)
+}
+
+/// `--small`: the small-window compressor against zlib-rs with context kept (level 1, 15 bits) and reset.
+fn small_table(workloads: &[(&'static str, Vec<Vec<u8>>)]) {
+    println!("| workload | zlib-rs reset, level 1 | zlib-rs kept, level 1, 15 bits | wskit::lz kept, 9 bits | 10 bits | 12 bits | 15 bits |");
+    println!("|---|---|---|---|---|---|---|");
+    let heap = |b: isize| if b >= 10_000 { format!("{} KB", (b + 500) / 1000) } else { format!("{b} B") };
+    for (name, msgs) in workloads {
+        let mut row = format!("| {name} |");
+        for (takeover, bits) in [(false, 15u8), (true, 15)] {
+            let p = measure(name, msgs, takeover, bits, 1);
+            let held = if takeover { heap(p.compressor_bytes) } else { "0 (pooled)".into() };
+            row += &format!(" {:.3}, {:.2} µs, {held} |", p.ratio, p.ns_per_msg / 1e3);
+        }
+        for bits in [9u8, 10, 12, 15] {
+            let (ratio, us, held) = measure_small(msgs, bits);
+            row += &format!(" {ratio:.3}, {us:.2} µs, {} |", heap(held));
+        }
+        println!("{row}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -181,6 +228,9 @@ fn main() {
         ("chat pages, 64 KiB", chat_pages(&mut rng)),
         ("bench 1 KiB", load_client(&mut rng)),
     ];
+    if args.iter().any(|a| a == "--small") {
+        return small_table(&workloads);
+    }
     let mut points = Vec::new();
     for (name, msgs) in &workloads {
         let payload: usize = msgs.iter().map(Vec::len).sum();

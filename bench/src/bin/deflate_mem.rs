@@ -16,8 +16,8 @@ static A: wskit_bench::Counting = wskit_bench::Counting;
 /// Heap bytes of one codec context, made and used once (zlib allocates its window and tables on first use).
 fn contexts() {
     let msg: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
-    println!("| window bits | compressor, level 1 | level 6 | level 9 | inflater |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| window bits | compressor, level 1 | level 6 | level 9 | inflater | wskit::lz (small window) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for bits in 9..=15u8 {
         let mut row = format!("| {bits} |");
         for level in [1, 6, 9] {
@@ -38,6 +38,14 @@ fn contexts() {
         assert_eq!(out.capacity(), 1 << 20, "the output buffer had room: it did not move");
         let held = live() - before;
         row += &format!(" {held} |");
+        // wskit's own small-window compressor; the buffer it joins history and message in is the loop's.
+        let mut joined = Vec::with_capacity(256 * 1024);
+        let mut z = Vec::with_capacity(128 * 1024);
+        let before = live();
+        let mut small = wskit::lz::SmallCompressor::new(bits);
+        small.compress(&msg, &mut z, &mut joined);
+        row += &format!(" {} |", live() - before);
+        drop(small);
         println!("{row}");
     }
     println!();

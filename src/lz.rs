@@ -1,0 +1,364 @@
+//! A small-window deflate compressor that keeps its context between messages: wskit's own, for connections
+//! that negotiated server context takeover when the loop is told to hold little per connection
+//! (`deflate_dedicated_window_bits`, [`crate::deflate::DeflateConfig::dedicated_window_bits`]).
+//!
+//! zlib-rs holds ~250 KB per compressor whatever its window (a fixed 128 KiB hash table among the rest), so a
+//! dedicated compressor there costs 251–380 KB per connection. This one holds the last `2^bits` bytes it sent
+//! (the history later messages may refer to) and a hash table of `2^bits` 16-bit positions: three bytes per
+//! window byte, 1.5 KiB at 9 bits and 12 KiB at 12 (uWebSockets' `DEDICATED_COMPRESSOR_3KB` … `_256KB` spans
+//! the same range with zlib's `memLevel`).
+//!
+//! The method (RFC 1951): every 4-byte sequence's position is kept in a hash table (the newest one per slot: one
+//! candidate, no chains); a candidate within the window whose bytes match gives a match of 4 to 258 bytes;
+//! literals and matches are written with the fixed Huffman codes of §3.2.6 (no tables to build or send, which is
+//! what zlib-rs' level 1 does too). A message ends with an empty stored block (a sync flush) whose
+//! `00 00 FF FF` is stripped (RFC 7692 §7.2.1).
+//!
+//! Memory-light history: the history and the message are joined in a buffer the caller lends (the loop's
+//! scratch), so that matches cross from one message into the previous ones without a copy per match.
+
+/// Smallest and largest match (RFC 1951 §3.2.5).
+const MIN_MATCH: usize = 4;
+const MAX_MATCH: usize = 258;
+
+/// Base length and extra bits of length codes 257–285.
+const LEN_BASE: [u16; 29] =
+    [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
+const LEN_EXTRA: [u8; 29] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
+/// Base distance and extra bits of distance codes 0–29.
+const DIST_BASE: [u16; 30] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145,
+    8193, 12289, 16385, 24577,
+];
+const DIST_EXTRA: [u8; 30] =
+    [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
+
+/// The length code (0–28, i.e. symbol 257 + it) of every match length 0–258 (0–2 unused).
+const LEN_CODE: [u8; 259] = {
+    let mut t = [0u8; 259];
+    let mut code = 0;
+    let mut len = 3;
+    while len <= 258 {
+        while code < 28 && len >= LEN_BASE[code + 1] as usize {
+            code += 1;
+        }
+        t[len] = code as u8;
+        len += 1;
+    }
+    t
+};
+
+/// Reverses the low `n` bits of `v`: Huffman codes are defined most significant bit first, and deflate's bit
+/// stream is filled from the least significant bit.
+const fn reversed(v: u32, n: u32) -> u32 {
+    v.reverse_bits() >> (32 - n)
+}
+
+/// The fixed literal/length code of `sym` (§3.2.6), bit-reversed for the stream, and its length.
+const fn fixed_code(sym: u32) -> (u32, u32) {
+    match sym {
+        0..=143 => (reversed(0x30 + sym, 8), 8),
+        144..=255 => (reversed(0x190 + sym - 144, 9), 9),
+        256..=279 => (reversed(sym - 256, 7), 7),
+        _ => (reversed(0xC0 + sym - 280, 8), 8),
+    }
+}
+
+/// Every literal/length symbol's fixed code, ready to write: code in the low 16 bits, length above.
+const FIXED: [u32; 288] = {
+    let mut t = [0u32; 288];
+    let mut s = 0;
+    while s < 288 {
+        let (code, len) = fixed_code(s as u32);
+        t[s] = code | (len << 16);
+        s += 1;
+    }
+    t
+};
+
+/// Bits into a byte vector, least significant first.
+struct Bits<'a> {
+    out: &'a mut Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits<'_> {
+    #[inline]
+    fn put(&mut self, v: u32, n: u32) {
+        self.acc |= (v as u64) << self.n;
+        self.n += n;
+        if self.n >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.n -= 32;
+        }
+    }
+
+    #[inline]
+    fn symbol(&mut self, sym: usize) {
+        let c = FIXED[sym];
+        self.put(c & 0xffff, c >> 16);
+    }
+
+    /// Pads to a byte boundary and writes out what is held.
+    fn finish(mut self) {
+        while self.n > 0 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n = self.n.saturating_sub(8);
+        }
+    }
+}
+
+/// How many bytes `a` and `b` have in common from the start, up to [`MAX_MATCH`] (`a` is at least as long as
+/// `b`: it starts earlier in the same buffer). Eight bytes are compared at a time.
+#[inline]
+fn match_len(a: &[u8], b: &[u8]) -> usize {
+    let max = b.len().min(MAX_MATCH);
+    let (a, b) = (&a[..max], &b[..max]);
+    let mut n = 0;
+    while n + 8 <= max {
+        let x = u64::from_le_bytes(a[n..n + 8].try_into().unwrap_or([0; 8]));
+        let y = u64::from_le_bytes(b[n..n + 8].try_into().unwrap_or([0; 8]));
+        if x != y {
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    while n < max && a[n] == b[n] {
+        n += 1;
+    }
+    n
+}
+
+/// The hash slot of the 4 bytes at `b[0..4]`.
+#[inline]
+fn hash(b: &[u8], bits: u8) -> usize {
+    let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    (v.wrapping_mul(0x9E37_79B1) >> (32 - bits as u32)) as usize
+}
+
+/// A deflate compressor with a `2^bits`-byte window kept across messages (see the module docs).
+#[derive(Debug)]
+pub struct SmallCompressor {
+    bits: u8,
+    /// The last bytes compressed, at most the window.
+    history: Vec<u8>,
+    /// Per hash slot, the stream position (modulo 2^16) of the newest 4-byte sequence there. Candidates are
+    /// checked byte by byte and against the window, so a stale or aliased entry only costs a comparison.
+    head: Box<[u16]>,
+    /// Bytes compressed so far (modulo 2^32; positions are compared modulo 2^16).
+    total: u32,
+}
+
+impl SmallCompressor {
+    /// A compressor whose matches reach back at most `2^bits` bytes (`bits` 8–15: unlike zlib, it keeps a
+    /// promise of 256 bytes exactly).
+    pub fn new(bits: u8) -> Self {
+        let bits = bits.clamp(8, 15);
+        SmallCompressor { bits, history: Vec::new(), head: vec![0; 1 << bits].into_boxed_slice(), total: 0 }
+    }
+
+    /// Heap bytes held once a window's worth has been sent.
+    pub fn heap_bytes(&self) -> usize {
+        (1 << self.bits) + self.head.len() * 2
+    }
+
+    /// Compresses one message, appending it to `out` without the `00 00 FF FF` tail; `scratch` is a buffer the
+    /// caller lends (its contents are replaced).
+    pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        scratch.extend_from_slice(&self.history);
+        scratch.extend_from_slice(input);
+        out.reserve(input.len() + input.len() / 8 + 8);
+        let mut bits = Bits { out, acc: 0, n: 0 };
+        bits.put(0b010, 3); // BFINAL 0, BTYPE 01: fixed codes
+        self.encode(scratch, self.history.len(), &mut bits);
+        bits.symbol(256); // end of block
+        bits.put(0, 3); // an empty stored block: BFINAL 0, BTYPE 00, then padding and 00 00 FF FF (stripped)
+        bits.finish();
+        let keep = scratch.len().min(1 << self.bits);
+        if self.history.capacity() < keep {
+            // Once, at the window's size: the history never holds more.
+            self.history = Vec::with_capacity(1 << self.bits);
+        }
+        self.history.clear();
+        self.history.extend_from_slice(&scratch[scratch.len() - keep..]);
+    }
+
+    /// Literals and matches of `buf[start..]`, matches reaching into `buf[..start]` (the history) too.
+    fn encode(&mut self, buf: &[u8], start: usize, bits: &mut Bits<'_>) {
+        let window = 1usize << self.bits;
+        // Stream position of buf[0].
+        let base = self.total.wrapping_sub(start as u32);
+        let mut i = start;
+        while i < buf.len() {
+            let mut len = 0;
+            let mut dist = 0;
+            if i + MIN_MATCH <= buf.len() {
+                let h = hash(&buf[i..], self.bits);
+                let here = base.wrapping_add(i as u32);
+                let d = (here as u16).wrapping_sub(self.head[h]) as usize;
+                self.head[h] = here as u16;
+                if d >= 1 && d <= window && d <= i {
+                    len = match_len(&buf[i - d..], &buf[i..]);
+                    dist = d;
+                }
+            }
+            if len >= MIN_MATCH {
+                self.write_match(len, dist, bits);
+                // The positions inside the match go into the table too (the next messages find them).
+                for j in i + 1..(i + len).min(buf.len().saturating_sub(MIN_MATCH - 1)) {
+                    let h = hash(&buf[j..], self.bits);
+                    self.head[h] = base.wrapping_add(j as u32) as u16;
+                }
+                i += len;
+            } else {
+                bits.symbol(buf[i] as usize);
+                i += 1;
+            }
+        }
+        self.total = base.wrapping_add(buf.len() as u32);
+    }
+
+    #[inline]
+    fn write_match(&self, len: usize, dist: usize, bits: &mut Bits<'_>) {
+        let lc = LEN_CODE[len] as usize;
+        bits.symbol(257 + lc);
+        if LEN_EXTRA[lc] > 0 {
+            bits.put((len - LEN_BASE[lc] as usize) as u32, LEN_EXTRA[lc] as u32);
+        }
+        // Distance code: the last base not above `dist` (30 entries; a match is rare next to its bytes' work).
+        let dc = DIST_BASE.partition_point(|&b| b as usize <= dist) - 1;
+        bits.put(reversed(dc as u32, 5), 5);
+        if DIST_EXTRA[dc] > 0 {
+            bits.put((dist - DIST_BASE[dc] as usize) as u32, DIST_EXTRA[dc] as u32);
+        }
+    }
+
+    /// Forgets the context.
+    pub fn reset(&mut self) {
+        self.history = Vec::new();
+        self.head.fill(0);
+    }
+}
+
+#[cfg(all(test, feature = "deflate"))]
+mod tests {
+    use super::*;
+    use flate2::{Decompress, FlushDecompress};
+
+    /// Inflates a run of messages with one raw inflater whose window is `bits`: a distance past the window is an
+    /// error there, so this checks the window as well as the bytes.
+    fn inflate_all(bits: u8, compressed: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut d = Decompress::new_with_window_bits(false, bits);
+        compressed
+            .iter()
+            .map(|z| {
+                let mut input = z.clone();
+                input.extend_from_slice(&crate::deflate::TAIL);
+                let mut out = Vec::with_capacity(input.len() * 8 + 1024);
+                loop {
+                    let before = d.total_in();
+                    d.decompress_vec(&input, &mut out, FlushDecompress::Sync).expect("valid deflate");
+                    input.drain(..(d.total_in() - before) as usize);
+                    if input.is_empty() && out.len() < out.capacity() {
+                        break;
+                    }
+                    out.reserve(out.capacity());
+                }
+                out
+            })
+            .collect()
+    }
+
+    fn rng(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    fn messages(seed: u64) -> Vec<Vec<u8>> {
+        let mut s = seed | 1;
+        let words = ["price", "bid", "ask", "EURUSD", "\"user\":", "hello", "the", "{\"t\":", "1.0842", "},"];
+        let mut v: Vec<Vec<u8>> = vec![Vec::new(), b"a".to_vec(), b"abcd".to_vec(), b"abcdabcdabcdabcd".to_vec()];
+        for _ in 0..60 {
+            let len = match rng(&mut s) % 5 {
+                0 => (rng(&mut s) % 8) as usize,
+                1 => 100,
+                2 => 1000,
+                3 => 5000,
+                _ => 70_000,
+            };
+            let mut m = Vec::with_capacity(len);
+            let random = rng(&mut s) % 4 == 0;
+            while m.len() < len {
+                if random {
+                    m.push(rng(&mut s) as u8);
+                } else {
+                    m.extend_from_slice(words[(rng(&mut s) % words.len() as u64) as usize].as_bytes());
+                    m.push(b' ');
+                }
+            }
+            m.truncate(len);
+            v.push(m);
+        }
+        v.push(vec![0; 100_000]);
+        v.push(vec![7; 3]);
+        v
+    }
+
+    #[test]
+    fn every_window_round_trips_through_zlib_within_its_window() {
+        for bits in 8..=15u8 {
+            // (zlib inflates raw deflate with 9 bits at least: the 8-bit window's bound is checked at 9.)
+            let inflate_bits = bits.max(9);
+            for seed in [1u64, 2, 3] {
+                let msgs = messages(seed);
+                let (mut c, mut scratch) = (SmallCompressor::new(bits), Vec::new());
+                let compressed: Vec<Vec<u8>> = msgs
+                    .iter()
+                    .map(|m| {
+                        let mut z = Vec::new();
+                        c.compress(m, &mut z, &mut scratch);
+                        z
+                    })
+                    .collect();
+                assert_eq!(inflate_all(inflate_bits, &compressed), msgs, "bits {bits} seed {seed}");
+                // Repeated text shrinks, and the context carries over: the same line again costs a few bytes.
+                let line = b"{\"user\":\"ada\",\"text\":\"hello there, how is the market today?\"}";
+                let (mut z1, mut z2) = (Vec::new(), Vec::new());
+                c.compress(line, &mut z1, &mut scratch);
+                c.compress(line, &mut z2, &mut scratch);
+                assert!(z2.len() < 10, "bits {bits}: a repeated line took {} bytes", z2.len());
+                assert_eq!(inflate_all(inflate_bits, &[z1, z2]).len(), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_forgets_and_the_heap_is_three_bytes_per_window_byte() {
+        let (mut c, mut scratch) = (SmallCompressor::new(10), Vec::new());
+        let line = b"the same sixty-odd bytes of text, twice over, to be found again".to_vec();
+        let mut z = Vec::new();
+        c.compress(&line, &mut z, &mut scratch);
+        c.reset();
+        let mut again = Vec::new();
+        c.compress(&line, &mut again, &mut scratch);
+        assert_eq!(again, z, "after a reset the same message compresses as from the start");
+        // A fresh inflater reads it: nothing refers back past the reset.
+        assert_eq!(inflate_all(10, &[again]), vec![line]);
+        assert_eq!(c.heap_bytes(), 1024 + 2048);
+    }
+
+    #[test]
+    fn length_codes_cover_every_match_length() {
+        for (len, &c) in LEN_CODE.iter().enumerate().skip(3) {
+            let c = c as usize;
+            assert!(LEN_BASE[c] as usize <= len && len < LEN_BASE[c] as usize + (1 << LEN_EXTRA[c]), "{len}");
+        }
+        assert_eq!(LEN_CODE[258], 28, "258 has its own code");
+    }
+}
