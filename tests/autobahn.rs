@@ -76,6 +76,30 @@ fn autobahn_over_wss_matches_the_golden_file() {
     run_and_compare(runner, server.addr, "autobahn-wss", "expected-results-wss.json", &args);
 }
 
+/// The permessage-deflate cases (12.*, 13.*) against a server that keeps its compression context in wskit's own
+/// small-window compressor (`src/lz.rs`, a 1 KiB window, or the client's smaller one): every stream it writes is
+/// read by Autobahn's inflater, whatever the window and context parameters the case offers.
+#[test]
+fn autobahn_deflate_cases_with_the_small_window_compressor() {
+    if skip_external("Autobahn") {
+        return;
+    }
+    let mut config = echo_config();
+    config.deflate.server_no_context_takeover = false;
+    config.deflate.dedicated_window_bits = 10;
+    let server = TestServer::echo(config);
+    // The cases of large messages (.9, .10, .14-.18: up to 256 KiB, 1,000 of them) take the rest of six minutes
+    // through a test build's unoptimised compressor; the unit tests cover large messages, and the whole suite
+    // against the release build is in docs/conformance.md.
+    let mut args = vec!["-i", "12.*", "-i", "13.*"];
+    let skip: Vec<String> = ["12", "13"]
+        .iter()
+        .flat_map(|s| ["9", "10", "14", "15", "16", "17", "18"].map(|i| format!("{s}.*.{i}")))
+        .collect();
+    args.extend(skip.iter().flat_map(|s| ["-x", s.as_str()]));
+    run_and_compare(autobahn(), server.addr, "autobahn-lz", "expected-results-lz.json", &args);
+}
+
 fn run_and_compare(runner: PathBuf, addr: std::net::SocketAddr, outdir: &str, golden: &str, extra: &[&str]) {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(outdir);
     let status = std::process::Command::new("bash")
