@@ -65,6 +65,8 @@ pub struct Server {
     accept_paused: Option<Instant>,
     /// Room for a look that only counts ([`count_waiting`]): never written, so never made resident.
     uncopied: Vec<MaybeUninit<u8>>,
+    /// [`Config::busy_poll`] when on, kept at hand for every wait (one comparison when off).
+    busy_poll: Option<Duration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -197,7 +199,9 @@ impl Server {
             let _ = waker.wake();
         });
         let events = Events::with_capacity(1024);
-        Ok(Server { poll, events, listener, local, ep, socks: Vec::new(), accept_paused: None, uncopied: Vec::new() })
+        let busy_poll = Some(ep.config().busy_poll).filter(|d| !d.is_zero());
+        let (socks, uncopied) = (Vec::new(), Vec::new());
+        Ok(Server { poll, events, listener, local, ep, socks, accept_paused: None, uncopied, busy_poll })
     }
 
     /// The address the listener is bound to (useful after binding port 0).
@@ -254,7 +258,11 @@ impl Server {
         if self.ep.busy() {
             timeout = Some(Duration::ZERO);
         }
-        match self.wait(timeout) {
+        let waited = match self.busy_poll {
+            Some(spin) if timeout != Some(Duration::ZERO) => self.spin_then_wait(spin, timeout),
+            _ => self.poll.poll(&mut self.events, timeout),
+        };
+        match waited {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
             Err(e) => return Err(e),
@@ -265,13 +273,11 @@ impl Server {
         Ok(handled)
     }
 
-    /// Waits for readiness at most `timeout`. With [`Config::busy_poll`] it first asks without waiting, again and
+    /// Waits for readiness at most `timeout` with [`Config::busy_poll`]: first asks without waiting, again and
     /// again, for that long (never past `timeout`), and sleeps in the kernel only for what is left.
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let spin = self.ep.config().busy_poll;
-        if spin.is_zero() || timeout == Some(Duration::ZERO) {
-            return self.poll.poll(&mut self.events, timeout);
-        }
+    #[cold]
+    #[inline(never)]
+    fn spin_then_wait(&mut self, spin: Duration, timeout: Option<Duration>) -> io::Result<()> {
         let start = Instant::now();
         let spin = timeout.map_or(spin, |t| t.min(spin));
         loop {
