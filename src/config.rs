@@ -153,8 +153,10 @@ pub struct Config {
     /// Busy-polling (key `busy_poll_us`, microseconds; default 0 = off): before the loop sleeps in the kernel it
     /// asks for readiness without waiting, over and over, for this long. A loop that sleeps must be woken by the
     /// peer's send (on a virtual machine an inter-processor interrupt, tens of µs); one that spins is already
-    /// running. It trades a core's idle time for latency and throughput when the loop is nearly always busy: set
-    /// it where the loop has a core of its own. The spin never delays a deadline. See docs/benchmarks.md.
+    /// running. It trades a core's idle time for latency: set it where the loop has a core of its own (one
+    /// connection in ping-pong: 4× the round trips here). The spin never delays a deadline; an idle loop spins
+    /// this long before each sleep, whatever the value (tens of µs are what it is for). A server embedded in the
+    /// caller's `Poll` ([`crate::Server::handle_ready`]) never spins: the caller waits. See docs/benchmarks.md.
     pub busy_poll: Duration,
     /// Every accepted connection starts with a PROXY protocol header, version 1 or 2, from a load balancer (key
     /// `proxy_protocol`, default false). The client it names becomes the connection's peer (`Ctx::peer_addr`,
@@ -647,10 +649,11 @@ impl Config {
             handshake: self.max_handshake_bytes.max(if self.proxy_protocol { 2 * (16 + MAX_V2_LEN) } else { 0 }) + KIB,
             message: 2 * self.effective_max_message_size() + if deflate { 64 * KIB } else { 0 },
             inflate: if deflate { crate::deflate::INFLATER_BYTES } else { 0 },
-            compressor: if deflate && !self.deflate.server_no_context_takeover {
-                crate::deflate::compressor_bytes(self.deflate.server_max_window_bits)
-            } else {
-                0
+            compressor: match (deflate && !self.deflate.server_no_context_takeover, self.deflate.dedicated_window_bits)
+            {
+                (false, _) => 0,
+                (true, 0) => crate::deflate::compressor_bytes(self.deflate.server_max_window_bits),
+                (true, bits) => crate::lz::SmallCompressor::heap_bytes_for(bits),
             },
             control: 2 * KIB,
             outbound: 2 * (self.queue_limit() + 1024 * KIB),

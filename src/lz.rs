@@ -11,8 +11,9 @@
 //! The method (RFC 1951): every 4-byte sequence's position is kept in a hash table (the newest one per slot: one
 //! candidate, no chains); a candidate within the window whose bytes match gives a match of 4 to 258 bytes;
 //! literals and matches are written with the fixed Huffman codes of §3.2.6 (no tables to build or send, which is
-//! what zlib-rs' level 1 does too). A message ends with an empty stored block (a sync flush) whose
-//! `00 00 FF FF` is stripped (RFC 7692 §7.2.1).
+//! what zlib-rs' level 1 does too; the configured levels do not apply). A message those codes would make larger
+//! (random or already compressed bytes: 9 bits for half the byte values) goes out as stored blocks instead. A
+//! message ends with an empty stored block (a sync flush) whose `00 00 FF FF` is stripped (RFC 7692 §7.2.1).
 //!
 //! Memory-light history: the history and the message are joined in a buffer the caller lends (the loop's
 //! scratch), so that matches cross from one message into the previous ones without a copy per match.
@@ -139,6 +140,25 @@ fn hash(b: &[u8], bits: u8) -> usize {
     (v.wrapping_mul(0x9E37_79B1) >> (32 - bits as u32)) as usize
 }
 
+/// Bytes of `n` bytes sent as stored blocks, with the closing empty block's header byte (its `00 00 FF FF` is
+/// stripped): a byte of header and four of lengths per 65,535 bytes.
+fn stored_len(n: usize) -> usize {
+    n + 5 * n.div_ceil(0xffff) + 1
+}
+
+/// `data` as stored blocks (RFC 1951 §3.2.4; each starts on a byte boundary, as every message here does), then
+/// the empty stored block of the sync flush, without its `00 00 FF FF`.
+fn write_stored(data: &[u8], out: &mut Vec<u8>) {
+    for chunk in data.chunks(0xffff) {
+        let len = chunk.len() as u16;
+        out.push(0); // BFINAL 0, BTYPE 00, padding
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.push(0);
+}
+
 /// A deflate compressor with a `2^bits`-byte window kept across messages (see the module docs).
 #[derive(Debug)]
 pub struct SmallCompressor {
@@ -162,7 +182,12 @@ impl SmallCompressor {
 
     /// Heap bytes held once a window's worth has been sent.
     pub fn heap_bytes(&self) -> usize {
-        (1 << self.bits) + self.head.len() * 2
+        Self::heap_bytes_for(self.bits)
+    }
+
+    /// Heap bytes of one with this window once a window's worth has been sent: three per window byte.
+    pub fn heap_bytes_for(bits: u8) -> usize {
+        3 << bits.clamp(8, 15)
     }
 
     /// Compresses one message, appending it to `out` without the `00 00 FF FF` tail; `scratch` is a buffer the
@@ -172,12 +197,19 @@ impl SmallCompressor {
         scratch.extend_from_slice(&self.history);
         scratch.extend_from_slice(input);
         out.reserve(input.len() + input.len() / 8 + 8);
+        let start = out.len();
         let mut bits = Bits { out, acc: 0, n: 0 };
         bits.put(0b010, 3); // BFINAL 0, BTYPE 01: fixed codes
         self.encode(scratch, self.history.len(), &mut bits);
         bits.symbol(256); // end of block
         bits.put(0, 3); // an empty stored block: BFINAL 0, BTYPE 00, then padding and 00 00 FF FF (stripped)
         bits.finish();
+        if out.len() - start > stored_len(input.len()) {
+            // Fixed codes spend 9 bits on half the byte values: what does not compress goes out stored instead.
+            // (The table stays right: stored bytes enter the peer's window as coded ones do.)
+            out.truncate(start);
+            write_stored(input, out);
+        }
         let keep = scratch.len().min(1 << self.bits);
         if self.history.capacity() < keep {
             // Once, at the window's size: the history never holds more.
@@ -241,6 +273,7 @@ impl SmallCompressor {
     pub fn reset(&mut self) {
         self.history = Vec::new();
         self.head.fill(0);
+        self.total = 0;
     }
 }
 
@@ -271,6 +304,66 @@ mod tests {
                 out
             })
             .collect()
+    }
+
+    /// Reads this compressor's streams (fixed-code and stored blocks) as a decoder would, asserting that no
+    /// match reaches further back than `window` bytes or before the stream's start; `seen` is everything decoded
+    /// so far (the history later messages refer to).
+    fn walk(z: &[u8], window: usize, seen: &mut Vec<u8>) -> Vec<u8> {
+        let mut data = z.to_vec();
+        data.extend_from_slice(&crate::deflate::TAIL);
+        let start = seen.len();
+        let mut pos = 0usize; // in bits
+        let bit = |pos: &mut usize| {
+            let b = u32::from((data[*pos / 8] >> (*pos % 8)) & 1);
+            *pos += 1;
+            b
+        };
+        let num = |pos: &mut usize, n: u8| (0..n).fold(0u32, |v, i| v | (bit(pos) << i));
+        while pos < data.len() * 8 {
+            let (_final, kind) = (num(&mut pos, 1), num(&mut pos, 2));
+            if kind == 0 {
+                pos = pos.div_ceil(8) * 8;
+                let len = num(&mut pos, 16) as usize;
+                assert_eq!(num(&mut pos, 16) as usize, !len & 0xffff, "NLEN");
+                seen.extend_from_slice(&data[pos / 8..pos / 8 + len]);
+                pos += len * 8;
+                continue;
+            }
+            assert_eq!(kind, 1, "only fixed-code and stored blocks");
+            loop {
+                // A fixed code, most significant bit first: 7, 8 or 9 bits.
+                let mut code = 0u32;
+                let sym = (1..=9u32)
+                    .find_map(|len| {
+                        code = (code << 1) | num(&mut pos, 1);
+                        match (len, code) {
+                            (7, 0..=0x17) => Some(256 + code),
+                            (8, 0x30..=0xBF) => Some(code - 0x30),
+                            (8, 0xC0..=0xC7) => Some(280 + code - 0xC0),
+                            (9, 0x190..=0x1FF) => Some(144 + code - 0x190),
+                            _ => None,
+                        }
+                    })
+                    .expect("a fixed code") as usize;
+                match sym {
+                    0..=255 => seen.push(sym as u8),
+                    256 => break,
+                    _ => {
+                        let lc = sym - 257;
+                        let len = LEN_BASE[lc] as usize + num(&mut pos, LEN_EXTRA[lc]) as usize;
+                        let dc = (0..5).fold(0usize, |v, _| (v << 1) | num(&mut pos, 1) as usize);
+                        let dist = DIST_BASE[dc] as usize + num(&mut pos, DIST_EXTRA[dc]) as usize;
+                        assert!(dist <= window, "a match {dist} bytes back, past the {window}-byte window");
+                        assert!(dist <= seen.len(), "a match before the stream's start");
+                        for _ in 0..len {
+                            seen.push(seen[seen.len() - dist]);
+                        }
+                    }
+                }
+            }
+        }
+        seen[start..].to_vec()
     }
 
     fn rng(seed: &mut u64) -> u64 {
@@ -327,13 +420,23 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(inflate_all(inflate_bits, &compressed), msgs, "bits {bits} seed {seed}");
+                // zlib checks a distance against its window only past what one call wrote: every one, here.
+                let mut seen = Vec::new();
+                for (z, m) in compressed.iter().zip(&msgs) {
+                    assert_eq!(&walk(z, 1 << bits, &mut seen), m, "bits {bits} seed {seed}");
+                }
+                // What does not compress costs its stored blocks' few bytes, no more.
+                for (z, m) in compressed.iter().zip(&msgs) {
+                    assert!(z.len() <= stored_len(m.len()), "{} bytes for {}", z.len(), m.len());
+                }
                 // Repeated text shrinks, and the context carries over: the same line again costs a few bytes.
                 let line = b"{\"user\":\"ada\",\"text\":\"hello there, how is the market today?\"}";
                 let (mut z1, mut z2) = (Vec::new(), Vec::new());
                 c.compress(line, &mut z1, &mut scratch);
                 c.compress(line, &mut z2, &mut scratch);
                 assert!(z2.len() < 10, "bits {bits}: a repeated line took {} bytes", z2.len());
-                assert_eq!(inflate_all(inflate_bits, &[z1, z2]).len(), 2);
+                assert_eq!(walk(&z1, 1 << bits, &mut seen), line);
+                assert_eq!(walk(&z2, 1 << bits, &mut seen), line);
             }
         }
     }
@@ -348,7 +451,8 @@ mod tests {
         let mut again = Vec::new();
         c.compress(&line, &mut again, &mut scratch);
         assert_eq!(again, z, "after a reset the same message compresses as from the start");
-        // A fresh inflater reads it: nothing refers back past the reset.
+        // A fresh decoder reads it: nothing refers back past the reset.
+        assert_eq!(walk(&again, 1024, &mut Vec::new()), line);
         assert_eq!(inflate_all(10, &[again]), vec![line]);
         assert_eq!(c.heap_bytes(), 1024 + 2048);
     }

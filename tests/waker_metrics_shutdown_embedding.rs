@@ -237,6 +237,13 @@ fn busy_polling_spins_within_the_wait_then_sleeps_and_serves() {
     let (spent, waited) = (thread_cpu_ticks() - cpu, t.elapsed());
     assert!(waited >= Duration::from_millis(390), "woke early: {waited:?}");
     assert!(spent <= 10, "spun {spent} ticks of a 400 ms idle wait");
+    // And it does spin: a 300 ms spin inside a 400 ms wait is CPU time (at least half of it, on a busy machine).
+    let config = Config { busy_poll: Duration::from_millis(300), ..Config::new() };
+    let mut server = Server::bind("127.0.0.1:0", config, Echo).unwrap();
+    let cpu = thread_cpu_ticks();
+    server.poll_once(Some(Duration::from_millis(400))).unwrap();
+    let spent = thread_cpu_ticks() - cpu;
+    assert!(spent >= 15, "a 300 ms spin took {spent} ticks of CPU: it slept");
     // And it serves: echoes come back while the loop spins between messages.
     let server = TestServer::echo(Config { busy_poll: Duration::from_micros(200), ..Config::new() });
     let (mut ws, _) = ws_connect(&server.url("/"), &[]).unwrap();

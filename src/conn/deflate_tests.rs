@@ -141,3 +141,56 @@ fn outbound_compresses_and_sets_rsv1_only_when_it_pays() {
     c.send_with(Message::Text("tiny"), &mut pool).unwrap();
     assert_eq!(c.out(), b"\x81\x04tiny", "below min_size: uncompressed, RSV1 clear");
 }
+
+#[test]
+fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
+    let mut config = Config::new().max_payload_size(1 << 20);
+    config.deflate.server_no_context_takeover = false;
+    config.deflate.dedicated_window_bits = 10;
+    let now = Instant::now();
+    let mut c = Connection::new(config.limits(), now);
+    let mut head = HEAD.to_vec();
+    let (_, ev) = c.read(&mut head, now);
+    assert!(matches!(ev, Some(Event::Upgrade(_))));
+    drop(ev);
+    c.accept(None, true, now).unwrap();
+    let n = c.out().len();
+    c.consume_out(n);
+    // (Apart from the queue's buffer, which keeps its capacity.)
+    let held = c.held() - c.out.capacity();
+    let mut pool = DeflatePool::new();
+    // One inflater for the whole stream, as the peer keeps it: later messages refer back into earlier ones.
+    let mut inf = Inflater::new(15);
+    let line = "{\"user\":\"ada\",\"text\":\"the same line, sent again and again, long enough to be compressed\"}";
+    // Bytes that do not compress (xorshift), fewer than the 1 KiB window: the line after them is still in reach.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..400)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for msg in [Message::Text(line), Message::Text(line), Message::Binary(&noise), Message::Text(line)] {
+        c.send_with(msg, &mut pool).unwrap();
+        let out = c.out().to_vec();
+        c.consume_out(out.len());
+        assert_eq!(out[0] & 0x40, 0x40, "RSV1: with the context kept every message goes out compressed");
+        let (hdr, len) = match out[1] {
+            126 => (4, u16::from_be_bytes([out[2], out[3]]) as usize),
+            l => (2, l as usize),
+        };
+        assert_eq!(out.len(), hdr + len);
+        let mut got = Vec::new();
+        inf.inflate(&out[hdr..], &mut got, 1 << 20).unwrap();
+        inf.finish(&mut got, 1 << 20).unwrap();
+        assert_eq!(got, msg.as_bytes());
+        sizes.push(len);
+    }
+    assert!(sizes[1] < 10 && sizes[3] < 10, "the context is kept, across a stored message too: {sizes:?}");
+    assert!(sizes[2] <= noise.len() + 6, "what does not compress goes out stored: {sizes:?}");
+    let now_held = c.held() - c.out.capacity();
+    assert_eq!(now_held - held, crate::lz::SmallCompressor::heap_bytes_for(10), "its 3 KiB counted");
+}

@@ -555,6 +555,9 @@ impl Connection {
         if z.capacity() > 1 << 20 {
             z = Vec::new();
         }
+        if pool.joined.capacity() > 1 << 20 {
+            pool.joined = Vec::new(); // (a large message's: not kept by the loop)
+        }
         pool.scratch = z;
         Ok(())
     }
