@@ -15,7 +15,7 @@ secs=${1:-30} jobs=${2:-1}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo fuzz build --sanitizer none -O >/dev/null 2>&1 || cargo fuzz build --sanitizer none -O
 total=0 failed=0
-for target in ${FUZZ_TARGETS:-handshake frame h2_frame h2_conn hpack connection endpoint endpoint_h2 deflate tls}; do
+for target in ${FUZZ_TARGETS:-handshake frame h2_frame h2_conn hpack connection endpoint endpoint_h2 deflate lz tls}; do
   work=fuzz/work/$target
   mkdir -p "$work"
   cp -n fuzz/corpus/$target/* "$work"/ 2>/dev/null || true

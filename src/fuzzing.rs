@@ -383,6 +383,32 @@ fn inflate_pieces(sel: u8, rest: &[u8]) {
     }
 }
 
+/// wskit's small-window compressor ([`crate::lz`]) with its context kept: `data[0]` picks the window (8–15 bits),
+/// the rest is messages, each a length byte and that many bytes. Each is compressed in turn and read back by
+/// zlib keeping its context, as a peer does; none comes out longer than stored.
+#[cfg(feature = "deflate")]
+pub fn lz(data: &[u8]) {
+    use flate2::{Decompress, FlushDecompress};
+    let Some((&sel, mut rest)) = data.split_first() else { return };
+    let bits = 8 + sel % 8;
+    let mut c = crate::lz::SmallCompressor::new(bits);
+    let mut d = Decompress::new_with_window_bits(false, bits.max(9));
+    let (mut z, mut joined) = (Vec::new(), Vec::new());
+    while let Some((&len, more)) = rest.split_first() {
+        let msg = &more[..(len as usize).min(more.len())];
+        rest = &more[msg.len()..];
+        z.clear();
+        c.compress(msg, &mut z, &mut joined);
+        assert!(z.len() <= msg.len() + 5 * msg.len().div_ceil(0xffff) + 1, "{} bytes for {}", z.len(), msg.len());
+        z.extend_from_slice(&crate::deflate::TAIL);
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        let before = d.total_in();
+        d.decompress_vec(&z, &mut out, FlushDecompress::Sync).expect("zlib reads it");
+        assert_eq!(d.total_in() - before, z.len() as u64, "all of it read");
+        assert_eq!(out, msg, "read back as sent");
+    }
+}
+
 /// The TLS byte transform fed arbitrary ciphertext: an error (with its alert queued), never a panic.
 #[cfg(feature = "tls")]
 pub fn tls(config: Arc<rustls::ServerConfig>, data: &[u8]) {

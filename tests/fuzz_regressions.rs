@@ -31,6 +31,8 @@ fn fuzz_inputs_replay_clean() {
     assert!(replay("endpoint", wskit::fuzzing::endpoint) >= 5);
     assert!(replay("endpoint_h2", wskit::fuzzing::endpoint_h2) >= 3);
     assert!(replay("deflate", wskit::fuzzing::deflate) >= 3);
+    #[cfg(feature = "deflate")]
+    assert!(replay("lz", wskit::fuzzing::lz) >= 2);
     #[cfg(feature = "tls")]
     {
         let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/localhost.pem");
