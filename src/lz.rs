@@ -9,7 +9,9 @@
 //! the same range with zlib's `memLevel`).
 //!
 //! The method (RFC 1951): every 4-byte sequence's position is kept in a hash table (the newest one per slot: one
-//! candidate, no chains); a candidate within the window whose bytes match gives a match of 4 to 258 bytes;
+//! candidate, no chains); a candidate within the window whose bytes match gives a match of 4 to 258 bytes, unless
+//! the next byte starts a longer one (one step of lazy evaluation: the chat lines of `deflate_curve --small`
+//! 0.415 → 0.408 of their size at 12 bits);
 //! literals and matches are written with the fixed Huffman codes of §3.2.6 (no tables to build or send, which is
 //! what zlib-rs' level 1 does too; the configured levels do not apply). A message those codes would make larger
 //! (random or already compressed bytes: 9 bits for half the byte values) goes out as stored blocks instead. A
@@ -236,6 +238,20 @@ impl SmallCompressor {
                 if d >= 1 && d <= window && d <= i {
                     len = match_len(&buf[i - d..], &buf[i..]);
                     dist = d;
+                }
+            }
+            if (MIN_MATCH..MAX_MATCH).contains(&len) && i + 1 + MIN_MATCH <= buf.len() {
+                // One step of lazy evaluation: a longer match at the next byte wins, this byte going as a literal.
+                let h = hash(&buf[i + 1..], self.bits);
+                let here = base.wrapping_add(i as u32 + 1);
+                let d = (here as u16).wrapping_sub(self.head[h]) as usize;
+                self.head[h] = here as u16;
+                if d >= 1 && d <= window && d <= i + 1 {
+                    let next = match_len(&buf[i + 1 - d..], &buf[i + 1..]);
+                    if next > len {
+                        bits.symbol(buf[i] as usize);
+                        (i, len, dist) = (i + 1, next, d);
+                    }
                 }
             }
             if len >= MIN_MATCH {
