@@ -399,7 +399,7 @@ pub fn lz(data: &[u8]) {
         rest = &more[msg.len()..];
         z.clear();
         c.compress(msg, &mut z, &mut joined);
-        assert!(z.len() <= msg.len() + 5 * msg.len().div_ceil(0xffff) + 1, "{} bytes for {}", z.len(), msg.len());
+        assert!(z.len() <= crate::lz::stored_len(msg.len()), "{} bytes for {}", z.len(), msg.len());
         z.extend_from_slice(&crate::deflate::TAIL);
         let mut out = Vec::with_capacity(msg.len() + 64);
         let before = d.total_in();

@@ -143,8 +143,9 @@ fn hash(b: &[u8], bits: u8) -> usize {
 }
 
 /// Bytes of `n` bytes sent as stored blocks, with the closing empty block's header byte (its `00 00 FF FF` is
-/// stripped): a byte of header and four of lengths per 65,535 bytes.
-fn stored_len(n: usize) -> usize {
+/// stripped): a byte of header and four of lengths per 65,535 bytes. No message comes out of
+/// [`SmallCompressor::compress`] longer than this.
+pub fn stored_len(n: usize) -> usize {
     n + 5 * n.div_ceil(0xffff) + 1
 }
 
@@ -221,37 +222,37 @@ impl SmallCompressor {
         self.history.extend_from_slice(&scratch[scratch.len() - keep..]);
     }
 
+    /// The match at `buf[i..]` against the table's candidate, as (length, distance), (0, 0) for none; position
+    /// `i` (stream position `base + i`) takes the candidate's place in the table.
+    #[inline]
+    fn candidate(&mut self, buf: &[u8], base: u32, i: usize) -> (usize, usize) {
+        if i + MIN_MATCH > buf.len() {
+            return (0, 0);
+        }
+        let h = hash(&buf[i..], self.bits);
+        let here = base.wrapping_add(i as u32);
+        let d = (here as u16).wrapping_sub(self.head[h]) as usize;
+        self.head[h] = here as u16;
+        if d >= 1 && d <= 1 << self.bits && d <= i {
+            (match_len(&buf[i - d..], &buf[i..]), d)
+        } else {
+            (0, 0)
+        }
+    }
+
     /// Literals and matches of `buf[start..]`, matches reaching into `buf[..start]` (the history) too.
     fn encode(&mut self, buf: &[u8], start: usize, bits: &mut Bits<'_>) {
-        let window = 1usize << self.bits;
         // Stream position of buf[0].
         let base = self.total.wrapping_sub(start as u32);
         let mut i = start;
         while i < buf.len() {
-            let mut len = 0;
-            let mut dist = 0;
-            if i + MIN_MATCH <= buf.len() {
-                let h = hash(&buf[i..], self.bits);
-                let here = base.wrapping_add(i as u32);
-                let d = (here as u16).wrapping_sub(self.head[h]) as usize;
-                self.head[h] = here as u16;
-                if d >= 1 && d <= window && d <= i {
-                    len = match_len(&buf[i - d..], &buf[i..]);
-                    dist = d;
-                }
-            }
-            if (MIN_MATCH..MAX_MATCH).contains(&len) && i + 1 + MIN_MATCH <= buf.len() {
+            let (mut len, mut dist) = self.candidate(buf, base, i);
+            if (MIN_MATCH..MAX_MATCH).contains(&len) {
                 // One step of lazy evaluation: a longer match at the next byte wins, this byte going as a literal.
-                let h = hash(&buf[i + 1..], self.bits);
-                let here = base.wrapping_add(i as u32 + 1);
-                let d = (here as u16).wrapping_sub(self.head[h]) as usize;
-                self.head[h] = here as u16;
-                if d >= 1 && d <= window && d <= i + 1 {
-                    let next = match_len(&buf[i + 1 - d..], &buf[i + 1..]);
-                    if next > len {
-                        bits.symbol(buf[i] as usize);
-                        (i, len, dist) = (i + 1, next, d);
-                    }
+                let (next, d) = self.candidate(buf, base, i + 1);
+                if next > len {
+                    bits.symbol(buf[i] as usize);
+                    (i, len, dist) = (i + 1, next, d);
                 }
             }
             if len >= MIN_MATCH {

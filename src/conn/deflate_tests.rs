@@ -11,8 +11,13 @@ fn config() -> Arc<Limits> {
 
 /// Feeds `data` cut at `splits`; returns text/binary messages (as bytes), the last error, and the connection.
 fn run(data: &[u8], splits: &[usize]) -> (Vec<Vec<u8>>, Option<ProtocolError>, Connection) {
+    run_with(config(), data, splits)
+}
+
+/// [`run`] on a connection with these limits.
+fn run_with(limits: Arc<Limits>, data: &[u8], splits: &[usize]) -> (Vec<Vec<u8>>, Option<ProtocolError>, Connection) {
     let now = Instant::now();
-    let mut c = Connection::new(config(), now);
+    let mut c = Connection::new(limits, now);
     let (mut msgs, mut err) = (Vec::new(), None);
     let mut bounds = splits.to_vec();
     bounds.push(data.len());
@@ -147,13 +152,8 @@ fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
     let mut config = Config::new().max_payload_size(1 << 20);
     config.deflate.server_no_context_takeover = false;
     config.deflate.dedicated_window_bits = 10;
-    let now = Instant::now();
-    let mut c = Connection::new(config.limits(), now);
-    let mut head = HEAD.to_vec();
-    let (_, ev) = c.read(&mut head, now);
-    assert!(matches!(ev, Some(Event::Upgrade(_))));
-    drop(ev);
-    c.accept(None, true, now).unwrap();
+    let (_, _, mut c) = run_with(config.limits(), HEAD, &[]);
+    assert!(c.is_open());
     let n = c.out().len();
     c.consume_out(n);
     // (Apart from the queue's buffer, which keeps its capacity.)
