@@ -10,26 +10,10 @@ rounds=${1:-5} secs=${2:-4}
 cargo build -q --release --example echo
 cargo build -q --release -p wskit-bench --bin load --bin raw_echo --bin peer_fastwebsockets --bin peer_tokio_websockets
 source bench/servers.sh
-names=(raw-mio wskit wskit-busy-poll fastwebsockets tokio-websockets)
 tck=$(getconf CLK_TCK)
-out=target/bench/busy_poll.txt; mkdir -p target/bench; : > "$out"
-for round in $(seq "$rounds"); do
-  for sc in "1 20" "10 1024" "100 20"; do
-    read -r conns size <<<"$sc"
-    for name in "${names[@]}"; do
-      port=$((20000 + RANDOM % 8000)); addr=127.0.0.1:$port
-      # shellcheck disable=SC2086
-      taskset -c 0 ${servers[$name]//ADDR/$addr} >/dev/null 2>&1 & pid=$!
-      for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-      read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-      line=$(taskset -c 1 target/release/load --addr "$addr" --conns "$conns" --size "$size" --secs "$secs" --warmup 1 --latency)
-      read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-      kill "$pid"; wait "$pid" 2>/dev/null || true
-      echo "$conns x $size,$name,$round,$line,cpu_ticks=$((u1 + s1 - u0 - s0))" >> "$out"
-      echo "round $round $conns x $size $name: $line" >&2
-    done
-  done
-done
+out=target/bench/busy_poll.txt
+interleave "$out" "$rounds" "$secs" "1x20 10x1024 100x20" \
+  "raw-mio wskit wskit-busy-poll fastwebsockets tokio-websockets" --latency
 python3 - "$out" "$secs" "$tck" <<'PY'
 import sys, re, statistics as st, collections
 secs, tck = float(sys.argv[2]), float(sys.argv[3])

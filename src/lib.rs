@@ -20,6 +20,7 @@ mod group;
 pub mod h2;
 mod handle;
 pub mod handshake;
+mod huffman;
 pub mod lz;
 pub mod mask;
 pub mod metrics;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# bench/deflate_small.sh [ROUNDS] [SECS]: the three ways a wskit server can compress, side by side with sockudo-ws
+# on the harness's deflate workloads (`load --deflate`: JSON-like texts, 64 in turn, the client without context
+# takeover). wskit: the default (pooled zlib-rs, reset per message), zlib-rs with its context kept per connection
+# (380 KB each), and its own small-window compressor kept per connection at 12 and 15 bits (12 and 96 KiB,
+# `deflate_dedicated_window_bits`). Servers pinned to core 0, the load to core 1, interleaved per round. Per cell
+# the median over ROUNDS of msgs/s, the answers' wire bytes per payload byte, and the server's CPU per message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3} secs=${2:-3}
+cargo build -q --release --example echo
+cargo build -q --release -p wskit-bench --bin load --bin peer_sockudo
+source bench/servers.sh
+tck=$(getconf CLK_TCK)
+out=target/bench/deflate_small.txt
+interleave "$out" "$rounds" "$secs" "100x1024 10x16384" \
+  "wskit-deflate wskit-deflate-ctx wskit-deflate-small12 wskit-deflate-small15 sockudo-ws-deflate" --deflate
+python3 - "$out" "$secs" "$tck" <<'PY'
+import sys, re, statistics as st, collections
+secs, tck = float(sys.argv[2]), float(sys.argv[3])
+cells = collections.defaultdict(lambda: collections.defaultdict(list))
+for l in open(sys.argv[1]):
+    sc, name, rnd, rest = l.strip().split(',', 3)
+    f = dict(re.findall(r'(\w+)=([\d.]+)', rest))
+    rate = float(f['msgs_per_s'])
+    # The CPU span includes the warm-up second, taken at the measured rate.
+    cpu_us = float(f['cpu_ticks']) / tck / (rate * (secs + 1)) * 1e6
+    cells[sc][name].append((rate, float(f['wire_ratio']), cpu_us))
+print('| scenario | server | msgs/s | × sockudo-ws | wire / payload | server CPU per message (µs) |')
+print('|---|---|---|---|---|---|')
+for sc, by in cells.items():
+    base = st.median(r[0] for r in by['sockudo-ws-deflate'])
+    for name, rs in by.items():
+        m = [st.median(r[i] for r in rs) for i in range(3)]
+        print(f'| {sc} | {name} | {m[0]:,.0f} | {m[0] / base:.2f} | {m[1]:.3f} | {m[2]:.1f} |')
+PY
