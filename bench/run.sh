@@ -7,10 +7,12 @@
 #   the load to core 1; scenarios and servers interleaved so machine noise hits all alike; each cell the median of
 #   REPS runs: msgs/s, server CPU µs per message and its user-space part (/proc/PID/stat); round-trip p99 over
 #   all REPS runs pooled; ratios to the raw echo and the best peer as medians of per-repetition ratios.
-# - permessage-deflate (wskit with and without context takeover vs sockudo-ws with it; the wire ratio achieved)
+# - permessage-deflate (wskit without context takeover, with it in zlib-rs and in its own 15-bit small-window
+#   compressor, vs sockudo-ws with it; the wire ratio achieved)
 #   and wss (wskit vs tokio-tungstenite on tokio-rustls).
 # - System calls per message (strace -c -f on a shorter run), bytes per idle connection (ΔRSS over IDLE
-#   connections), and a new client's echo latency while they are held.
+#   connections, and over their second half alone: what one more costs), and a new client's echo latency while
+#   they are held.
 # Writes target/bench/results.csv, target/bench/summary.md and target/bench/results.svg (msgs/s as a ratio of the
 # raw echo, and CPU µs per message). `--smoke` runs every part for a fraction of a second (CI checks the harness).
 set -euo pipefail
@@ -27,7 +29,7 @@ cargo build -q --release --example echo
 cargo build -q --release -p wskit-bench
 out=target/bench; mkdir -p "$out"
 csv=$out/results.csv
-echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle,user_us_per_msg" > "$csv"
+echo "scenario,server,rep,msgs_per_s,cpu_us_per_msg,p99_us,wire_ratio,syscalls_per_msg,bytes_per_idle,user_us_per_msg,bytes_per_idle_marginal" > "$csv"
 # Round-trip histograms, every repetition of a cell appended to one file (report.py pools them for p99).
 rm -rf "$out/hist"; mkdir -p "$out/hist"
 tck=$(getconf CLK_TCK)
@@ -39,7 +41,7 @@ if ((smoke)); then scenarios=("100 20 plain" "10 1048576 plain" "100 1024 deflat
 servers_for() {
   case $1 in
     plain) echo "${plain[@]}" ;;
-    deflate) echo "wskit-deflate wskit-deflate-ctx sockudo-ws-deflate tokio-websockets" ;;
+    deflate) echo "wskit-deflate wskit-deflate-ctx wskit-deflate-small15 sockudo-ws-deflate tokio-websockets" ;;
     wss) echo "wskit-wss tokio-tungstenite-wss" ;;
   esac
 }
@@ -89,7 +91,7 @@ for rep in $(seq "$reps"); do
       # User-space CPU apart: the rest is the kernel's (system calls, loopback TCP), which no server's own code
       # can avoid.
       cpu=$(per_msg "$user1 + $sys1 - $user0 - $sys0") user=$(per_msg "$user1 - $user0")
-      echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,,,$user" >> "$csv"
+      echo "$conns x $size $kind,$name,$rep,$rate,$cpu,$p99,$ratio,,,$user," >> "$csv"
       printf '%-22s %5s x %-8s %-7s rep %s: %8s msgs/s %7s µs CPU/msg  p99 %6s µs  wire %s\n' \
         "$name" "$conns" "$size" "$kind" "$rep" "$rate" "$cpu" "$p99" "$ratio" >&2
     done
@@ -109,7 +111,7 @@ for name in "${plain[@]}"; do
   calls=$(awk '$NF=="total" {print $(NF-2)}' "$out/strace-$name.txt")
   msgs=$(field msgs "$line")
   per=$(python3 -c "print(f'{${calls:-0}/max(${msgs:-0},1):.2f}')")
-  echo "syscalls 100 x 20,$name,1,,,,,$per,," >> "$csv"
+  echo "syscalls 100 x 20,$name,1,,,,,$per,,," >> "$csv"
   printf '%-22s syscalls per message: %s (%s calls, %s msgs)\n' "$name" "$per" "${calls:-0}" "${msgs:-0}" >&2
 done
 
@@ -119,9 +121,11 @@ for name in "${plain[@]}"; do
   sleep 0.2
   line=$(taskset -c 1 target/release/load --addr "$addr" --idle "$idle_n" --server-pid "$pid")
   stop_server
-  echo "idle $idle_n,$name,1,,,$(field new_p99_us "$line"),,,$(field bytes_per_idle "$line")," >> "$csv"
-  printf '%-22s idle: %s B per connection over %s; new client p50/p99/max %s/%s/%s µs\n' "$name" \
-    "$(field bytes_per_idle "$line")" "$idle_n" "$(field new_p50_us "$line")" "$(field new_p99_us "$line")" \
+  echo "idle $idle_n,$name,1,,,$(field new_p99_us "$line"),,,$(field bytes_per_idle "$line"),,$(field \
+    bytes_per_idle_marginal "$line")" >> "$csv"
+  printf '%-22s idle: %s B per connection over %s (%s B each past the first half); new client p50/p99/max %s/%s/%s µs\n' \
+    "$name" "$(field bytes_per_idle "$line")" "$idle_n" "$(field bytes_per_idle_marginal "$line")" \
+    "$(field new_p50_us "$line")" "$(field new_p99_us "$line")" \
     "$(field new_max_us "$line")" >&2
 done
 

@@ -163,12 +163,18 @@ fn blocking_client(addr: SocketAddr, from: Option<SocketAddr>) -> std::net::TcpS
     s
 }
 
-/// `--idle N`: N idle connections, the server's RSS per connection, and a new client's latency meanwhile.
+/// `--idle N`: N idle connections, the server's RSS per connection (over all N, and over the second half alone:
+/// what one more costs), and a new client's latency meanwhile.
 fn idle(addr: SocketAddr, n: usize, server_pid: Option<u32>) {
     let before = server_pid.map(rss_kib).unwrap_or(0);
     let t = Instant::now();
     let mut held = Vec::with_capacity(n);
+    let mut half = 0;
     for i in 0..n {
+        if i == n / 2 {
+            std::thread::sleep(Duration::from_millis(200));
+            half = server_pid.map(rss_kib).unwrap_or(0);
+        }
         // From 127.0.0.2, .3, …, ports 20,000–59,999 of each.
         let ip = std::net::Ipv4Addr::new(127, 0, (i / 40_000 / 250) as u8, (2 + (i / 40_000) % 250) as u8);
         let port = (20_000 + i % 40_000) as u16;
@@ -178,6 +184,9 @@ fn idle(addr: SocketAddr, n: usize, server_pid: Option<u32>) {
     std::thread::sleep(Duration::from_millis(500));
     let after = server_pid.map(rss_kib).unwrap_or(0);
     let per_conn = (after.saturating_sub(before)) * 1024 / n.max(1) as u64;
+    // Each connection of the second half: the server's one-time costs (its read buffer, pools, tables' first
+    // growth) are in the first.
+    let marginal = (after.saturating_sub(half)) * 1024 / (n - n / 2).max(1) as u64;
     let t = Instant::now();
     let mut c = blocking_client(addr, None);
     let handshake_us = t.elapsed().as_micros();
@@ -198,6 +207,7 @@ fn idle(addr: SocketAddr, n: usize, server_pid: Option<u32>) {
     let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
         "idle={n} open_secs={open_secs:.1} rss_before_kib={before} rss_after_kib={after} bytes_per_idle={per_conn} \
+         bytes_per_idle_marginal={marginal} \
          new_handshake_us={handshake_us} new_p50_us={} new_p99_us={} new_max_us={}",
         q(0.5),
         q(0.99),
