@@ -384,8 +384,10 @@ fn inflate_pieces(sel: u8, rest: &[u8]) {
 }
 
 /// wskit's small-window compressor ([`crate::lz`]) with its context kept: `data[0]` picks the window (8–15 bits),
-/// the rest is messages, each a length byte and that many bytes. Each is compressed in turn and read back by
-/// zlib keeping its context, as a peer does; none comes out longer than stored.
+/// the rest is messages, each a length byte and that many bytes; or, where the length byte's top bit is set, its
+/// low bits times 256 (up to 32,512; 64 KiB per input in all) of bytes drawn from an alphabet that follows (a count byte, then up to 16 bytes):
+/// long messages of few symbols, so that blocks get codes of their own and are cut at 16,384 tokens. Each is
+/// compressed in turn and read back by zlib keeping its context, as a peer does.
 #[cfg(feature = "deflate")]
 pub fn lz(data: &[u8]) {
     use flate2::{Decompress, FlushDecompress};
@@ -394,12 +396,34 @@ pub fn lz(data: &[u8]) {
     let mut c = crate::lz::SmallCompressor::new(bits);
     let mut d = Decompress::new_with_window_bits(false, bits.max(9));
     let (mut z, mut joined) = (Vec::new(), Vec::new());
+    let mut budget = 1 << 16;
     while let Some((&len, more)) = rest.split_first() {
-        let msg = &more[..(len as usize).min(more.len())];
-        rest = &more[msg.len()..];
+        let drawn: Vec<u8>;
+        let msg = if len & 0x80 == 0 {
+            let msg = &more[..(len as usize).min(more.len())];
+            rest = &more[msg.len()..];
+            msg
+        } else {
+            let (&count, after) = more.split_first().unwrap_or((&0, &[]));
+            let alphabet = &after[..(1 + count as usize % 16).min(after.len())];
+            rest = &after[alphabet.len()..];
+            let alphabet = if alphabet.is_empty() { &b"ab"[..] } else { alphabet };
+            let mut x = alphabet.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(31));
+            // (At most 64 KiB drawn per input, so that the fuzzer spends its time on variety, not on bytes.)
+            let n = ((len & 0x7f) as usize * 256).min(budget);
+            budget -= n;
+            drawn = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            &drawn[..]
+        };
         z.clear();
         c.compress(msg, &mut z, &mut joined);
-        assert!(z.len() <= crate::lz::stored_len(msg.len()), "{} bytes for {}", z.len(), msg.len());
         z.extend_from_slice(&crate::deflate::TAIL);
         let mut out = Vec::with_capacity(msg.len() + 64);
         let before = d.total_in();

@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn lengths_make_a_complete_code_within_the_limit() {
-        // Counts that would give an unlimited tree 30 levels (Fibonacci), flat ones, one symbol, none.
+        // Counts that would give an unlimited tree 39 levels (Fibonacci), flat ones, one symbol, none.
         let mut fib = [0u32; 40];
         (fib[0], fib[1]) = (1, 1);
         for i in 2..40 {
