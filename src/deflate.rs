@@ -64,8 +64,8 @@ pub struct DeflateConfig {
     pub min_size: usize,
     /// With server context takeover (`server_no_context_takeover` false), the window of each connection's own
     /// compressor: 0 (the default) for zlib-rs (251–380 KB per connection, at the configured levels), or 8–15
-    /// for wskit's small-window compressor ([`crate::lz`]: `3 << bits` bytes per connection, 3 KiB at 10 bits;
-    /// fixed Huffman codes, so `level` and `large_level` do not apply to it). The window announced is unchanged:
+    /// for wskit's small-window compressor ([`crate::lz`]: 3.25 bytes per window byte, 3.3 KiB at 10 bits and
+    /// 104 KiB at 15; `level` and `large_level` do not apply to it). The window announced is unchanged:
     /// a compressor may always refer back less far than it promised.
     pub dedicated_window_bits: u8,
     /// Most connections with a live inflate context in one loop; past it, new connections are served without
