@@ -15,19 +15,13 @@ out=target/bench/busy_poll.txt
 interleave "$out" "$rounds" "$secs" "1x20 10x1024 100x20" \
   "raw-mio wskit wskit-busy-poll fastwebsockets tokio-websockets" --latency
 python3 - "$out" "$secs" "$tck" <<'PY'
-import sys, re, statistics as st, collections
+import sys
+sys.path.insert(0, "bench")
+from interleaved import table
 secs, tck = float(sys.argv[2]), float(sys.argv[3])
-cells = collections.defaultdict(lambda: collections.defaultdict(list))
-for l in open(sys.argv[1]):
-    sc, name, rnd, rest = l.strip().split(',', 3)
-    f = dict(re.findall(r'(\w+)=([\d.]+)', rest))
-    cpu = float(f['cpu_ticks']) / tck / (secs + 1) * 100  # warm-up included in the span
-    cells[sc][name].append((float(f['msgs_per_s']), float(f['p50_us']), float(f['p99_us']), cpu))
-print('| scenario | server | msgs/s | × wskit | round trip p50 / p99 (µs) | server CPU |')
-print('|---|---|---|---|---|---|')
-for sc, by in cells.items():
-    base = st.median(r[0] for r in by['wskit'])
-    for name, rs in by.items():
-        m = [st.median(r[i] for r in rs) for i in range(4)]
-        print(f'| {sc} | {name} | {m[0]:,.0f} | {m[0] / base:.2f} | {m[1]:.0f} / {m[2]:.0f} | {m[3]:.0f} % |')
+table(sys.argv[1], "wskit", "× wskit", [
+    ("round trip p50 / p99 (µs)", "{:.0f} / {:.0f}", lambda r: (r["p50_us"], r["p99_us"])),
+    # Warm-up included in the span.
+    ("server CPU", "{:.0f} %", lambda r: r["cpu_ticks"] / tck / (secs + 1) * 100),
+])
 PY

@@ -16,21 +16,13 @@ out=target/bench/deflate_small.txt
 interleave "$out" "$rounds" "$secs" "100x1024 10x16384" \
   "wskit-deflate wskit-deflate-ctx wskit-deflate-small12 wskit-deflate-small15 sockudo-ws-deflate" --deflate
 python3 - "$out" "$secs" "$tck" <<'PY'
-import sys, re, statistics as st, collections
+import sys
+sys.path.insert(0, "bench")
+from interleaved import table
 secs, tck = float(sys.argv[2]), float(sys.argv[3])
-cells = collections.defaultdict(lambda: collections.defaultdict(list))
-for l in open(sys.argv[1]):
-    sc, name, rnd, rest = l.strip().split(',', 3)
-    f = dict(re.findall(r'(\w+)=([\d.]+)', rest))
-    rate = float(f['msgs_per_s'])
+table(sys.argv[1], "sockudo-ws-deflate", "× sockudo-ws", [
+    ("wire / payload", "{:.3f}", lambda r: r["wire_ratio"]),
     # The CPU span includes the warm-up second, taken at the measured rate.
-    cpu_us = float(f['cpu_ticks']) / tck / (rate * (secs + 1)) * 1e6
-    cells[sc][name].append((rate, float(f['wire_ratio']), cpu_us))
-print('| scenario | server | msgs/s | × sockudo-ws | wire / payload | server CPU per message (µs) |')
-print('|---|---|---|---|---|---|')
-for sc, by in cells.items():
-    base = st.median(r[0] for r in by['sockudo-ws-deflate'])
-    for name, rs in by.items():
-        m = [st.median(r[i] for r in rs) for i in range(3)]
-        print(f'| {sc} | {name} | {m[0]:,.0f} | {m[0] / base:.2f} | {m[1]:.3f} | {m[2]:.1f} |')
+    ("server CPU per message (µs)", "{:.1f}", lambda r: r["cpu_ticks"] / tck / (r["msgs_per_s"] * (secs + 1)) * 1e6),
+])
 PY

@@ -483,8 +483,9 @@ mod codec {
         compressors: Vec<(u8, u32, Compressor)>,
         /// Where a message is compressed before it is framed (reused).
         pub(crate) scratch: Vec<u8>,
-        /// Where the small-window compressor joins its history and a message (reused; [`crate::lz`]).
-        pub(crate) joined: Vec<u8>,
+        /// The small-window compressor's working buffer: a block's tokens, and a long message joined with its
+        /// history (reused; [`crate::lz`]).
+        pub(crate) lz_scratch: Vec<u8>,
     }
 
     impl DeflatePool {
@@ -566,7 +567,7 @@ mod codec {
     #[derive(Debug, Default)]
     pub struct DeflatePool {
         pub(crate) scratch: Vec<u8>,
-        pub(crate) joined: Vec<u8>,
+        pub(crate) lz_scratch: Vec<u8>,
     }
     impl DeflatePool {
         /// An empty pool.

@@ -395,7 +395,7 @@ pub fn lz(data: &[u8]) {
     let bits = 8 + sel % 8;
     let mut c = crate::lz::SmallCompressor::new(bits);
     let mut d = Decompress::new_with_window_bits(false, bits.max(9));
-    let (mut z, mut joined) = (Vec::new(), Vec::new());
+    let (mut z, mut work) = (Vec::new(), Vec::new());
     let mut budget = 1 << 16;
     while let Some((&len, more)) = rest.split_first() {
         let drawn: Vec<u8>;
@@ -423,7 +423,7 @@ pub fn lz(data: &[u8]) {
             &drawn[..]
         };
         z.clear();
-        c.compress(msg, &mut z, &mut joined);
+        c.compress(msg, &mut z, &mut work);
         z.extend_from_slice(&crate::deflate::TAIL);
         let mut out = Vec::with_capacity(msg.len() + 64);
         let before = d.total_in();

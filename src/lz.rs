@@ -26,9 +26,10 @@
 //! goes out as stored blocks instead. A message ends with an empty stored block (a sync flush) whose
 //! `00 00 FF FF` is stripped (RFC 7692 §7.2.1).
 //!
-//! Memory-light history: the history and the message are joined in a buffer the caller lends (the loop's
-//! scratch, which holds the block's 64 KiB of tokens too), so that matches cross from one message into the
-//! previous ones without a copy per match.
+//! History and message in one buffer, so that a match crosses from a message into the ones before it: a short
+//! message is appended to the history, in the quarter window of room the history keeps after itself; a longer one
+//! is joined with the history in a buffer the caller lends (the loop's, which holds the block's 64 KiB of tokens
+//! too).
 
 /// Smallest and largest match (RFC 1951 §3.2.5).
 const MIN_MATCH: usize = 4;
@@ -329,7 +330,8 @@ fn write_stored(data: &[u8], out: &mut Vec<u8>) {
 #[derive(Debug)]
 pub struct SmallCompressor {
     bits: u8,
-    /// The last bytes compressed, at most the window.
+    /// The last bytes compressed: at least the last window's (all of them, before a window's worth), and at most a
+    /// window and a quarter (the room short messages are coded in).
     history: Vec<u8>,
     /// Per hash slot, the stream position (modulo 2^16) of the newest 4-byte sequence there. Candidates are
     /// checked byte by byte and against the window, so a stale or aliased entry only costs a comparison.
@@ -377,9 +379,7 @@ impl SmallCompressor {
         // The token area is only zeroed when the buffer is new: it keeps its length from one message to the next.
         scratch.resize(TOKEN_AREA, 0);
         if hist.len() + input.len() <= room {
-            if hist.capacity() < room {
-                hist.reserve_exact(room - hist.len());
-            }
+            hist.reserve_exact(room - hist.len()); // (once: the room is kept)
             let start = hist.len();
             hist.extend_from_slice(input);
             self.code(&hist, start, scratch, out);

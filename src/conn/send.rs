@@ -548,15 +548,15 @@ impl Connection {
             // (the peer's inflater has to see it too).
             match d.compressor.get_or_insert_with(|| dedicated(&p)) {
                 Dedicated::Zlib(c) => c.compress_at(p.level_for(payload.len()), payload, &mut z),
-                Dedicated::Small(c) => c.compress(payload, &mut z, &mut pool.joined),
+                Dedicated::Small(c) => c.compress(payload, &mut z, &mut pool.lz_scratch),
             }
             self.queue_message(true, op, &z);
         }
         if z.capacity() > 1 << 20 {
             z = Vec::new();
         }
-        if pool.joined.capacity() > 1 << 20 {
-            pool.joined = Vec::new(); // (a large message's: not kept by the loop)
+        if pool.lz_scratch.capacity() > 1 << 20 {
+            pool.lz_scratch = Vec::new(); // (a large message's: not kept by the loop)
         }
         pool.scratch = z;
         Ok(())

@@ -176,24 +176,24 @@ fn measure(workload: &'static str, msgs: &[Vec<u8>], takeover: bool, bits: u8, l
 /// as the best of five passes, heap bytes held).
 fn measure_small(msgs: &[Vec<u8>], bits: u8) -> (f64, f64, isize) {
     let payload: usize = msgs.iter().map(Vec::len).sum();
-    // (The output and the joined buffer are the loop's in the server, not the connection's: made large enough
+    // (The output and the working buffer are the loop's in the server, not the connection's: made large enough
     // here that they do not grow while the connection's heap is counted.)
-    let (mut out, mut joined) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
-    let run = |c: &mut SmallCompressor, out: &mut Vec<u8>, joined: &mut Vec<u8>| {
+    let (mut out, mut work) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
+    let run = |c: &mut SmallCompressor, out: &mut Vec<u8>, work: &mut Vec<u8>| {
         let (t, mut wire) = (Instant::now(), 0);
         for m in msgs {
             out.clear();
-            c.compress(m, out, joined);
+            c.compress(m, out, work);
             wire += out.len(); // (with context takeover every message goes out compressed)
         }
         (wire, t.elapsed().as_secs_f64())
     };
     let before = live();
     let mut c = SmallCompressor::new(bits);
-    let (wire, _) = run(&mut c, &mut out, &mut joined);
+    let (wire, _) = run(&mut c, &mut out, &mut work);
     let held = live() - before;
     let best =
-        (0..5).map(|_| run(&mut SmallCompressor::new(bits), &mut out, &mut joined).1).fold(f64::INFINITY, f64::min);
+        (0..5).map(|_| run(&mut SmallCompressor::new(bits), &mut out, &mut work).1).fold(f64::INFINITY, f64::min);
     (wire as f64 / payload as f64, best * 1e6 / msgs.len() as f64, held)
 }
 
