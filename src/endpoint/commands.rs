@@ -310,6 +310,7 @@ impl Endpoint {
         }
     }
 
+    #[inline(never)]
     fn apply_all(&mut self, now: Instant) {
         let Endpoint {
             slots,

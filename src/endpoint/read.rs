@@ -127,21 +127,33 @@ impl Endpoint {
     }
 
     /// Starts reading a connection: input stashed at an earlier cut comes first.
+    #[inline(always)]
     fn begin_burst(&mut self, key: usize, from_backlog: bool, now: Instant) {
         self.work = 0;
-        if !self.stash.is_empty() && self.stash.contains_key(&key) {
-            if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::STREAM)) && self.h2_resume(key, now) {
-                return self.account(from_backlog); // (a session has no socket: only its stash is read)
-            }
-            if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::THROTTLED)) {
-                return self.account(from_backlog); // its stash waits for the end of its rate-limit pause
-            }
-            self.feed_stash(key, now);
-            if self.stash.contains_key(&key) {
-                return self.account(from_backlog); // cut again, and deferred
-            }
+        if !self.stash.is_empty() && self.stash.contains_key(&key) && !self.resume_stash(key, from_backlog, now) {
+            return;
         }
         self.burst = Some(Burst::Reading { key, from_backlog });
+    }
+
+    /// [`Endpoint::begin_burst`] for a connection with stashed input: feeds it first. Returns whether the
+    /// connection is to be read from its socket now.
+    #[inline(never)]
+    fn resume_stash(&mut self, key: usize, from_backlog: bool, now: Instant) -> bool {
+        if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::STREAM)) && self.h2_resume(key, now) {
+            self.account(from_backlog); // (a session has no socket: only its stash is read)
+            return false;
+        }
+        if self.slots.get(key).is_some_and(|s| s.flags.has(Flags::THROTTLED)) {
+            self.account(from_backlog); // its stash waits for the end of its rate-limit pause
+            return false;
+        }
+        self.feed_stash(key, now);
+        if self.stash.contains_key(&key) {
+            self.account(from_backlog); // cut again, and deferred
+            return false;
+        }
+        true
     }
 
     /// The connection being read is done for this turn.

@@ -120,6 +120,7 @@ impl Endpoint {
     /// What the write of the last [`Transmit`] came to: `Ok(n)` bytes taken by the socket (fewer than offered:
     /// it is full, and is not written again before a writable event), or the error (`WouldBlock` counts as 0
     /// bytes; anything else means the peer is gone).
+    #[inline(always)]
     pub fn sent(&mut self, id: ConnId, result: io::Result<usize>, now: Instant) {
         let Some(f) = self.in_flight.take() else { return };
         if let (InFlight::Direct, Some(Direct::Input { start, end, .. }), Ok(n)) = (f, self.direct, &result) {
@@ -129,6 +130,12 @@ impl Endpoint {
                 return Metrics::add(&self.shared.metrics.bytes_out, *n as u64);
             }
         }
+        self.sent_in_part(f, id, result, now);
+    }
+
+    /// [`Endpoint::sent`] for anything but an echo written whole.
+    #[inline(never)]
+    fn sent_in_part(&mut self, f: InFlight, id: ConnId, result: io::Result<usize>, now: Instant) {
         let key = match (f, self.direct) {
             (InFlight::Direct, Some(Direct::Input { key, .. } | Direct::Lent { key, .. })) => key,
             (InFlight::Direct, None) => return,
@@ -217,7 +224,7 @@ impl Endpoint {
     /// [`TURN_WRITES`] (the rest keep their place, ahead of anything touched later, for the next turn, which
     /// does not wait). Then the memory budget is checked (a second pass finishes those it dropped). Returns
     /// whether one was chosen.
-    #[inline]
+    #[inline(always)]
     fn next_to_flush(&mut self, now: Instant) -> bool {
         if self.through.is_empty() && !self.flushing.ending {
             return false; // (the steady echo's answer went out from where it lay: nothing to flush)
