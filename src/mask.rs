@@ -37,11 +37,21 @@ fn rotate(mask: [u8; 4], offset: usize) -> u32 {
 }
 
 /// Masking as [`apply_mask_bytewise`] does it, as fast as the CPU allows (see the module doc).
-#[inline]
+#[inline(always)]
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let k = rotate(mask, offset);
+    if buf.len() < WIDE_MIN {
+        // (Short payloads, most messages: the word loop in place, no call.)
+        return xor_words(buf, k);
+    }
+    apply_mask_long(buf, k);
+}
+
+/// [`apply_mask`] from [`WIDE_MIN`] bytes on, with the key rotated already.
+#[inline(never)]
+fn apply_mask_long(buf: &mut [u8], k: u32) {
     #[cfg(target_arch = "x86_64")]
-    if buf.len() >= WIDE_MIN && std::is_x86_feature_detected!("avx512f") {
+    if std::is_x86_feature_detected!("avx512f") {
         #[allow(unsafe_code)]
         // SAFETY: `xor_avx512` is safe code compiled with AVX-512F enabled; its one requirement is a CPU that has
         // AVX-512F, checked just above (std caches the answer, so the check is a load and a bit test).
@@ -51,7 +61,7 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if buf.len() >= WIDE_MIN && std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code)]
         // SAFETY: `xor_avx2` is safe code compiled with AVX2 enabled; its one requirement is a CPU that has AVX2,
         // checked just above (std caches the answer, so the check is a load and a bit test).
