@@ -79,10 +79,11 @@ impl<'a> Message<'a> {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A valid upgrade request. The caller MUST call [`Connection::accept`] or [`Connection::reject`] before it
-    /// feeds more bytes.
-    Upgrade(Request),
+    /// feeds more bytes. (Boxed, as in `Http`: an event is returned for every message, and a request is 80 bytes
+    /// where a message is 24.)
+    Upgrade(Box<Request>),
     /// A plain HTTP request (no upgrade asked). The caller MUST call [`Connection::respond`].
-    Http(Request),
+    Http(Box<Request>),
     /// A bad handshake; its refusal is queued in `out` and the connection closes once it is written.
     HandshakeFailed(HandshakeError),
     /// A complete text or binary message.

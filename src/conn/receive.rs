@@ -70,11 +70,11 @@ impl Connection {
                         );
                         let deflate = deflate::negotiate(&offers, &self.config.deflate);
                         self.state = State::AwaitingDecision { accept, deflate, deadline };
-                        (n, Some(Event::Upgrade(req)))
+                        (n, Some(Event::Upgrade(Box::new(req))))
                     }
                     Ok((req, None)) => {
                         self.state = State::AwaitingResponse { deadline };
-                        (n, Some(Event::Http(req)))
+                        (n, Some(Event::Http(Box::new(req))))
                     }
                     Err(e) => (input.len(), Some(self.refuse(e, now))),
                 }

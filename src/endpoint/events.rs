@@ -342,7 +342,7 @@ impl Endpoint {
         let m = match ev {
             Event::Message(m) => m,
             Event::Upgrade(req) => {
-                match upgrade(&mut **handler, &mut ctx, slot, config, (self.open, &self.per_ip, inbox), req, now) {
+                match upgrade(&mut **handler, &mut ctx, slot, config, (self.open, &self.per_ip, inbox), *req, now) {
                     Decided::Open(ip, protocol) => self.opened(key, ip, protocol.as_deref(), now),
                     Decided::Parked(parked) => self.park(key, parked),
                     Decided::Refused => {}
