@@ -11,12 +11,18 @@ impl Endpoint {
     /// [`Endpoint::end_turn`] until `None` (the end of the turn is carried out between these calls).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
         if self.in_flight.is_some() {
-            // Handed out and never reported: nothing of it was written.
-            let id = self.in_flight_id();
-            self.sent(id, Ok(0), now);
+            self.never_reported(now);
         }
         let what = self.next_transmit(now)?;
         Some(self.transmit_of(what))
+    }
+
+    /// A transmit handed out and never reported: nothing of it was written.
+    #[cold]
+    #[inline(never)]
+    fn never_reported(&mut self, now: Instant) {
+        let id = self.in_flight_id();
+        self.sent(id, Ok(0), now);
     }
 
     fn in_flight_id(&self) -> ConnId {
@@ -34,11 +40,22 @@ impl Endpoint {
     }
 
     /// Picks the next transmit and records it as in flight.
+    #[inline(always)]
     fn next_transmit(&mut self, now: Instant) -> Option<InFlight> {
         if self.direct.is_some() {
             self.in_flight = Some(InFlight::Direct);
             return self.in_flight;
         }
+        if self.flushing.key.is_none() && self.through.is_empty() && !self.flushing.ending {
+            return None; // (the steady echo's answer went out from where it lay: nothing to flush)
+        }
+        self.next_queued(now)
+    }
+
+    /// [`Endpoint::next_transmit`] once connections' queues are to be flushed (out of line: the steady echo's
+    /// path, written from where it lies, needs none of it).
+    #[inline(never)]
+    fn next_queued(&mut self, now: Instant) -> Option<InFlight> {
         loop {
             if let Some((key, steps)) = self.flushing.key {
                 if let Some(f) = self.chunk(key, now) {
