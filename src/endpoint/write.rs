@@ -46,8 +46,8 @@ impl Endpoint {
             self.in_flight = Some(InFlight::Direct);
             return self.in_flight;
         }
-        if self.flushing.key.is_none() && self.through.is_empty() && !self.flushing.ending {
-            return None; // (the steady echo's answer went out from where it lay: nothing to flush)
+        if self.flushing.key.is_none() && self.nothing_listed() {
+            return None;
         }
         self.next_queued(now)
     }
@@ -243,10 +243,17 @@ impl Endpoint {
     /// whether one was chosen.
     #[inline(always)]
     fn next_to_flush(&mut self, now: Instant) -> bool {
-        if self.through.is_empty() && !self.flushing.ending {
-            return false; // (the steady echo's answer went out from where it lay: nothing to flush)
+        if self.nothing_listed() {
+            return false;
         }
         self.next_to_flush_listed(now)
+    }
+
+    /// No connection is listed to be written through and the turn is not ending: nothing to flush (the steady
+    /// echo's case: its answer went out from where it lay).
+    #[inline(always)]
+    fn nothing_listed(&self) -> bool {
+        self.through.is_empty() && !self.flushing.ending
     }
 
     /// [`Endpoint::next_to_flush`] once there is a list to look at.
