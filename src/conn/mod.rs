@@ -44,13 +44,15 @@ mod deflate_tests;
 #[cfg(all(test, feature = "deflate"))]
 mod fragment_out_tests;
 mod opening;
+mod queue;
 mod receive;
 mod send;
 #[cfg(test)]
 mod tests;
 mod timers;
 
-use send::{close_payload, Tail};
+use queue::{park, Queue};
+use send::close_payload;
 
 /// A complete message from the peer, borrowed until the next call into the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,17 +245,17 @@ impl Rx {
     /// Frees what the last event lent out: the delivered message (its buffer is offered to `spare`) and a lent
     /// control payload.
     #[inline]
-    fn release_lent(&mut self, spare: &mut Spare, out: &mut Vec<u8>) {
+    fn release_lent(&mut self, q: &mut Option<Box<Queue>>) {
         if self.msg_delivered || self.ctrl_lent {
-            self.release_lent_now(spare, out);
+            self.release_lent_now(q);
         }
     }
 
     #[inline(never)]
-    fn release_lent_now(&mut self, spare: &mut Spare, out: &mut Vec<u8>) {
+    fn release_lent_now(&mut self, q: &mut Option<Box<Queue>>) {
         if std::mem::take(&mut self.msg_delivered) {
             if let Some(m) = self.msg.take() {
-                park(spare, out, m.buf);
+                park(q, m.buf);
             }
         }
         if std::mem::take(&mut self.ctrl_lent) {
@@ -287,24 +289,50 @@ impl Rx {
 }
 
 /// The connection's state; each variant holds what exists only in that state, named for what it waits for.
+/// 64 bytes: the states that pass (a closing reader, an undecided upgrade's deflate offer) hold their larger
+/// parts boxed, so the open reader sets the size. The tag is a byte of its own (`repr(u8)`): left to the
+/// compiler it moved into a niche of the reader (56 bytes), and telling the states apart then cost 17 more
+/// instructions per echo (callgrind, 100 x 20 B) than the 8 bytes are worth.
 #[derive(Debug)]
+#[repr(u8)]
 enum State {
     /// Waiting for the whole HTTP request head.
     ReadingHead { head: HeadReader, deadline: Instant },
     /// An upgrade request was reported; waiting for `accept` or `reject`.
-    AwaitingDecision { accept: String, deflate: Option<Params>, deadline: Instant },
+    AwaitingDecision { accept: String, deflate: Option<Box<Params>>, deadline: Instant },
     /// A plain HTTP request was reported; waiting for `respond`.
     AwaitingResponse { deadline: Instant },
     /// The WebSocket is open.
     Open(Rx),
     /// We sent a close frame; waiting for the peer's (`rx.skipped` counts the data discarded meanwhile).
-    ClosingByUs { rx: Rx, deadline: Instant },
+    ClosingByUs { rx: Box<Rx>, deadline: Instant },
     /// Nothing more to read; waiting for `out` to drain, then TCP closes. Dropped at `linger` regardless.
     Closed { linger: Instant },
     /// Carrying another protocol instead of a request head (HTTP/2, whose streams are connections of their own):
     /// every read reports [`Event::Tunnel`], `out` holds that protocol's bytes, and its deadline is set from
     /// outside. `prefix`: the client's first bytes, held while it could still have been HTTP/1.1.
     Tunnel { deadline: Option<Instant>, prefix: Vec<u8> },
+}
+
+impl State {
+    /// The frame reader, while open or closing by us.
+    #[inline]
+    fn rx(&self) -> Option<&Rx> {
+        match self {
+            State::Open(rx) => Some(rx),
+            State::ClosingByUs { rx, .. } => Some(rx),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn rx_mut(&mut self) -> Option<&mut Rx> {
+        match self {
+            State::Open(rx) => Some(rx),
+            State::ClosingByUs { rx, .. } => Some(rx),
+            _ => None,
+        }
+    }
 }
 
 /// Where the event found by the frame loop lives (kept free of borrows so the loop can return freely).
@@ -338,40 +366,21 @@ enum Ready {
 pub struct Connection {
     config: Arc<Limits>,
     state: State,
-    /// Bytes for the peer, owned: the whole queue, or its head segment once shared frames are queued (`tail`).
-    /// Its first `out_start` bytes are written already (a partial write moves the start, not the bytes); empty
-    /// (and `out_start` 0) once all of it is.
-    out: Vec<u8>,
-    out_start: u32,
-    /// What is queued after `out` once a message shared with other connections was queued
-    /// ([`Connection::send_shared`]); boxed, and only then.
-    tail: Option<Box<Tail>>,
-    /// How it ended, once known (boxed: it exists only at the end).
-    status: Option<Box<CloseStatus>>,
+    /// What is queued for the peer, and a large buffer in passing: boxed, and only while it holds something
+    /// (see [`Queue`]).
+    q: Option<Box<Queue>>,
+    /// How it ended, once known, and when `max_lifetime` ends it (boxed: neither exists for most connections
+    /// most of the time).
+    end: Option<Box<Ending>>,
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
     deflate: Option<Box<DeflateState>>,
     /// Idle, keepalive and lifetime clocks; only when one of them is configured.
     live: Option<Liveness>,
-    /// Control frames (pongs, keepalive pings) waiting for the next frame boundary of `out`, so they never wait
-    /// behind megabytes of queued data.
-    ctrl: Spill<u8>,
-    /// Part of `ctrl` has been written (its head frame is in flight).
-    ctrl_started: bool,
     /// A keepalive ping is out (sent when `ping_interval` passed after the liveness clock's `last_rx`): the peer
     /// must send something within `ping_timeout` of that ([`Liveness::pong_deadline`]).
     ping_out: bool,
     /// Which deadlines were running when [`Connection::deadline_to_arm`] last computed one (see there).
     armed_shape: u8,
-    /// Bytes of the frame at the head of `out` not yet written (0: `out` starts at a frame boundary);
-    /// `usize::MAX` before the upgrade, when `out` holds HTTP.
-    frame_left: usize,
-    /// A large buffer in passing: lent by the shell from its loop-wide pool for the next large message
-    /// (assembled or queued), or released here by one (a delivered message, a written queue) for the shell to
-    /// take back ([`Connection::lend_buffer`], [`Connection::take_buffer`]). Reusing them spares the page faults
-    /// of fresh allocations (for 1 MiB messages that was most of the cost) while an idle connection holds none.
-    /// Its contents are an earlier message's, kept so that a read straight into it need not zero it first: every
-    /// use empties it, except a message's assembly, which counts them as room ([`InMessage::room`]).
-    spare: Spare,
 }
 
 /// Shared frames shorter than this are copied into the queue instead: for a short message a copy costs less than
@@ -382,32 +391,20 @@ pub(crate) const SHARE_MIN: usize = 1024;
 /// ones only for messages at least this long.
 pub(crate) const SPARE_MIN: usize = 64 * 1024;
 
-/// Keeps a large buffer that fell free for the shell to take back ([`Connection::take_buffer`]): in
-/// `spare`, the larger of the two; the other in the queue `out` if that is empty and smaller. Keeping only the
-/// larger and freeing the other drained the loop's pool by one buffer per 1 MiB echo, so every message then paid
-/// fresh pages for its assembly (256 page faults per MiB). Buffers below [`SPARE_MIN`] are freed.
-fn park(spare: &mut Spare, out: &mut Vec<u8>, mut buf: Vec<u8>) {
-    if buf.capacity() < SPARE_MIN {
-        return;
-    }
-    // (Of two alike, the spare keeps the one with more old bytes: room to read into without zeroing.)
-    if (buf.capacity(), buf.len()) > (spare.capacity(), spare.len()) {
-        buf = spare.replace(buf);
-    }
-    if buf.capacity() >= SPARE_MIN && out.is_empty() && buf.capacity() > out.capacity() {
-        buf.clear();
-        *out = buf;
-    }
-}
-
-/// The clocks of an open connection's liveness timers, held in the connection (32 bytes; boxed, they cost 48
-/// of heap and a pointer). Whether a keepalive ping is out is the connection's `ping_out`, which fits in its
-/// padding.
+/// The clock of an open connection's idle and keepalive timers (16 bytes). Whether a keepalive ping is out is
+/// the connection's `ping_out`, which fits in its padding; the lifetime's end is kept apart ([`Ending`]), as it
+/// is not set by default.
 #[derive(Debug, Clone, Copy)]
 struct Liveness {
-    opened: Instant,
     /// When bytes last arrived.
     last_rx: Instant,
+}
+
+/// What is known of a connection's end: how it ended, once it has, and when `max_lifetime` ends it, if set.
+#[derive(Debug, Default)]
+struct Ending {
+    status: Option<CloseStatus>,
+    lifetime: Option<Instant>,
 }
 
 impl Liveness {
@@ -445,18 +442,12 @@ impl Connection {
         Connection {
             config,
             state: State::ReadingHead { head: HeadReader::default(), deadline },
-            out: Vec::new(),
-            out_start: 0,
-            tail: None,
-            status: None,
+            q: None,
+            end: None,
             deflate: None,
             live: None,
-            ctrl: Spill::default(),
-            ctrl_started: false,
             ping_out: false,
             armed_shape: 0,
-            frame_left: usize::MAX,
-            spare: Spare::default(),
         }
     }
 
@@ -474,12 +465,35 @@ impl Connection {
     /// Whether bytes wait in [`Connection::out`].
     #[inline]
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty() || !self.ctrl.is_empty() || self.tail.is_some()
+        self.q.as_deref().is_some_and(Queue::wants_write)
     }
 
     /// True once the connection is over and `out` is written (or abandoned): the shell MUST close the socket.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, State::Closed { .. }) && self.out.is_empty() && self.ctrl.is_empty() && self.tail.is_none()
+        matches!(self.state, State::Closed { .. }) && !self.wants_write()
+    }
+
+    /// How it ended, once known.
+    fn status(&self) -> Option<&CloseStatus> {
+        self.end.as_deref()?.status.as_ref()
+    }
+
+    /// What is known of its end, made if nothing was.
+    fn ending(&mut self) -> &mut Ending {
+        self.end.get_or_insert_with(Box::default)
+    }
+
+    /// Records how it ended, unless that is known already (the first cause stands).
+    fn end_with(&mut self, status: impl FnOnce() -> CloseStatus) {
+        let e = self.ending();
+        if e.status.is_none() {
+            e.status = Some(status());
+        }
+    }
+
+    /// When `max_lifetime` ends it, if set.
+    fn lifetime_end(&self) -> Option<Instant> {
+        self.end.as_deref()?.lifetime
     }
 
     /// Whether the WebSocket is open (handshake done, no close sent or received).
@@ -490,7 +504,7 @@ impl Connection {
     /// How the connection ended so far: `None` while it runs, or if it ended without a close (call
     /// [`Connection::close_status`] after the socket is gone to get [`CloseStatus::Lost`] in that case).
     pub fn close_status(&self) -> CloseStatus {
-        self.status.as_deref().cloned().unwrap_or(CloseStatus::Lost)
+        self.status().cloned().unwrap_or(CloseStatus::Lost)
     }
 
     /// Whether the peer is in the middle of sending something: a partial frame header, a frame's payload, or a
@@ -499,7 +513,8 @@ impl Connection {
     pub fn is_mid_message(&self) -> bool {
         match &self.state {
             State::ReadingHead { head, .. } => !head.is_empty(),
-            State::Open(rx) | State::ClosingByUs { rx, .. } => {
+            State::Open(rx) => rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered),
+            State::ClosingByUs { rx, .. } => {
                 rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered)
             }
             _ => false,
@@ -511,15 +526,15 @@ impl Connection {
     /// no message buffer.
     #[inline]
     pub fn reclaim(&mut self) {
-        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &mut self.state {
-            rx.release_lent(&mut self.spare, &mut self.out);
+        if let Some(rx) = self.state.rx_mut() {
+            rx.release_lent(&mut self.q);
         }
     }
 
     /// Checks the state machine's invariants (`debug_assert!`, so only in debug builds). The shell calls it after
     /// every read unless `Config::prod` is set.
     pub fn debug_check_invariants(&self) {
-        if let State::Open(rx) | State::ClosingByUs { rx, .. } = &self.state {
+        if let Some(rx) = self.state.rx() {
             debug_assert!((rx.hdr_len as usize) < MAX_HEADER_LEN, "a whole header is never left stashed");
             debug_assert!(rx.ctrl.len() <= MAX_CONTROL_PAYLOAD, "control payloads are at most 125 bytes");
             if let Some(m) = &rx.msg {

@@ -13,16 +13,20 @@ impl Connection {
     /// The idle, keepalive and lifetime clocks start at `now`.
     pub fn accept(&mut self, protocol: Option<&str>, allow_deflate: bool, now: Instant) -> Result<(), SendError> {
         let State::AwaitingDecision { accept, deflate, .. } = &self.state else { return Err(SendError::NotOpen) };
-        let params = deflate.filter(|_| allow_deflate);
+        let params = deflate.as_deref().copied().filter(|_| allow_deflate);
         let ext = params.map(|p| p.response());
-        handshake::write_accept(&mut self.out, accept, protocol, ext.as_deref());
+        let q = self.q.get_or_insert_with(Box::default);
+        handshake::write_accept(&mut q.out, accept, protocol, ext.as_deref());
         // The 101 head counts as one unit: the first frame boundary is right after it.
-        self.frame_left = self.out.len();
+        q.frame_left = q.out.len();
         self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
         self.state = State::Open(Rx { release_out: true, ..Rx::default() });
         let c = &self.config;
         if c.idle_timeout.is_some() || c.ping_interval.is_some() || c.max_lifetime.is_some() {
-            self.live = Some(Liveness { opened: now, last_rx: now });
+            self.live = Some(Liveness { last_rx: now });
+            if let Some(d) = c.max_lifetime {
+                self.ending().lifetime = Some(now + d);
+            }
         }
         Ok(())
     }
@@ -63,9 +67,16 @@ impl Connection {
         Ok(())
     }
 
+    /// The queue's buffer for bytes that are not WebSocket frames (an HTTP answer, a tunnelled protocol's).
+    fn http_out(&mut self) -> &mut Vec<u8> {
+        let q = self.q();
+        q.frame_left = usize::MAX;
+        &mut q.out
+    }
+
     /// Queues an HTTP response after which the connection closes.
     pub(super) fn final_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], now: Instant) {
-        handshake::write_response(&mut self.out, status, headers, body);
+        handshake::write_response(self.http_out(), status, headers, body);
         self.state = State::Closed { linger: now + self.config.close_timeout };
     }
 
@@ -81,7 +92,7 @@ impl Connection {
     }
 
     pub(super) fn refuse(&mut self, e: HandshakeError, now: Instant) -> Event<'static> {
-        handshake::write_refusal(&mut self.out, &e);
+        handshake::write_refusal(self.http_out(), &e);
         self.state = State::Closed { linger: now + self.config.close_timeout };
         Event::HandshakeFailed(e)
     }
@@ -110,11 +121,11 @@ impl Connection {
         if !matches!(self.state, State::Tunnel { .. }) {
             return bytes.clear();
         }
-        if self.out.is_empty() && self.tail.is_none() {
-            std::mem::swap(&mut self.out, bytes);
-            self.out_start = 0;
+        let out = self.http_out();
+        if out.is_empty() {
+            std::mem::swap(out, bytes);
         } else {
-            self.out.extend_from_slice(bytes);
+            out.extend_from_slice(bytes);
         }
         bytes.clear();
     }

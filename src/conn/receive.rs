@@ -1,6 +1,7 @@
 //! Receiving: [`Connection::read`] turns bytes into at most one event, frame by frame (headers, unmasking,
 //! fragments, inflation, UTF-8, control frames and their duties), and a protocol fault into its close.
 
+use super::queue::take_spare;
 use super::*;
 use crate::frame::FrameHeader as Header;
 use crate::h2::conn::PREFACE;
@@ -69,7 +70,7 @@ impl Connection {
                                 .map(|(_, v)| v),
                         );
                         let deflate = deflate::negotiate(&offers, &self.config.deflate);
-                        self.state = State::AwaitingDecision { accept, deflate, deadline };
+                        self.state = State::AwaitingDecision { accept, deflate: deflate.map(Box::new), deadline };
                         (n, Some(Event::Upgrade(Box::new(req))))
                     }
                     Ok((req, None)) => {
@@ -165,9 +166,7 @@ impl Connection {
     /// code goes out (unless a close was sent already), the message being assembled is dropped, and reading goes
     /// on only to meet the peer's close.
     pub fn fail(&mut self, e: ProtocolError, now: Instant) {
-        if self.status.is_none() {
-            self.status = Some(Box::new(CloseStatus::Error(e.clone())));
-        }
+        self.end_with(|| CloseStatus::Error(e.clone()));
         match std::mem::replace(&mut self.state, State::Closed { linger: now + self.config.close_timeout }) {
             State::Open(mut rx) => {
                 let (p, n) = close_payload(e.close_code(), "");
@@ -175,7 +174,7 @@ impl Connection {
                 // The rest of a half-read frame is skipped.
                 rx.drop_message();
                 let deadline = now + self.config.close_timeout;
-                self.state = State::ClosingByUs { rx, deadline };
+                self.state = State::ClosingByUs { rx: Box::new(rx), deadline };
             }
             // A second fault while closing: stop reading and drop once our close is written.
             other @ State::ClosingByUs { .. } => {
@@ -190,19 +189,19 @@ impl Connection {
         if self.has_pending() {
             return self.deliver_pending(input, now);
         }
-        let Connection { config, state, deflate, spare, out, .. } = self;
+        let Connection { config, state, deflate, q, .. } = self;
         let config = &**config;
         let (rx, closing) = match state {
             State::Open(rx) => (rx, false),
-            State::ClosingByUs { rx, .. } => (rx, true),
+            State::ClosingByUs { rx, .. } => (&mut **rx, true),
             _ => unreachable!("read_frames outside Open/ClosingByUs"),
         };
-        rx.release_lent(spare, out);
+        rx.release_lent(q);
         if rx.discard {
             return (input.len(), None);
         }
         let max_msg = config.max_message_size;
-        let mut frames = Frames { config, rx, deflate, spare, out, closing, max_msg, pos: 0, desync: false };
+        let mut frames = Frames { config, rx, deflate, q, closing, max_msg, pos: 0, desync: false };
         let ready = loop {
             let step = if frames.rx.frame.is_some() { frames.payload(input) } else { frames.header(input, now) };
             if let Some(ready) = step {
@@ -300,7 +299,7 @@ impl Connection {
         let closing = matches!(self.state, State::ClosingByUs { .. });
         // A control payload that spanned reads was collected in `rx.ctrl`; take it out while we act on it.
         let owned: Vec<u8> = match (&payload, &mut self.state) {
-            (Payload::Ctrl, State::Open(rx) | State::ClosingByUs { rx, .. }) => rx.ctrl.take(),
+            (Payload::Ctrl, state) => state.rx_mut().map_or_else(Vec::new, |rx| rx.ctrl.take()),
             _ => Vec::new(),
         };
         let data: &[u8] = match &payload {
@@ -330,11 +329,9 @@ impl Connection {
                             let echo: &[u8] = if has_code { &data[..2] } else { &[] };
                             self.append(|out| write_frame(out, true, 0, OpCode::Close, echo));
                         }
-                        if self.status.is_none() {
-                            self.status = Some(Box::new(CloseStatus::Clean { code, reason, by_peer: !closing }));
-                        }
+                        self.end_with(|| CloseStatus::Clean { code, reason, by_peer: !closing });
                         self.state = State::Closed { linger: now + self.config.close_timeout };
-                        let reason = match self.status.as_deref() {
+                        let reason = match self.status() {
                             Some(CloseStatus::Clean { reason, .. }) => reason.as_str(),
                             _ => "",
                         };
@@ -346,9 +343,7 @@ impl Connection {
                             let (p, n) = close_payload(e.close_code(), "");
                             self.append(|out| write_frame(out, true, 0, OpCode::Close, &p[..n]));
                         }
-                        if self.status.is_none() {
-                            self.status = Some(Box::new(CloseStatus::Error(e.clone())));
-                        }
+                        self.end_with(|| CloseStatus::Error(e.clone()));
                         self.state = State::Closed { linger: now + self.config.close_timeout };
                         (pos, Some(Event::Error(e)))
                     }
@@ -359,14 +354,10 @@ impl Connection {
 
     /// Puts a control payload back into `rx.ctrl` (keeping its allocation) and lends it until the next call.
     pub(super) fn lend_ctrl(&mut self, ctrl: Vec<u8>) -> &[u8] {
-        match &mut self.state {
-            State::Open(rx) | State::ClosingByUs { rx, .. } => {
-                rx.ctrl.set(ctrl);
-                rx.ctrl_lent = true;
-                rx.ctrl.as_slice()
-            }
-            _ => unreachable!("control frames arrive while open or closing"),
-        }
+        let rx = self.state.rx_mut().expect("control frames arrive while open or closing");
+        rx.ctrl.set(ctrl);
+        rx.ctrl_lent = true;
+        rx.ctrl.as_slice()
     }
 }
 
@@ -376,8 +367,8 @@ struct Frames<'c> {
     config: &'c Limits,
     rx: &'c mut Rx,
     deflate: &'c mut Option<Box<DeflateState>>,
-    spare: &'c mut Spare,
-    out: &'c mut Vec<u8>,
+    /// The queue, for the large buffer in passing ([`Queue::spare`]).
+    q: &'c mut Option<Box<Queue>>,
     /// Our close was sent: data is skipped, not read.
     closing: bool,
     max_msg: usize,
@@ -501,12 +492,13 @@ impl Frames<'_> {
         if chunk.is_empty() {
             return None;
         }
-        if msg.buf.capacity() - msg.buf.len() < chunk.len() && self.spare.capacity() >= msg.buf.len() + chunk.len() {
+        let spare = self.q.as_deref().map_or(0, |q| q.spare.capacity());
+        if msg.buf.capacity() - msg.buf.len() < chunk.len() && spare >= msg.buf.len() + chunk.len() {
             // Grow into the spare buffer rather than a fresh allocation.
-            let mut grown = self.spare.take();
+            let mut grown = take_spare(self.q);
             grown.clear();
             grown.extend_from_slice(&msg.buf);
-            park(self.spare, self.out, std::mem::replace(&mut msg.buf, grown));
+            park(self.q, std::mem::replace(&mut msg.buf, grown));
         }
         msg.buf.extend_from_slice(chunk);
         None
@@ -591,7 +583,7 @@ impl Frames<'_> {
                 }
                 // A large message is assembled in the spare buffer, if one is at hand.
                 // (A recycled buffer's old bytes are room for reads straight into it; inflating appends.)
-                let mut buf = if len >= SPARE_MIN || compressed { self.spare.take() } else { Vec::new() };
+                let mut buf = if len >= SPARE_MIN || compressed { take_spare(self.q) } else { Vec::new() };
                 if compressed {
                     buf.clear();
                 }

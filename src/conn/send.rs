@@ -1,49 +1,8 @@
-//! Sending: the queue (`out`, then owned and shared segments), framing messages and control frames into it, the
-//! echo written straight from the read buffer, and handing the queue to the shell a frame boundary at a time.
+//! Sending: framing messages and control frames into the queue ([`Queue`]), the echo written straight from the
+//! read buffer, and handing the queue to the shell a frame boundary at a time.
 
+use super::queue::{park_in, Queue, Seg};
 use super::*;
-
-/// The queue after `out` (see [`Connection::send_shared`]): segments in wire order, each starting at a frame
-/// boundary. While `out` is empty the front segment is the head, and it is always a shared one (owned ones are
-/// moved into `out` as they come to the front); appends go to the back.
-#[derive(Debug, Default)]
-pub(super) struct Tail {
-    pub(super) segs: VecDeque<Seg>,
-    /// Bytes in `segs` not yet written.
-    pub(super) bytes: usize,
-    /// Bytes of the owned segments.
-    pub(super) own: usize,
-    /// Bytes of the front segment already written (only while it is the head).
-    pub(super) head_off: usize,
-}
-
-#[derive(Debug)]
-pub(super) enum Seg {
-    Own(Vec<u8>),
-    Shared(Arc<SharedFrames>),
-}
-
-impl Seg {
-    pub(super) fn bytes(&self) -> &[u8] {
-        match self {
-            Seg::Own(v) => v,
-            Seg::Shared(f) => f.bytes(),
-        }
-    }
-}
-
-impl Tail {
-    /// The owned segment at the back, made if the back is shared.
-    pub(super) fn back_own(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.segs.back(), Some(Seg::Own(_))) {
-            self.segs.push_back(Seg::Own(Vec::new()));
-        }
-        match self.segs.back_mut() {
-            Some(Seg::Own(v)) => v,
-            _ => unreachable!("just pushed"),
-        }
-    }
-}
 
 pub(super) fn close_payload(code: CloseCode, reason: &str) -> ([u8; 2 + MAX_REASON_LEN], usize) {
     let mut p = [0u8; 2 + MAX_REASON_LEN];
@@ -63,19 +22,23 @@ impl Connection {
     /// one.
     #[inline]
     pub fn out(&self) -> &[u8] {
-        if !self.ctrl.is_empty() && self.at_boundary() {
-            return self.ctrl.as_slice();
+        match self.q.as_deref() {
+            Some(q) => q.head(),
+            None => &[],
         }
-        if self.out.is_empty() {
-            if let Some(t) = self.tail.as_deref() {
-                return &t.segs[0].bytes()[t.head_off..];
-            }
-            &self.out
-        } else if self.ctrl.is_empty() {
-            &self.out[self.out_start as usize..]
-        } else {
-            let unwritten = &self.out[self.out_start as usize..];
-            &unwritten[..self.frame_left.min(unwritten.len())]
+    }
+
+    /// The queue, made if there is none.
+    #[inline]
+    pub(super) fn q(&mut self) -> &mut Queue {
+        self.q.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the queue once it holds nothing (not even capacity).
+    #[inline]
+    pub(super) fn settle(&mut self) {
+        if self.q.as_deref().is_some_and(Queue::is_bare) {
+            self.q = None;
         }
     }
 
@@ -83,38 +46,14 @@ impl Connection {
     /// the head).
     #[inline]
     pub fn has_shared(&self) -> bool {
-        self.tail.is_some()
-    }
-
-    /// Whether the head of the queue is at a frame boundary (a control frame may go first).
-    #[inline]
-    pub(super) fn at_boundary(&self) -> bool {
-        if self.out.is_empty() {
-            self.tail.as_deref().map_or(true, |t| t.head_off == 0)
-        } else {
-            self.frame_left == 0
-        }
+        self.q.as_deref().is_some_and(|q| q.tail.is_some())
     }
 
     /// The bytes to write next, as up to `dst.len()` slices in wire order (for one vectored write): the head
     /// ([`Connection::out`]) and, when no control frame waits for a boundary, the segments after it. Returns how
     /// many slices were filled; after writing, [`Connection::consume_out`] takes the count across them.
     pub fn out_slices<'a>(&'a self, dst: &mut [&'a [u8]]) -> usize {
-        let head = self.out();
-        if head.is_empty() || dst.is_empty() {
-            return 0;
-        }
-        dst[0] = head;
-        let Some(t) = self.tail.as_deref().filter(|_| self.ctrl.is_empty()) else { return 1 };
-        let mut n = 1;
-        for seg in t.segs.iter().skip(usize::from(self.out.is_empty())) {
-            if n == dst.len() {
-                break;
-            }
-            dst[n] = seg.bytes();
-            n += 1;
-        }
-        n
+        self.q.as_deref().map_or(0, |q| q.slices(dst))
     }
 
     /// Appends everything queued for the peer to `into`, in wire order, and clears the queue (for callers that
@@ -132,21 +71,26 @@ impl Connection {
 
     /// Bytes queued for the peer in all.
     pub fn queued(&self) -> usize {
-        self.data_queued() + self.ctrl.len()
+        self.q.as_deref().map_or(0, |q| q.data_queued() + q.ctrl.len())
+    }
+
+    /// Data bytes queued (control frames aside).
+    #[inline]
+    pub(super) fn data_queued(&self) -> usize {
+        self.q.as_deref().map_or(0, Queue::data_queued)
     }
 
     /// Heap bytes this connection holds now: its queue's own buffers, the message being assembled, the request
     /// head, a spare buffer, and its compression contexts. Frames shared with other queues are not counted here
     /// (whoever made them counts them once). For a loop-wide memory budget; O(1).
     pub fn held(&self) -> usize {
-        let mut n = self.out.capacity() + self.ctrl.heap_bytes() + self.spare.heap_bytes();
-        if let Some(t) = self.tail.as_deref() {
-            n += t.own + t.segs.capacity() * std::mem::size_of::<Seg>();
-        }
+        let mut n = self.q.as_deref().map_or(0, Queue::held);
+        n += self.end.as_ref().map_or(0, |_| std::mem::size_of::<Ending>());
         n += match &self.state {
             State::ReadingHead { head, .. } => head.held(),
-            State::Open(rx) | State::ClosingByUs { rx, .. } => {
-                rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
+            State::Open(rx) => rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity()),
+            State::ClosingByUs { rx, .. } => {
+                std::mem::size_of::<Rx>() + rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
             }
             _ => 0,
         };
@@ -161,128 +105,30 @@ impl Connection {
         n
     }
 
-    /// Data bytes queued (control frames aside).
-    #[inline]
-    pub(super) fn data_queued(&self) -> usize {
-        self.out.len() - self.out_start as usize + self.tail.as_deref().map_or(0, |t| t.bytes)
-    }
-
     /// Drops the first `n` bytes of the queue (they were written): at most [`Connection::out`]'s length, or what
     /// [`Connection::out_slices`] gave.
-    pub fn consume_out(&mut self, mut n: usize) {
-        if self.tail.is_none() {
-            return self.consume_head(n);
-        }
-        loop {
-            let head = self.out().len();
-            if n <= head || head == 0 {
-                return self.consume_head(n);
-            }
-            self.consume_head(head);
-            n -= head;
-        }
+    pub fn consume_out(&mut self, n: usize) {
+        let Some(q) = self.q.as_deref_mut() else { return };
+        let mut keep = false;
+        let release = match &mut self.state {
+            State::Open(rx) => &mut rx.release_out,
+            _ => &mut keep,
+        };
+        q.consume(n, release);
+        self.settle();
     }
 
-    /// [`Connection::consume_out`] within the head.
-    pub(super) fn consume_head(&mut self, n: usize) {
-        if !self.ctrl.is_empty() && self.at_boundary() {
-            if n >= self.ctrl.len() {
-                self.ctrl.clear();
-                self.ctrl_started = false;
-            } else if n > 0 {
-                self.ctrl.edit(|c| c.drain(..n).count());
-                self.ctrl_started = true;
-            }
-            return;
-        }
-        if self.out.is_empty() && self.tail.is_some() {
-            return self.consume_shared(n);
-        }
-        self.advance_frames(n);
-        let start = self.out_start as usize + n;
-        if start >= self.out.len() {
-            self.out_start = 0;
-            // No large buffer is kept, nor the one that carried the handshake answer.
-            let after_handshake = match &mut self.state {
-                State::Open(rx) => std::mem::take(&mut rx.release_out),
-                _ => false,
-            };
-            if after_handshake {
-                self.out = Vec::new();
-            } else if self.out.capacity() > SPARE_MIN {
-                // Not kept by an idle connection: parked for the shell to take back, with the bytes it carried
-                // (room for a later read straight into it: see `spare`).
-                let buf = std::mem::take(&mut self.out);
-                park(&mut self.spare, &mut self.out, buf);
-            } else {
-                self.out.clear();
-            }
-            self.promote();
-        } else if start >= 64 * 1024 && 2 * start >= self.out.len() || start > u32::MAX as usize {
-            // The written part is dropped once it is most of the buffer: each byte is moved at most once.
-            self.out.drain(..start);
-            self.out_start = 0;
-        } else {
-            self.out_start = start as u32;
-        }
-    }
-
-    /// `n` bytes of the shared segment at the head were written.
-    pub(super) fn consume_shared(&mut self, n: usize) {
-        let Some(t) = self.tail.as_deref_mut() else { return };
-        t.head_off += n;
-        t.bytes -= n;
-        if t.head_off >= t.segs[0].bytes().len() {
-            t.segs.pop_front();
-            t.head_off = 0;
-        }
-        self.promote();
-    }
-
-    /// With `out` empty: moves the owned segments that reached the front into `out`, and drops the tail once
-    /// empty (appends go to `out` again).
-    pub(super) fn promote(&mut self) {
-        let Some(t) = self.tail.as_deref_mut() else { return };
-        if !self.out.is_empty() || t.head_off > 0 {
-            return;
-        }
-        while let Some(Seg::Own(_)) = t.segs.front() {
-            let Some(Seg::Own(v)) = t.segs.pop_front() else { unreachable!() };
-            t.bytes -= v.len();
-            t.own -= v.len();
-            if !v.is_empty() {
-                let old = std::mem::replace(&mut self.out, v);
-                park(&mut self.spare, &mut Vec::new(), old);
-                self.frame_left = 0;
-                break;
-            }
-        }
-        if t.segs.is_empty() {
-            self.tail = None;
-        }
-    }
-
-    /// Appends owned bytes at the back of the queue: to `out`, or to the tail once shared frames are queued.
+    /// Appends owned bytes at the back of the queue (see [`Queue::append`]).
     pub(super) fn append(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
-        match self.tail.as_deref_mut() {
-            None => f(&mut self.out),
-            Some(t) => {
-                let v = t.back_own();
-                let before = v.len();
-                f(v);
-                let added = v.len() - before;
-                t.bytes += added;
-                t.own += added;
-            }
-        }
+        self.q().append(f)
     }
 
     /// Forgets everything queued (the connection is dropped).
     pub(super) fn discard_out(&mut self) {
-        self.out.clear();
-        self.out_start = 0;
-        self.ctrl.clear();
-        self.tail = None;
+        if let Some(q) = self.q.as_deref_mut() {
+            q.discard();
+        }
+        self.settle();
     }
 
     /// Queues frames shared with other connections (a prepared message's), by reference; short ones are copied.
@@ -295,102 +141,51 @@ impl Connection {
             self.append(|out| out.extend_from_slice(frames.bytes()));
             return Ok(());
         }
-        let t = self.tail.get_or_insert_with(Box::default);
+        let t = self.q().tail.get_or_insert_with(Box::default);
         t.bytes += len;
         t.segs.push_back(Seg::Shared(frames));
         Ok(())
     }
 
-    /// Moves the frame-boundary tracker over `n` bytes about to be dropped from the head of `out` (whole frames are
-    /// always appended, so a boundary is always followed by a complete header).
-    pub(super) fn advance_frames(&mut self, mut n: usize) {
-        if self.frame_left == usize::MAX {
-            return;
-        }
-        let mut pos = self.out_start as usize;
-        while n > 0 && pos < self.out.len() {
-            if self.frame_left == 0 {
-                // Our own frames, so the header decodes; were it not to, the rest counts as one unit.
-                self.frame_left = match decode_header(&self.out[pos..]) {
-                    Ok(Status::Complete((h, used))) => used + h.len as usize,
-                    _ => self.out.len() - pos,
-                };
-            }
-            let t = self.frame_left.min(n);
-            self.frame_left -= t;
-            n -= t;
-            pos += t;
-        }
-    }
-
     /// Queues a control frame, in order with the other control frames, ahead of queued data at its next frame
-    /// boundary. Waiting control frames are bounded (1 KiB): past that, the ones not yet started are replaced by the newest (RFC 6455
-    /// §5.5.2 lets a pong answer only the most recent ping), so a ping flood costs no memory.
+    /// boundary. Waiting control frames are bounded (1 KiB): past that, the ones not yet started are replaced by
+    /// the newest (RFC 6455 §5.5.2 lets a pong answer only the most recent ping), so a ping flood costs no memory.
     pub(super) fn queue_control(&mut self, op: OpCode, payload: &[u8]) {
-        if self.frame_left == usize::MAX {
-            write_frame(&mut self.out, true, 0, op, payload);
-            return;
-        }
-        if self.ctrl.len() >= 1024 {
-            if self.ctrl_started {
-                return; // a frame is half written; the next ping gets the pong
-            }
-            self.ctrl.clear();
-        }
-        self.ctrl.edit(|c| write_frame(c, true, 0, op, payload));
+        self.q().control(op, payload)
     }
 
     /// Appends a data message to `out` (see [`write_message`]), in the spare buffer if `out` is empty and too small.
     pub(super) fn queue_message(&mut self, compressed: bool, op: OpCode, payload: &[u8]) {
-        self.make_room(payload.len());
         let max = self.config.max_frame_out;
-        self.append(|out| write_message(out, compressed, op, payload, max));
+        let q = self.q();
+        q.make_room(payload.len(), max);
+        q.append(|out| write_message(out, compressed, op, payload, max));
     }
 
-    /// Before `payload` bytes are queued: an empty, too small `out` is swapped for the spare buffer if it fits.
-    pub(super) fn make_room(&mut self, payload: usize) {
-        let frames = match self.config.max_frame_out {
-            0 => 1,
-            max => 1 + payload / max,
-        };
-        let need = payload + MAX_HEADER_LEN * frames;
-        if self.out.is_empty() && self.tail.is_none() && self.out.capacity() < need && self.spare.capacity() >= need {
-            self.out = self.spare.replace(std::mem::take(&mut self.out));
-            self.out.clear();
-        }
-    }
-
-    /// Lends the connection a buffer for its next large message (the shell's pool; see `spare`; what it holds is
-    /// never shown, and kept only as room to read into). It is
-    /// refused (handed back) when the connection already holds one.
+    /// Lends the connection a buffer for its next large message (the shell's pool; what it holds is never shown,
+    /// and kept only as room to read into). It is refused (handed back) when the connection already holds one.
     pub fn lend_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
-        if self.spare.is_some() {
+        let q = self.q();
+        if q.spare.is_some() {
             return Some(buf);
         }
-        self.spare.replace(buf);
+        q.spare.replace(buf);
+        self.settle();
         None
     }
 
     /// [`Connection::take_buffer`] has a buffer to hand back.
     #[inline]
     pub fn holds_buffer(&self) -> bool {
-        self.spare.is_some() || self.out_parked()
-    }
-
-    /// The queue is empty and holds a large buffer ([`park`]ed there, or left by a written queue).
-    #[inline]
-    pub(super) fn out_parked(&self) -> bool {
-        self.out.is_empty() && self.out.capacity() >= SPARE_MIN
+        self.q.as_deref().is_some_and(|q| q.spare.is_some() || q.out_parked())
     }
 
     /// Takes back a spare buffer: one lent and not used, or one a finished message or a written queue released.
     /// Call it until it returns `None` (a connection can hold two: the spare, and an empty queue's large buffer).
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        // The spare last: the pool is a stack, and the spare keeps its old bytes (room to read into unzeroed).
-        if self.out_parked() {
-            return Some(std::mem::take(&mut self.out));
-        }
-        self.spare.is_some().then(|| self.spare.take())
+        let buf = self.q.as_deref_mut()?.take_buffer();
+        self.settle();
+        buf
     }
 
     /// Queues a message as one frame.
@@ -476,16 +271,18 @@ impl Connection {
         if written >= total {
             return;
         }
-        debug_assert!(self.out.is_empty() && self.ctrl.is_empty(), "nothing was queued ahead of a direct frame");
-        self.make_room(payload.len());
+        debug_assert!(!self.wants_write(), "nothing was queued ahead of a direct frame");
+        let max = self.config.max_frame_out;
+        let q = self.q();
+        q.make_room(payload.len(), max);
         if written < header.len() {
-            self.out.extend_from_slice(&header[written..]);
-            self.out.extend_from_slice(payload);
+            q.out.extend_from_slice(&header[written..]);
+            q.out.extend_from_slice(payload);
         } else {
-            self.out.extend_from_slice(&payload[written - header.len()..]);
+            q.out.extend_from_slice(&payload[written - header.len()..]);
         }
         // Once begun, `out` starts inside a frame: the boundary tracker counts down its rest.
-        self.frame_left = if written == 0 { 0 } else { total - written };
+        q.frame_left = if written == 0 { 0 } else { total - written };
     }
 
     /// The message the last [`Event::Message`] lent out, when it was assembled here (spanning frames or reads):
@@ -508,16 +305,14 @@ impl Connection {
         let total = header.len() + m.as_ref().map_or(0, |m| m.buf.len());
         match m {
             Some(m) if written >= header.len() && written < total && written - header.len() <= u32::MAX as usize => {
-                debug_assert!(
-                    self.out.is_empty() && self.ctrl.is_empty(),
-                    "nothing was queued ahead of a direct frame"
-                );
+                let q = self.q.get_or_insert_with(Box::default);
+                debug_assert!(!q.wants_write(), "nothing was queued ahead of a direct frame");
                 let buf = std::mem::take(&mut m.buf);
-                let old = std::mem::replace(&mut self.out, buf);
-                park(&mut self.spare, &mut Vec::new(), old);
-                self.out_start = (written - header.len()) as u32;
+                let old = std::mem::replace(&mut q.out, buf);
+                park_in(&mut q.spare, &mut Vec::new(), old);
+                q.out_start = (written - header.len()) as u32;
                 // Once begun, `out` starts inside a frame: the boundary tracker counts down its rest.
-                self.frame_left = total - written;
+                q.frame_left = total - written;
             }
             _ => {
                 self.with_delivered(|c, payload| c.sent_direct(header, payload, written));
@@ -574,8 +369,10 @@ impl Connection {
         if matches!(opcode, OpCode::Ping | OpCode::Pong) {
             self.queue_control(opcode, payload);
         } else {
-            self.make_room(payload.len());
-            self.append(|out| write_frame(out, fin, 0, opcode, payload));
+            let max = self.config.max_frame_out;
+            let q = self.q();
+            q.make_room(payload.len(), max);
+            q.append(|out| write_frame(out, fin, 0, opcode, payload));
         }
         Ok(())
     }
@@ -599,7 +396,7 @@ impl Connection {
         let deadline = now + self.config.close_timeout;
         if let State::Open(mut rx) = std::mem::replace(&mut self.state, State::Closed { linger: deadline }) {
             rx.drop_message();
-            self.state = State::ClosingByUs { rx, deadline };
+            self.state = State::ClosingByUs { rx: Box::new(rx), deadline };
         }
         Ok(())
     }
@@ -613,9 +410,7 @@ impl Connection {
     /// Drops a connection whose peer does not read (the shell found more than `max_queued_bytes` waiting): the
     /// queue is discarded and the connection ends at once with [`ProtocolError::SlowConsumer`].
     pub fn drop_slow(&mut self, queued: usize, now: Instant) {
-        if self.status.is_none() {
-            self.status = Some(Box::new(CloseStatus::Error(ProtocolError::SlowConsumer { queued })));
-        }
+        self.end_with(|| CloseStatus::Error(ProtocolError::SlowConsumer { queued }));
         self.abort(now);
     }
 }

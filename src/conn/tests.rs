@@ -268,7 +268,7 @@ fn shared_frames_keep_their_place_in_the_queue_at_every_cut() {
     let mut c = open();
     fill(&mut c, &mut pool);
     assert_eq!(c.queued(), reference.len());
-    assert!(c.tail.is_some(), "the long prepared frames are shared");
+    assert!(c.has_shared(), "the long prepared frames are shared");
     for step in [1, 7, 100, 2003, 4096, 1 << 20] {
         let mut c = open();
         fill(&mut c, &mut pool);

@@ -75,7 +75,7 @@ impl Connection {
         let c = &self.config;
         let idle = c.idle_timeout.map(|d| l.last_rx + d);
         let ping = l.pong_deadline(c, self.ping_out).or_else(|| c.ping_interval.map(|d| l.last_rx + d));
-        let life = c.max_lifetime.map(|d| l.opened + d);
+        let life = self.lifetime_end();
         [idle, ping, life].into_iter().flatten().min()
     }
 
@@ -89,25 +89,25 @@ impl Connection {
             | State::AwaitingResponse { deadline }
                 if now >= *deadline =>
             {
-                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Handshake)));
+                self.ending().status = Some(CloseStatus::TimedOut(TimeoutKind::Handshake));
                 self.discard_out();
                 self.state = State::Closed { linger: now };
             }
             State::Open(rx) if rx.msg.as_ref().is_some_and(|m| !rx.msg_delivered && now >= m.deadline) => {
                 self.fail(ProtocolError::MessageTimeout, now);
-                self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Message)));
+                self.ending().status = Some(CloseStatus::TimedOut(TimeoutKind::Message));
             }
             State::Open(_) if self.live_deadline().is_some_and(|d| now >= d) => self.liveness_timeout(now),
             State::ClosingByUs { deadline, .. } if now >= *deadline => {
-                if self.status.is_none() {
-                    self.status = Some(Box::new(CloseStatus::TimedOut(TimeoutKind::Close)));
-                }
+                self.end_with(|| CloseStatus::TimedOut(TimeoutKind::Close));
                 self.discard_out();
                 self.state = State::Closed { linger: now };
             }
             State::Closed { linger } if now >= *linger => {
+                if let Some(q) = self.q.as_deref_mut() {
+                    q.ctrl_started = false;
+                }
                 self.discard_out();
-                self.ctrl_started = false;
             }
             _ => {}
         }
@@ -117,7 +117,7 @@ impl Connection {
     pub(super) fn liveness_timeout(&mut self, now: Instant) {
         let Some(l) = self.live.as_mut() else { return };
         let c = &self.config;
-        let kind = if c.max_lifetime.is_some_and(|d| now >= l.opened + d) {
+        let kind = if self.end.as_deref().and_then(|e| e.lifetime).is_some_and(|end| now >= end) {
             Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
         } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
             Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
@@ -134,7 +134,7 @@ impl Connection {
         };
         if let Some((kind, code, reason)) = kind {
             let _ = self.close(code, reason, now);
-            self.status = Some(Box::new(CloseStatus::TimedOut(kind)));
+            self.ending().status = Some(CloseStatus::TimedOut(kind));
         }
     }
 }
