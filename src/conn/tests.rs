@@ -768,3 +768,36 @@ fn the_http2_preface_turns_the_connection_into_a_tunnel_at_any_split() {
     let (_, ev) = c.read(&mut stream, now);
     assert!(matches!(ev, Some(Event::HandshakeFailed(_))), "{ev:?}");
 }
+
+/// The send queue exists only while it holds something: not after the handshake's answer is written, nor
+/// after a pong went out; a queue that sent data keeps its buffer (and box) for the next message; a large
+/// buffer taken back leaves nothing. What the connection holds says so ([`Connection::held`]).
+#[test]
+fn an_idle_connection_holds_no_queue() {
+    let t0 = Instant::now();
+    let mut c = Connection::new(config(), t0);
+    let _ = c.read(&mut HEAD.to_vec(), t0);
+    c.accept(None, false, t0).unwrap();
+    assert!(c.q.is_some() && c.wants_write(), "the 101 is queued");
+    c.consume_out(c.out().len());
+    assert!(c.q.is_none() && c.held() == 0, "nothing kept after the handshake: {}", c.held());
+    // A ping: its pong waits in the queue, then nothing is kept.
+    let mut ping = Vec::new();
+    write_client_frame(&mut ping, true, 0, OpCode::Ping, [1, 2, 3, 4], b"hi");
+    let _ = c.read(&mut ping, t0);
+    assert_eq!(c.out(), [0x8a, 2, b'h', b'i']);
+    c.consume_out(4);
+    c.reclaim();
+    assert!(c.q.is_none() && c.held() == 0, "nothing kept after the pong: {}", c.held());
+    // Queued data: the buffer is kept for the next message, and counted.
+    c.send(Message::Text("hello")).unwrap();
+    c.consume_out(c.out().len());
+    let kept = c.q.as_deref().map_or(0, |q| q.out.capacity());
+    assert!(kept > 0 && c.held() == std::mem::size_of::<Queue>() + kept, "{} vs {kept}", c.held());
+    // A large buffer lent and taken back unused leaves nothing either.
+    let mut c = Connection::new(config(), t0);
+    assert!(c.lend_buffer(Vec::with_capacity(SPARE_MIN)).is_none());
+    assert!(c.holds_buffer());
+    assert_eq!(c.take_buffer().map(|b| b.capacity() >= SPARE_MIN), Some(true));
+    assert!(c.q.is_none() && !c.holds_buffer());
+}
