@@ -374,7 +374,8 @@ pub struct Connection {
     end: Option<Box<Ending>>,
     /// permessage-deflate, when negotiated (boxed: most of it exists only after the first compressed message).
     deflate: Option<Box<DeflateState>>,
-    /// Idle, keepalive and lifetime clocks; only when one of them is configured.
+    /// The idle and keepalive clock; only when one of idle, keepalive or lifetime is configured (the lifetime's
+    /// end is in `end`, and checked only while this exists).
     live: Option<Liveness>,
     /// A keepalive ping is out (sent when `ping_interval` passed after the liveness clock's `last_rx`): the peer
     /// must send something within `ping_timeout` of that ([`Liveness::pong_deadline`]).
