@@ -263,6 +263,17 @@ impl Rx {
         }
     }
 
+    /// A message is being assembled (not the one lent out by the last event).
+    #[inline]
+    fn msg_open(&self) -> bool {
+        self.msg.is_some() && !self.msg_delivered
+    }
+
+    /// Heap bytes it holds: a control payload cut across reads, and the message's buffer.
+    fn held(&self) -> usize {
+        self.ctrl.heap_bytes() + self.msg.as_ref().map_or(0, |m| m.buf.capacity())
+    }
+
     /// Drops a message still being received (the connection is closing); the framing position is kept.
     fn drop_message(&mut self) {
         self.msg = None;
@@ -514,11 +525,7 @@ impl Connection {
     pub fn is_mid_message(&self) -> bool {
         match &self.state {
             State::ReadingHead { head, .. } => !head.is_empty(),
-            State::Open(rx) => rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered),
-            State::ClosingByUs { rx, .. } => {
-                rx.hdr_len > 0 || rx.frame.is_some() || (rx.msg.is_some() && !rx.msg_delivered)
-            }
-            _ => false,
+            state => state.rx().is_some_and(|rx| rx.hdr_len > 0 || rx.frame.is_some() || rx.msg_open()),
         }
     }
 

@@ -295,6 +295,7 @@ impl Queue {
         self.out.clear();
         self.out_start = 0;
         self.ctrl.clear();
+        self.ctrl_started = false;
         self.tail = None;
     }
 

@@ -88,10 +88,8 @@ impl Connection {
         n += self.end.as_ref().map_or(0, |_| std::mem::size_of::<Ending>());
         n += match &self.state {
             State::ReadingHead { head, .. } => head.held(),
-            State::Open(rx) => rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity()),
-            State::ClosingByUs { rx, .. } => {
-                std::mem::size_of::<Rx>() + rx.ctrl.heap_bytes() + rx.msg.as_ref().map_or(0, |m| m.buf.capacity())
-            }
+            State::Open(rx) => rx.held(),
+            State::ClosingByUs { rx, .. } => std::mem::size_of::<Rx>() + rx.held(),
             _ => 0,
         };
         if let Some(d) = self.deflate.as_deref() {

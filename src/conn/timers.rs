@@ -54,7 +54,7 @@ impl Connection {
     fn deadline_shape(&self) -> u8 {
         match &self.state {
             State::Open(rx) => {
-                let msg = rx.msg.is_some() && !rx.msg_delivered;
+                let msg = rx.msg_open();
                 1 | (msg as u8) << 1 | (self.ping_out as u8) << 2
             }
             _ => 0,
@@ -104,9 +104,6 @@ impl Connection {
                 self.state = State::Closed { linger: now };
             }
             State::Closed { linger } if now >= *linger => {
-                if let Some(q) = self.q.as_deref_mut() {
-                    q.ctrl_started = false;
-                }
                 self.discard_out();
             }
             _ => {}
@@ -115,9 +112,10 @@ impl Connection {
 
     /// A liveness deadline passed: close for lifetime, idle or an unanswered ping, or send the keepalive ping.
     pub(super) fn liveness_timeout(&mut self, now: Instant) {
+        let life = self.lifetime_end();
         let Some(l) = self.live.as_mut() else { return };
         let c = &self.config;
-        let kind = if self.end.as_deref().and_then(|e| e.lifetime).is_some_and(|end| now >= end) {
+        let kind = if life.is_some_and(|end| now >= end) {
             Some((TimeoutKind::Lifetime, CloseCode::GOING_AWAY, "connection lifetime reached"))
         } else if c.idle_timeout.is_some_and(|d| now >= l.last_rx + d) {
             Some((TimeoutKind::Idle, CloseCode::GOING_AWAY, "idle timeout"))
