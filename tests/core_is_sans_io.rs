@@ -35,6 +35,7 @@ const ENDPOINT: &[&str] = &[
     "endpoint/rate.rs",
     "endpoint/read.rs",
     "endpoint/slot.rs",
+    "endpoint/steady.rs",
     "endpoint/timers.rs",
     "endpoint/turn.rs",
     "endpoint/write.rs",

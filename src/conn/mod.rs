@@ -50,6 +50,8 @@ mod send;
 #[cfg(test)]
 mod tests;
 mod timers;
+#[cfg(test)]
+mod whole_tests;
 
 use queue::{park, Queue};
 use send::close_payload;

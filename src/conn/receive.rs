@@ -30,6 +30,48 @@ impl Connection {
         }
     }
 
+    /// [`Connection::read`]'s steady case, for a shell's fast path: `input` is exactly one whole data frame (final,
+    /// uncompressed, masked, a 7- or 16-bit length within the limits) and the connection is open between
+    /// messages. Then all of `input` is used and the event is what `read` would have reported (the message, or
+    /// [`Event::Error`] for text that is not UTF-8), with every effect `read` would have had; otherwise `None`,
+    /// nothing changed, and `read` decides.
+    #[inline]
+    pub fn read_whole<'a>(&mut self, input: &'a mut [u8], now: Instant) -> Option<Event<'a>> {
+        let State::Open(rx) = &self.state else { return None };
+        if rx.hdr_len != 0 || rx.frame.is_some() || rx.msg.is_some() || rx.ctrl_lent || rx.discard {
+            return None;
+        }
+        // FIN, no reserved bit, text or binary; MASK and a 7-bit length, or 126 and a 16-bit one.
+        let (text, len, start) = match *input {
+            [b0 @ (0x81 | 0x82), b1 @ 0x80..=0xfd, ..] => (b0 == 0x81, usize::from(b1 & 0x7f), 6),
+            [b0 @ (0x81 | 0x82), 0xfe, l0, l1, ..] => (b0 == 0x81, usize::from(u16::from_be_bytes([l0, l1])), 8),
+            _ => return None,
+        };
+        let config = &*self.config;
+        if input.len() != start + len || len > config.max_payload_size || len > config.max_message_size {
+            return None;
+        }
+        heard_from(self.live.as_mut(), &mut self.ping_out, now);
+        let (head, payload) = input.split_at_mut(start);
+        apply_mask(payload, [head[start - 4], head[start - 3], head[start - 2], head[start - 1]], 0);
+        let payload = &*payload;
+        if !text {
+            return Some(Event::Message(Message::Binary(payload)));
+        }
+        match std::str::from_utf8(payload) {
+            Ok(s) => Some(Event::Message(Message::Text(s))),
+            Err(_) => Some(self.not_utf8(now)),
+        }
+    }
+
+    /// [`Connection::read_whole`]'s text that is not UTF-8: what `read` does with it.
+    #[cold]
+    #[inline(never)]
+    fn not_utf8<'a>(&mut self, now: Instant) -> Event<'a> {
+        self.fail(ProtocolError::InvalidUtf8, now);
+        Event::Error(ProtocolError::InvalidUtf8)
+    }
+
     /// [`Connection::read`] while the request head comes in (out of line: the open connection's path stays small,
     /// and the compiler does not hoist the handshake's constants into every read).
     #[cold]

@@ -156,7 +156,7 @@ fn answer_http(
 
 /// The handler's state for a connection is suspect after a panic: it is closed with 1011; everyone else goes on.
 #[cold]
-fn handler_panicked(conn: &mut Connection, now: Instant) {
+pub(super) fn handler_panicked(conn: &mut Connection, now: Instant) {
     let _ = conn.close(crate::CloseCode::INTERNAL, "internal error", now);
 }
 
@@ -186,7 +186,7 @@ fn upgrade(
 /// A refused handshake, a control frame or a protocol error, to the handler; false if the handler panicked.
 #[cold]
 #[inline(never)]
-fn other_event(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, prod: bool, ev: Event<'_>) -> bool {
+pub(super) fn other_event(handler: &mut dyn Handler, ctx: &mut Ctx<'_>, prod: bool, ev: Event<'_>) -> bool {
     let id = ctx.id;
     match ev {
         Event::HandshakeFailed(e) => {
@@ -293,7 +293,13 @@ impl Endpoint {
             // What a client sent after a deferred upgrade's request waits for the answer.
             self.keep_for_answer(key, plain, off, n, now);
         }
-        // A message lent out for an echo still to be written stays until it is written.
+        self.feed_done(key)
+    }
+
+    /// The end of a feed: what the connection was lent comes back (a message lent out for an echo still to be
+    /// written stays until it is written). Returns whether the connection was left quiet.
+    #[inline]
+    pub(super) fn feed_done(&mut self, key: usize) -> bool {
         let lent_out = self.lent_out(key);
         let Some(slot) = self.slots.get_mut(key) else { return false };
         if !lent_out {

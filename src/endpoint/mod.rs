@@ -59,6 +59,7 @@ mod h2;
 mod rate;
 mod read;
 mod slot;
+mod steady;
 mod timers;
 mod turn;
 mod write;

@@ -238,6 +238,11 @@ impl Endpoint {
     /// to the handler, and what it sends is queued (an echo may wait in the read buffer: poll the transmits
     /// before the next read).
     pub fn received(&mut self, read: Read, result: io::Result<usize>, now: Instant) {
+        if let Ok(n) = result {
+            if self.steady(&read, n, now) {
+                return;
+            }
+        }
         let in_place = if self.target.is_some() { self.read_in_place(&read, &result, now) } else { None };
         let Some(key) = self.key_of(read.id) else { return };
         match self.burst {
