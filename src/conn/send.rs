@@ -248,18 +248,25 @@ impl Connection {
     /// it, or it would be compressed or fragmented, or the connection no longer sends. After the write the shell
     /// MUST call [`Connection::sent_direct`] with what was written, even if nothing was.
     pub fn direct_header(&self, text: bool, len: usize) -> Option<([u8; MAX_HEADER_LEN], usize)> {
-        let max = self.config.max_frame_out;
-        if !self.is_open()
-            || self.wants_write()
-            || self.deflate.as_ref().is_some_and(|d| len >= d.params.min_size)
-            || (max != 0 && len > max)
-        {
+        if !self.may_send_direct(len) {
             return None;
         }
         let mut head = [0u8; MAX_HEADER_LEN];
         let op = if text { OpCode::Text } else { OpCode::Binary };
         let n = encode_header(true, 0, op, None, len as u64, &mut head);
         Some((head, n))
+    }
+
+    /// Whether a message of `len` bytes may be written by the shell from where it lies, as one uncompressed frame
+    /// with its header in front (see [`Connection::direct_header`]): open, nothing queued ahead of it, not to be
+    /// compressed or fragmented.
+    #[inline]
+    pub fn may_send_direct(&self, len: usize) -> bool {
+        let max = self.config.max_frame_out;
+        self.is_open()
+            && !self.wants_write()
+            && !self.deflate.as_ref().is_some_and(|d| len >= d.params.min_size)
+            && (max == 0 || len <= max)
     }
 
     /// `written` bytes of the frame `header` + `payload` (see [`Connection::direct_header`]) went to the peer;

@@ -259,7 +259,16 @@ impl Endpoint {
         }
     }
 
+    #[inline]
     pub(super) fn apply_commands(&mut self, now: Instant) {
+        if !self.queue.cmds.is_empty() {
+            self.apply_queued(now);
+        }
+    }
+
+    /// [`Endpoint::apply_commands`] when there are some.
+    #[inline(never)]
+    fn apply_queued(&mut self, now: Instant) {
         let alone = match self.queue.cmds[..] {
             [] => return,
             [Cmd::Echo { to, text, len }] => Some((to, text, len)),

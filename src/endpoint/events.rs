@@ -306,16 +306,12 @@ impl Endpoint {
             slot.conn.reclaim();
             take_back(&mut self.bufs, &mut slot.conn);
         }
-        // Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output: the
-        // end of the turn acts on what they changed. A connection they left quiet (the steady echo, its answer
-        // about to go out whole) only has its timer checked, now.
-        if !lent_out && slot.is_quiet(self.table[key].queued()) {
-            turn::arm(&mut self.timers, key, self.table[key].gen, slot);
-            true
-        } else {
+        if lent_out {
             touch(&mut self.dirty, key, slot);
-            false
+            return false;
         }
+        let (gen, counted) = (self.table[key].gen, self.table[key].queued());
+        quiet_or_dirty(slot, key, gen, counted, &mut self.timers, &mut self.dirty)
     }
 
     /// Reads the next event out of `input[*off..n]` (the read buffer, or the plaintext one when `plain`) and
@@ -400,5 +396,27 @@ impl Endpoint {
             handler_panicked(&mut slot.conn, now);
         }
         Step::Handled
+    }
+}
+
+/// Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output: the end of
+/// the turn acts on what they changed (the connection is marked for it). A connection they left quiet (the steady
+/// echo, its answer about to go out whole) only has its timer checked, now. Returns whether it was quiet.
+/// (`counted`: its bytes queued as last counted.)
+#[inline(always)]
+pub(super) fn quiet_or_dirty(
+    slot: &mut Slot,
+    key: usize,
+    gen: u32,
+    counted: usize,
+    timers: &mut Timers,
+    dirty: &mut Vec<usize>,
+) -> bool {
+    if slot.is_quiet(counted) {
+        turn::arm(timers, key, gen, slot);
+        true
+    } else {
+        touch(dirty, key, slot);
+        false
     }
 }

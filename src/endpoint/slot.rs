@@ -199,6 +199,17 @@ impl Slot {
     /// paused is read again from there). `counted`: its bytes queued as last counted.
     #[inline]
     pub(super) fn is_quiet(&self, counted: usize) -> bool {
+        self.owes_nothing(counted)
+            && !self.conn.wants_write()
+            && self.conn.is_open()
+            && !self.conn.is_mid_message()
+            && !self.conn.holds_buffer()
+    }
+
+    /// [`Slot::is_quiet`]'s part that the slot answers: nothing queued or held, no flag that asks for work, open
+    /// and plain.
+    #[inline]
+    pub(super) fn owes_nothing(&self, counted: usize) -> bool {
         const BUSY: u16 = Flags::READ_READY
             | Flags::BLOCKED
             | Flags::OVER_HIGH
@@ -208,15 +219,7 @@ impl Slot {
             | Flags::PAUSED
             | Flags::PRESSED
             | Flags::STREAM;
-        counted == 0
-            && self.held == 0
-            && self.flags.0 & BUSY == 0
-            && self.phase == Phase::Open
-            && !self.is_tls()
-            && !self.conn.wants_write()
-            && self.conn.is_open()
-            && !self.conn.is_mid_message()
-            && !self.conn.holds_buffer()
+        counted == 0 && self.held == 0 && self.flags.0 & BUSY == 0 && self.phase == Phase::Open && !self.is_tls()
     }
 
     /// Drops everything queued for the peer in both layers (it is dropped for not reading).

@@ -34,7 +34,22 @@ impl Endpoint {
         if !self.stash.is_empty() || self.direct.is_some() || self.table.get(key).map(|e| e.gen) != Some(gen) {
             return false;
         }
-        let Endpoint { slots, handler, queue, rbuf, config, shared, table, echo_src, work, .. } = self;
+        let Endpoint {
+            slots,
+            handler,
+            queue,
+            rbuf,
+            config,
+            shared,
+            table,
+            echo_src,
+            work,
+            direct,
+            bufs,
+            timers,
+            dirty,
+            ..
+        } = self;
         let Some(slot) = slots.get_mut(key) else { return false };
         if slot.flags.has(NOT_STEADY) || slot.phase != Phase::Open || slot.is_tls() {
             return false;
@@ -47,7 +62,7 @@ impl Endpoint {
         Metrics::add(&m.bytes_in, n as u64);
         let id = read.id;
         let mut ctx = Ctx::new(id, slot.peer, queue, m, table, config.write_high_water);
-        match ev {
+        let echoed = match ev {
             Event::Message(msg) => {
                 let len = msg.as_bytes().len();
                 Metrics::add(&m.messages_in, 1);
@@ -57,23 +72,72 @@ impl Endpoint {
                 if guarded(id, "on_message", || handler.on_message(&mut ctx, msg)).is_none() {
                     handler_panicked(&mut slot.conn, now);
                 }
+                match queue.cmds[..] {
+                    [Cmd::Echo { to, text, len: l }] if to == id && l == len && slot.conn.may_send_direct(len) => {
+                        // The steady echo: the message back, and nothing else (see `echo_alone`).
+                        *direct = Some(echo_header(rbuf, n, text, len, key));
+                        Metrics::add(&m.messages_out, 1);
+                        Metrics::add(&m.payload_out, len as u64);
+                        queue.cmds.clear();
+                        true
+                    }
+                    _ => false,
+                }
             }
             other => {
                 if !other_event(&mut **handler, &mut ctx, config.prod, other) {
                     handler_panicked(&mut slot.conn, now);
                 }
+                false
             }
-        }
+        };
         if cfg!(debug_assertions) && !config.prod {
             slot.conn.debug_check_invariants();
         }
-        self.apply_commands(now);
-        self.echo_src = None;
-        let quiet = self.feed_done(key);
+        let quiet = if echoed {
+            // (What `feed_done` does, knowing that nothing was lent: the message was in the input.)
+            *echo_src = None;
+            take_back(bufs, &mut slot.conn);
+            // (Open, nothing queued ahead of the echo, nothing half-read: what `is_quiet` asks of the core, but
+            // a buffer held.)
+            if slot.owes_nothing(table[key].queued()) && !slot.conn.holds_buffer() {
+                turn::arm(timers, key, gen, slot);
+                true
+            } else {
+                touch(dirty, key, slot);
+                false
+            }
+        } else {
+            self.apply_commands(now);
+            self.echo_src = None;
+            self.feed_done(key)
+        };
         self.end_burst();
         if !quiet {
             self.write_through(key);
         }
         true
     }
+}
+
+/// The header of the echo of the payload that ends the read (`rbuf[n - len..n]`) goes over the end of the client's
+/// header, just before the payload (the client's was 6 or 8 bytes, the answer's is 2 or 4): the frame to write is
+/// one slice of the read buffer.
+#[inline(always)]
+fn echo_header(rbuf: &mut [u8], n: usize, text: bool, len: usize, key: usize) -> Direct {
+    let start = n - len;
+    let b0 = if text { 0x81 } else { 0x82 };
+    let hl = match rbuf.get_mut(start.saturating_sub(4)..start) {
+        Some([_, _, h0, h1]) if len < 126 => {
+            (*h0, *h1) = (b0, len as u8);
+            2
+        }
+        Some([h0, h1, h2, h3]) => {
+            let [l0, l1] = (len as u16).to_be_bytes();
+            (*h0, *h1, *h2, *h3) = (b0, 126, l0, l1);
+            4
+        }
+        _ => unreachable!("a masked client header is at least 6 bytes"),
+    };
+    Direct::Input { key, start: start - hl, hl, end: n }
 }
