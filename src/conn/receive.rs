@@ -35,7 +35,7 @@ impl Connection {
     /// messages. Then all of `input` is used and the event is what `read` would have reported (the message, or
     /// [`Event::Error`] for text that is not UTF-8), with every effect `read` would have had; otherwise `None`,
     /// nothing changed, and `read` decides.
-    #[inline]
+    #[inline(always)]
     pub fn read_whole<'a>(&mut self, input: &'a mut [u8], now: Instant) -> Option<Event<'a>> {
         let State::Open(rx) = &self.state else { return None };
         if rx.hdr_len != 0 || rx.frame.is_some() || rx.msg.is_some() || rx.ctrl_lent || rx.discard {

@@ -260,7 +260,7 @@ impl Connection {
     /// Whether a message of `len` bytes may be written by the shell from where it lies, as one uncompressed frame
     /// with its header in front (see [`Connection::direct_header`]): open, nothing queued ahead of it, not to be
     /// compressed or fragmented.
-    #[inline]
+    #[inline(always)]
     pub fn may_send_direct(&self, len: usize) -> bool {
         let max = self.config.max_frame_out;
         self.is_open()
