@@ -6,11 +6,22 @@ use super::*;
 use crate::config::Config;
 use crate::frame::write_client_frame;
 
-const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+const DEFLATE: &[u8] = b"Sec-WebSocket-Extensions: permessage-deflate\r\n";
 
 fn frame(fin: bool, rsv: u8, op: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     write_client_frame(&mut v, fin, rsv, op, [0x37, 0xfa, 0x21, 0x3d], payload);
+    v
+}
+
+/// A frame written by hand: `b0`, then a masked length of `len_bytes` (7-bit, 126 + 16-bit or 127 + 64-bit), the
+/// zero mask and the payload.
+fn raw(b0: u8, len_bytes: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![b0, len_bytes[0] | 0x80];
+    v.extend_from_slice(&len_bytes[1..]);
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(payload);
     v
 }
 
@@ -19,28 +30,53 @@ fn show(ev: Option<Event<'_>>) -> String {
     format!("{ev:?}")
 }
 
-/// An open connection (payloads up to 300 bytes), then `before` fed through the general path.
-fn open(before: &[u8], now: Instant) -> Connection {
+/// Where a read can find a connection: after `chunks`, each fed as one read; `lent`: the last event's payload is
+/// still lent out (no call after it); `deflate`: permessage-deflate negotiated; `ping_out`: a keepalive ping
+/// awaits its answer.
+struct Start {
+    name: &'static str,
+    chunks: Vec<Vec<u8>>,
+    lent: bool,
+    deflate: bool,
+    ping_out: bool,
+}
+
+/// An open connection (payloads up to 300 bytes) in `state`.
+fn open(state: &Start, now: Instant) -> Connection {
     let limits = Config::new().max_payload_size(300).max_message_size(600).limits();
     let mut c = Connection::new(limits, now);
-    let mut head = HEAD.to_vec();
+    let mut head = [HEAD, if state.deflate { DEFLATE } else { b"" }, b"\r\n"].concat();
+    let len = head.len();
     let (n, ev) = c.read(&mut head, now);
-    assert!(n == HEAD.len() && matches!(ev, Some(Event::Upgrade(_))));
+    assert!(n == len && matches!(ev, Some(Event::Upgrade(_))));
     c.accept(None, true, now).unwrap();
-    feed(&mut c, before, now);
+    assert_eq!(c.deflate_params().is_some(), state.deflate);
+    for (i, chunk) in state.chunks.iter().enumerate() {
+        feed(&mut c, chunk, now, !(state.lent && i + 1 == state.chunks.len()));
+    }
+    if state.ping_out {
+        c.handle_timeout(now + std::time::Duration::from_secs(30));
+        assert!(c.ping_out, "a keepalive ping is out");
+    }
     c.drain_out(&mut Vec::new());
     c
 }
 
-/// Feeds `data` through [`Connection::read`] until it is used and no event comes; the events, shown.
-fn feed(c: &mut Connection, data: &[u8], now: Instant) -> Vec<String> {
+/// Feeds `data` as one read through [`Connection::read`], calling again until it is used and no event comes
+/// (`release`: also after an event that used the last byte, which frees what it lent); the events, shown.
+fn feed(c: &mut Connection, data: &[u8], now: Instant, release: bool) -> Vec<String> {
     let (mut buf, total) = (data.to_vec(), data.len());
     let (mut off, mut evs) = (0, Vec::new());
     loop {
         let (n, ev) = c.read(&mut buf[off..], now);
         off += n;
         match ev {
-            Some(ev) => evs.push(show(Some(ev))),
+            Some(ev) => {
+                evs.push(show(Some(ev)));
+                if off == total && !release {
+                    return evs;
+                }
+            }
             None if n == 0 || off == total => return evs,
             None => {}
         }
@@ -48,22 +84,28 @@ fn feed(c: &mut Connection, data: &[u8], now: Instant) -> Vec<String> {
 }
 
 /// The states a read can find a connection in.
-fn states() -> Vec<(&'static str, Vec<u8>)> {
+fn states() -> Vec<Start> {
+    let st = |name, chunks: Vec<Vec<u8>>, lent| Start { name, chunks, lent, deflate: false, ping_out: false };
     let first = frame(false, 0, OpCode::Text, b"part");
-    let mut ping_cut = frame(true, 0, OpCode::Ping, b"ping!");
-    ping_cut.truncate(4);
-    let mut close = Vec::new();
-    close.extend_from_slice(&frame(true, 0, OpCode::Binary, b"x"));
-    vec![
-        ("between messages", vec![]),
-        ("after a message", frame(true, 0, OpCode::Binary, b"earlier")),
-        ("after a ping", frame(true, 0, OpCode::Ping, b"p")),
-        ("mid-message", first.clone()),
-        ("mid-header", first[..3].to_vec()),
-        ("mid-control", ping_cut),
-        ("after the peer's close", frame(true, 0, OpCode::Close, &1000u16.to_be_bytes())),
-        ("after a fault", frame(true, 0, OpCode::Continuation, b"stray")),
-    ]
+    let ping = frame(true, 0, OpCode::Ping, b"ping!");
+    let pieces = [first.clone(), frame(true, 0, OpCode::Continuation, b"s")];
+    let mut v = vec![
+        st("between messages", vec![], false),
+        st("after a message", vec![frame(true, 0, OpCode::Binary, b"earlier")], false),
+        st("after a ping", vec![frame(true, 0, OpCode::Ping, b"p")], false),
+        st("mid-message", vec![first.clone()], false),
+        st("mid-header", vec![first[..3].to_vec()], false),
+        st("mid-control", vec![ping[..4].to_vec()], false),
+        st("a message in pieces lent out", vec![pieces.concat()], true),
+        st("a cut ping's payload lent out", vec![ping[..8].to_vec(), ping[8..].to_vec()], true),
+        st("after the peer's close", vec![frame(true, 0, OpCode::Close, &1000u16.to_be_bytes())], false),
+        st("after a fault", vec![frame(true, 0, OpCode::Continuation, b"stray")], false),
+        Start { ping_out: true, ..st("a keepalive ping out", vec![], false) },
+    ];
+    if cfg!(feature = "deflate") {
+        v.push(Start { deflate: true, ..st("deflate, between messages", vec![], false) });
+    }
+    v
 }
 
 /// The frames a read can hold, and whether the steady read is meant to take them (from between messages).
@@ -79,7 +121,10 @@ fn frames() -> Vec<(String, Vec<u8>, bool)> {
     v.push(("text cut mid-character".into(), frame(true, 0, OpCode::Text, &"é".as_bytes()[..1]), true));
     v.push(("not final".into(), frame(false, 0, OpCode::Text, b"abc"), false));
     v.push(("continuation".into(), frame(true, 0, OpCode::Continuation, b"abc"), false));
-    v.push(("rsv1".into(), frame(true, 4, OpCode::Binary, b"abc"), false));
+    for (name, rsv) in [("rsv1", 4), ("rsv2", 2), ("rsv3", 1)] {
+        v.push((name.into(), frame(true, rsv, OpCode::Binary, b"abc"), false));
+    }
+    v.push(("reserved opcode".into(), raw(0x83, &[3], b"abc"), false));
     v.push(("ping".into(), frame(true, 0, OpCode::Ping, b"abc"), false));
     v.push(("close".into(), frame(true, 0, OpCode::Close, &1000u16.to_be_bytes()), false));
     let mut unmasked = frame(true, 0, OpCode::Binary, b"abc");
@@ -91,10 +136,10 @@ fn frames() -> Vec<(String, Vec<u8>, bool)> {
     let whole = frame(true, 0, OpCode::Binary, b"abcdef");
     v.push(("cut short".into(), whole[..whole.len() - 1].to_vec(), false));
     v.push(("header only".into(), whole[..2].to_vec(), false));
-    // A 16-bit length where 7 bits would do: allowed, as the general path allows it.
-    let mut wide = vec![0x82, 0xfe, 0, 3, 1, 2, 3, 4];
-    wide.extend_from_slice(&[b'x' ^ 1, b'y' ^ 2, b'z' ^ 3]);
-    v.push(("16-bit length for 3 bytes".into(), wide, true));
+    // Longer length fields than the payload needs: allowed, as the general path allows them; the 64-bit one is
+    // left to the general path.
+    v.push(("16-bit length for 3 bytes".into(), raw(0x82, &[126, 0, 3], b"xyz"), true));
+    v.push(("64-bit length for 3 bytes".into(), raw(0x82, &[127, 0, 0, 0, 0, 0, 0, 0, 3], b"xyz"), false));
     v
 }
 
@@ -104,21 +149,22 @@ fn the_steady_read_is_the_general_read_for_every_state_and_frame() {
     let later = now + std::time::Duration::from_secs(1);
     let mut taken = 0;
     let after = frame(true, 0, OpCode::Text, b"after");
-    for (state, before) in states() {
+    for st in states() {
+        let state = st.name;
         for (name, f, meant) in frames() {
-            let (mut general, mut steady) = (open(&before, now), open(&before, now));
-            let expected = feed(&mut general, &f, later);
+            let (mut general, mut steady) = (open(&st, now), open(&st, now));
+            let expected = feed(&mut general, &f, later, true);
             let mut buf = f.clone();
             let (got, took) = match steady.read_whole(&mut buf, later) {
                 Some(ev) => (vec![show(Some(ev))], true),
                 None => {
                     assert_eq!(buf, f, "{state}, {name}: input left as it was");
-                    (feed(&mut steady, &f, later), false)
+                    (feed(&mut steady, &f, later, true), false)
                 }
             };
             taken += usize::from(took);
             assert_eq!(got, expected, "{state}, {name}: the same events");
-            if state == "between messages" || state == "after a message" {
+            if matches!(state, "between messages" | "after a message" | "deflate, between messages") {
                 assert_eq!(took, meant, "{state}, {name}: taken by the steady read");
             }
             let (mut out_g, mut out_s) = (Vec::new(), Vec::new());
@@ -126,7 +172,8 @@ fn the_steady_read_is_the_general_read_for_every_state_and_frame() {
             steady.drain_out(&mut out_s);
             assert_eq!(out_s, out_g, "{state}, {name}: the same bytes out");
             assert_eq!(format!("{steady:?}"), format!("{general:?}"), "{state}, {name}: the same connection after");
-            assert_eq!(feed(&mut steady, &after, later), feed(&mut general, &after, later), "{state}, {name}: then");
+            let then = (feed(&mut steady, &after, later, true), feed(&mut general, &after, later, true));
+            assert_eq!(then.0, then.1, "{state}, {name}: then");
         }
     }
     assert!(taken >= 20, "the steady read took {taken} frames");

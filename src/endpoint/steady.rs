@@ -55,7 +55,9 @@ impl Endpoint {
             return false;
         }
         let Some(ev) = slot.conn.read_whole(&mut rbuf[..n], now) else { return false };
-        // From here on, what the general path does with such a read, in its order.
+        // From here on, what the general path does with such a read, in its order. (It lends the connection a
+        // pooled buffer before its read, which does not touch it; what the handler queues may use it.)
+        lend(bufs, &mut slot.conn);
         *work += n;
         slot.flags.clear(Flags::READ_READY); // (drained: a new edge announces new bytes)
         let m = &shared.metrics;
@@ -72,6 +74,8 @@ impl Endpoint {
                 if guarded(id, "on_message", || handler.on_message(&mut ctx, msg)).is_none() {
                     handler_panicked(&mut slot.conn, now);
                 }
+                // (`Ctx` makes `Cmd::Echo` only of this message back to its sender: the first two conditions are
+                // a guard.)
                 match queue.cmds[..] {
                     [Cmd::Echo { to, text, len: l }] if to == id && l == len && slot.conn.may_send_direct(len) => {
                         // The steady echo: the message back, and nothing else (see `echo_alone`).
@@ -95,7 +99,7 @@ impl Endpoint {
             slot.conn.debug_check_invariants();
         }
         let quiet = if echoed {
-            // (What `feed_done` does, knowing that nothing was lent: the message was in the input.)
+            // (What `feed_done` does, knowing that no message is lent out: it was in the input.)
             *echo_src = None;
             take_back(bufs, &mut slot.conn);
             // (Open, nothing queued ahead of the echo, nothing half-read: what `is_quiet` asks of the core, but
@@ -140,4 +144,35 @@ fn echo_header(rbuf: &mut [u8], n: usize, text: bool, len: usize, key: usize) ->
         _ => unreachable!("a masked client header is at least 6 bytes"),
     };
     Direct::Input { key, start: start - hl, hl, end: n }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::OpCode;
+    use crate::frame::{encode_header, MAX_HEADER_LEN};
+
+    /// The echo's header written over the client's is, for every length a steady frame can have and both kinds,
+    /// the header the general path writes ([`encode_header`], as `direct_header` calls it), in the same place.
+    #[test]
+    fn the_echo_header_is_the_one_encode_header_writes() {
+        let mut rbuf = vec![0xaa; 8 + usize::from(u16::MAX)];
+        for len in 1..=usize::from(u16::MAX) {
+            for text in [false, true] {
+                let start = if len < 126 { 6 } else { 8 };
+                rbuf[..start].fill(0xaa);
+                let d = echo_header(&mut rbuf, start + len, text, len, 7);
+                let mut want = [0u8; MAX_HEADER_LEN];
+                let op = if text { OpCode::Text } else { OpCode::Binary };
+                let hl = encode_header(true, 0, op, None, len as u64, &mut want);
+                let Direct::Input { key: 7, start: at, hl: got_hl, end } = d else { panic!("{d:?}") };
+                assert_eq!((at, got_hl, end), (start - hl, hl, start + len), "len {len}");
+                assert_eq!(&rbuf[at..start], &want[..hl], "len {len}");
+                assert!(
+                    rbuf[..at].iter().chain(&rbuf[start..start + len.min(4)]).all(|&b| b == 0xaa),
+                    "nothing else written"
+                );
+            }
+        }
+    }
 }
