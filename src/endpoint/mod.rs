@@ -427,6 +427,12 @@ pub struct Endpoint {
     queue_limit: usize,
     /// The other loops of a [`crate::Cluster`], and the broker bridge behind them.
     group: Option<Arc<dyn Siblings>>,
+    /// Tests only: every read takes the general path (the steady pass is compared with it), and how many reads
+    /// the steady pass took.
+    #[cfg(test)]
+    steady_off: bool,
+    #[cfg(test)]
+    steady_taken: usize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -516,6 +522,10 @@ impl Endpoint {
             pressed: Vec::new(),
             queue_limit,
             group: None,
+            #[cfg(test)]
+            steady_off: false,
+            #[cfg(test)]
+            steady_taken: 0,
         }
     }
 

@@ -122,6 +122,15 @@ impl Endpoint {
         }
         true
     }
+
+    /// Tests only: whether the steady pass is switched off (never, outside tests).
+    #[inline(always)]
+    pub(super) fn steady_is_off(&self) -> bool {
+        #[cfg(test)]
+        return self.steady_off;
+        #[cfg(not(test))]
+        false
+    }
 }
 
 /// The header of the echo of the payload that ends the read (`rbuf[n - len..n]`) goes over the end of the client's
@@ -150,7 +159,128 @@ fn echo_header(rbuf: &mut [u8], n: usize, text: bool, len: usize, key: usize) ->
 mod tests {
     use super::*;
     use crate::frame::OpCode;
-    use crate::frame::{encode_header, MAX_HEADER_LEN};
+    use crate::frame::{encode_header, write_client_frame, MAX_HEADER_LEN};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A handler that logs what it is shown and answers: an echo, or something else, twice, or a close.
+    struct Rec(Rc<RefCell<Vec<String>>>);
+
+    impl Handler for Rec {
+        fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message<'_>) {
+            self.0.borrow_mut().push(format!("{msg:?}"));
+            match msg.as_bytes() {
+                b"other" => drop(ctx.send_text("something else")),
+                b"twice" => drop((ctx.send(msg), ctx.send(msg))),
+                b"close" => ctx.close(CloseCode::NORMAL, "bye"),
+                _ => drop(ctx.send(msg)),
+            }
+        }
+        fn on_error(&mut self, _: &mut Ctx<'_>, err: &crate::ProtocolError) {
+            self.0.borrow_mut().push(format!("error {err:?}"));
+        }
+        fn on_close(&mut self, _: &mut Ctx<'_>, status: &CloseStatus) {
+            self.0.borrow_mut().push(format!("close {status:?}"));
+        }
+    }
+
+    const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_client_frame(&mut v, fin, 0, op, [9, 8, 7, 6], payload);
+        v
+    }
+
+    /// One client on an endpoint (the steady pass on or off): the handshake, then each of `reads` as what one
+    /// readiness event finds in the socket, read as a shell reads. Returns every byte written to the client, the
+    /// handler's log, the metrics, and how many reads the steady pass took.
+    fn drive(steady: bool, reads: &[Vec<u8>]) -> (Vec<u8>, Vec<String>, String, usize) {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut ep = Endpoint::new(Config::new(), Box::new(Rec(log.clone())));
+        ep.steady_off = !steady;
+        let now = Instant::now();
+        let id = ep.accept("127.0.0.1:4000".parse().unwrap(), now).unwrap();
+        let mut wire = Vec::new();
+        for chunk in std::iter::once(HEAD).chain(reads.iter().map(Vec::as_slice)) {
+            let mut socket = chunk.to_vec();
+            ep.ready(id, true, false, false);
+            while let Some(op) = ep.poll_read(now) {
+                let (a, b) = ep.read_bufs(&op);
+                let n = socket.len().min(op.max);
+                let result = if n == 0 {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else if op.peek && op.count_only {
+                    Ok(n)
+                } else {
+                    let k = n.min(a.len());
+                    a[..k].copy_from_slice(&socket[..k]);
+                    b[..n - k].copy_from_slice(&socket[k..n]);
+                    if !op.peek {
+                        socket.drain(..n);
+                    }
+                    Ok(n)
+                };
+                ep.received(op, result, now);
+                write_all(&mut ep, &mut wire, now);
+            }
+            write_all(&mut ep, &mut wire, now);
+            ep.handle_timeout(now);
+            ep.end_turn(now);
+            write_all(&mut ep, &mut wire, now);
+            while ep.poll_order().is_some() {}
+        }
+        let metrics = format!("{:?}", ep.metrics());
+        let taken = ep.steady_taken;
+        drop(ep);
+        let log = log.borrow().clone();
+        (wire, log, metrics, taken)
+    }
+
+    /// Takes every transmit whole, as a socket with room does.
+    fn write_all(ep: &mut Endpoint, wire: &mut Vec<u8>, now: Instant) {
+        while let Some(t) = ep.poll_transmit(now) {
+            let mut buf = [&[][..]; MAX_PARTS];
+            let (id, n) = (t.id, t.len());
+            for p in t.parts(&mut buf) {
+                wire.extend_from_slice(p);
+            }
+            ep.sent(id, Ok(n), now);
+        }
+    }
+
+    /// The endpoint with the steady pass and without it: the same bytes to the client, the same handler calls,
+    /// the same metrics, for reads the pass takes and reads it leaves, in any order; and the pass takes the
+    /// reads it is meant for.
+    #[test]
+    fn the_steady_pass_is_the_general_path_at_the_endpoint() {
+        let f = |op, payload: &[u8]| frame(true, op, payload);
+        let big = vec![b'z'; 3000];
+        let echo = f(OpCode::Binary, b"twenty bytes of echo");
+        let text = f(OpCode::Text, "héllo".as_bytes());
+        let long = f(OpCode::Binary, &big);
+        let pieces = [frame(false, OpCode::Text, b"in "), frame(true, OpCode::Continuation, b"pieces")].concat();
+        let ping = f(OpCode::Ping, b"p");
+        let close = f(OpCode::Close, &1000u16.to_be_bytes());
+        let scenarios: Vec<(Vec<Vec<u8>>, usize)> = vec![
+            (vec![echo.clone(), text.clone(), long.clone(), f(OpCode::Binary, b"")], 4),
+            (vec![f(OpCode::Text, b"other"), f(OpCode::Text, b"twice"), echo.clone()], 3),
+            (vec![pieces, ping, [echo.clone(), text.clone()].concat(), echo.clone()], 1),
+            (vec![echo[..5].to_vec(), echo[5..].to_vec(), long[..100].to_vec(), long[100..].to_vec(), text], 1),
+            (vec![echo.clone(), f(OpCode::Text, b"close"), echo.clone()], 2),
+            (vec![echo.clone(), f(OpCode::Text, b"ab\xff"), echo.clone()], 2),
+            (vec![echo.clone(), close, echo], 1),
+        ];
+        for (i, (reads, meant)) in scenarios.iter().enumerate() {
+            let (wire_g, log_g, metrics_g, none) = drive(false, reads);
+            let (wire_s, log_s, metrics_s, taken) = drive(true, reads);
+            assert_eq!(none, 0);
+            assert_eq!(taken, *meant, "scenario {i}: reads taken by the steady pass");
+            assert_eq!(log_s, log_g, "scenario {i}: the handler's calls");
+            assert_eq!(wire_s, wire_g, "scenario {i}: the bytes to the client");
+            assert_eq!(metrics_s, metrics_g, "scenario {i}: the metrics");
+        }
+    }
 
     /// The echo's header written over the client's is, for every length a steady frame can have and both kinds,
     /// the header the general path writes ([`encode_header`], as `direct_header` calls it), in the same place.
