@@ -270,7 +270,6 @@ impl Endpoint {
     #[inline(never)]
     fn apply_queued(&mut self, now: Instant) {
         let alone = match self.queue.cmds[..] {
-            [] => return,
             [Cmd::Echo { to, text, len }] => Some((to, text, len)),
             _ => None,
         };

@@ -306,12 +306,8 @@ impl Endpoint {
             slot.conn.reclaim();
             take_back(&mut self.bufs, &mut slot.conn);
         }
-        if lent_out {
-            touch(&mut self.dirty, key, slot);
-            return false;
-        }
-        let (gen, counted) = (self.table[key].gen, self.table[key].queued());
-        quiet_or_dirty(slot, key, gen, counted, &mut self.timers, &mut self.dirty)
+        let quiet = !lent_out && slot.is_quiet(self.table[key].queued());
+        arm_or_touch(quiet, slot, key, self.table[key].gen, &mut self.timers, &mut self.dirty)
     }
 
     /// Reads the next event out of `input[*off..n]` (the read buffer, or the plaintext one when `plain`) and
@@ -400,23 +396,21 @@ impl Endpoint {
 }
 
 /// Even bytes that complete nothing can start a deadline (a message's first fragment) or queue output: the end of
-/// the turn acts on what they changed (the connection is marked for it). A connection they left quiet (the steady
-/// echo, its answer about to go out whole) only has its timer checked, now. Returns whether it was quiet.
-/// (`counted`: its bytes queued as last counted.)
+/// the turn acts on what they changed (the connection is marked for it). A connection they left `quiet` (the
+/// steady echo, its answer about to go out whole) only has its timer checked, now. Returns `quiet`.
 #[inline(always)]
-pub(super) fn quiet_or_dirty(
+pub(super) fn arm_or_touch(
+    quiet: bool,
     slot: &mut Slot,
     key: usize,
     gen: u32,
-    counted: usize,
     timers: &mut Timers,
     dirty: &mut Vec<usize>,
 ) -> bool {
-    if slot.is_quiet(counted) {
+    if quiet {
         turn::arm(timers, key, gen, slot);
-        true
     } else {
         touch(dirty, key, slot);
-        false
     }
+    quiet
 }

@@ -5,7 +5,7 @@
 //! read or followed by another, a message being assembled, a cut burst, a read straight into a message) takes
 //! the general path ([`Endpoint::received`] → `read_some` → `input` → [`Endpoint::feed`]).
 
-use super::events::{handler_panicked, other_event};
+use super::events::{arm_or_touch, handler_panicked, other_event};
 use super::*;
 
 /// Flags under which a read takes the general path: each changes what a read does (a FIN already seen, work
@@ -30,8 +30,11 @@ impl Endpoint {
         if n == 0 || n >= read.max || read.peek || read.id.index() != key || self.target.is_some() {
             return false;
         }
-        let gen = read.id.generation();
-        if !self.stash.is_empty() || self.direct.is_some() || self.table.get(key).map(|e| e.gen) != Some(gen) {
+        // (The generation checked as `key_of` checks it, less its test for 0, which no id has: 3 Ir a message.)
+        if !self.stash.is_empty()
+            || self.direct.is_some()
+            || self.table.get(key).map(|e| e.gen) != Some(read.id.generation())
+        {
             return false;
         }
         let Endpoint {
@@ -104,13 +107,8 @@ impl Endpoint {
             take_back(bufs, &mut slot.conn);
             // (Open, nothing queued ahead of the echo, nothing half-read: what `is_quiet` asks of the core, but
             // a buffer held.)
-            if slot.owes_nothing(table[key].queued()) && !slot.conn.holds_buffer() {
-                turn::arm(timers, key, gen, slot);
-                true
-            } else {
-                touch(dirty, key, slot);
-                false
-            }
+            let quiet = slot.owes_nothing(table[key].queued()) && !slot.conn.holds_buffer();
+            arm_or_touch(quiet, slot, key, read.id.generation(), timers, dirty)
         } else {
             self.apply_commands(now);
             self.echo_src = None;
