@@ -247,6 +247,12 @@ impl BufPool {
         }
     }
 
+    /// Tests only: how many buffers the pool holds, their bytes, and its low-water mark.
+    #[cfg(test)]
+    pub(super) fn shape(&self) -> (usize, usize, usize) {
+        (self.bufs.len(), self.bytes, self.low)
+    }
+
     /// Frees the buffers that went unused for a whole interval (the oldest ones: the pool is a stack).
     pub(super) fn trim(&mut self, now: Instant) {
         match self.next_trim {

@@ -190,19 +190,27 @@ mod tests {
         v
     }
 
+    /// What [`drive`] saw: every byte written to the client, the handler's log, the metrics, how many reads the
+    /// steady pass took, and after each turn the bytes the loop held and the buffer pool's state.
+    type Seen = (Vec<u8>, Vec<String>, String, usize, Vec<(usize, (usize, usize, usize))>);
+
     /// One client on an endpoint (the steady pass on or off): the handshake, then each of `reads` as what one
-    /// readiness event finds in the socket, read as a shell reads. Returns every byte written to the client, the
-    /// handler's log, the metrics, and how many reads the steady pass took.
-    fn drive(steady: bool, reads: &[Vec<u8>]) -> (Vec<u8>, Vec<String>, String, usize) {
+    /// readiness event finds in the socket, read as a shell reads, and written to a socket that takes `room`
+    /// bytes a turn (then it is full until the next turn's writable event); then turns with nothing to read until
+    /// everything is written. Each turn is 400 ms after the one before, so that the buffer pool trims what it
+    /// did not lend for a whole second.
+    fn drive(steady: bool, reads: &[Vec<u8>], room: usize) -> Seen {
         let log = Rc::new(RefCell::new(Vec::new()));
         let mut ep = Endpoint::new(Config::new(), Box::new(Rec(log.clone())));
         ep.steady_off = !steady;
-        let now = Instant::now();
+        let mut now = Instant::now();
         let id = ep.accept("127.0.0.1:4000".parse().unwrap(), now).unwrap();
-        let mut wire = Vec::new();
-        for chunk in std::iter::once(HEAD).chain(reads.iter().map(Vec::as_slice)) {
+        let (mut wire, mut held) = (Vec::new(), Vec::new());
+        let idle = std::iter::repeat_n(&[][..], 8);
+        for chunk in std::iter::once(HEAD).chain(reads.iter().map(Vec::as_slice)).chain(idle) {
             let mut socket = chunk.to_vec();
-            ep.ready(id, true, false, false);
+            let mut left = room;
+            ep.ready(id, !chunk.is_empty(), true, false);
             while let Some(op) = ep.poll_read(now) {
                 let (a, b) = ep.read_bufs(&op);
                 let n = socket.len().min(op.max);
@@ -220,30 +228,36 @@ mod tests {
                     Ok(n)
                 };
                 ep.received(op, result, now);
-                write_all(&mut ep, &mut wire, now);
+                write_some(&mut ep, &mut wire, &mut left, now);
             }
-            write_all(&mut ep, &mut wire, now);
+            write_some(&mut ep, &mut wire, &mut left, now);
             ep.handle_timeout(now);
             ep.end_turn(now);
-            write_all(&mut ep, &mut wire, now);
+            write_some(&mut ep, &mut wire, &mut left, now);
             while ep.poll_order().is_some() {}
+            held.push((ep.held_bytes(), ep.bufs.shape()));
+            now += Duration::from_millis(400);
         }
         let metrics = format!("{:?}", ep.metrics());
         let taken = ep.steady_taken;
         drop(ep);
         let log = log.borrow().clone();
-        (wire, log, metrics, taken)
+        (wire, log, metrics, taken, held)
     }
 
-    /// Takes every transmit whole, as a socket with room does.
-    fn write_all(ep: &mut Endpoint, wire: &mut Vec<u8>, now: Instant) {
+    /// Takes of every transmit what the socket has room for (`left`, counted down).
+    fn write_some(ep: &mut Endpoint, wire: &mut Vec<u8>, left: &mut usize, now: Instant) {
         while let Some(t) = ep.poll_transmit(now) {
             let mut buf = [&[][..]; MAX_PARTS];
-            let (id, n) = (t.id, t.len());
+            let (id, n) = (t.id, t.len().min(*left));
+            let mut want = n;
             for p in t.parts(&mut buf) {
-                wire.extend_from_slice(p);
+                let k = p.len().min(want);
+                wire.extend_from_slice(&p[..k]);
+                want -= k;
             }
-            ep.sent(id, Ok(n), now);
+            *left -= n;
+            ep.sent(id, if n == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }, now);
         }
     }
 
@@ -270,13 +284,46 @@ mod tests {
             (vec![echo.clone(), close, echo], 1),
         ];
         for (i, (reads, meant)) in scenarios.iter().enumerate() {
-            let (wire_g, log_g, metrics_g, none) = drive(false, reads);
-            let (wire_s, log_s, metrics_s, taken) = drive(true, reads);
+            let (wire_g, log_g, metrics_g, none, held_g) = drive(false, reads, usize::MAX);
+            let (wire_s, log_s, metrics_s, taken, held_s) = drive(true, reads, usize::MAX);
             assert_eq!(none, 0);
             assert_eq!(taken, *meant, "scenario {i}: reads taken by the steady pass");
             assert_eq!(log_s, log_g, "scenario {i}: the handler's calls");
             assert_eq!(wire_s, wire_g, "scenario {i}: the bytes to the client");
             assert_eq!(metrics_s, metrics_g, "scenario {i}: the metrics");
+            assert_eq!(held_s, held_g, "scenario {i}: the bytes held and the pool after each turn");
+        }
+    }
+
+    /// The same with a socket that is full after a few bytes a turn, so that answers wait in queues (in buffers
+    /// the pass lends from the loop's pool, as the general path lends them): the same bytes, calls, metrics, and
+    /// bytes held after every turn, and the pass still takes reads.
+    #[test]
+    fn the_steady_pass_is_the_general_path_with_a_full_socket() {
+        let f = |op, payload: &[u8]| frame(true, op, payload);
+        let echo = f(OpCode::Binary, b"twenty bytes of echo");
+        let large = f(OpCode::Binary, &vec![b'L'; 70_000]);
+        let mid = f(OpCode::Binary, &vec![b'm'; 20_000]);
+        let wide = f(OpCode::Binary, &vec![b'w'; 50_000]);
+        let reads = [
+            vec![large.clone(), echo.clone(), mid.clone(), f(OpCode::Text, b"twice"), echo.clone()],
+            vec![echo.clone(), large.clone(), echo.clone(), echo.clone(), f(OpCode::Text, b"other"), echo.clone()],
+            vec![mid.clone(), large.clone(), mid, echo.clone(), echo.clone()],
+            vec![large.clone(), echo.clone(), f(OpCode::Text, b"twice"), echo.clone(), f(OpCode::Text, b"other")],
+            // (Empty: a turn without a read. The large echo is written, its buffer pooled, then lent to the
+            // 50,000-byte message's answer, which waits for the socket.)
+            vec![large, vec![], vec![], vec![], echo.clone(), wide, vec![], vec![], echo],
+        ];
+        for (i, reads) in reads.iter().enumerate() {
+            for room in [0, 7, 1000, 30_000, usize::MAX] {
+                let (wire_g, log_g, metrics_g, _, held_g) = drive(false, reads, room);
+                let (wire_s, log_s, metrics_s, taken, held_s) = drive(true, reads, room);
+                assert!(taken > 0, "scenario {i}, room {room}: the pass took no read");
+                assert_eq!(log_s, log_g, "scenario {i}, room {room}: the handler's calls");
+                assert_eq!(wire_s, wire_g, "scenario {i}, room {room}: the bytes to the client");
+                assert_eq!(metrics_s, metrics_g, "scenario {i}, room {room}: the metrics");
+                assert_eq!(held_s, held_g, "scenario {i}, room {room}: the bytes held and the pool after each turn");
+            }
         }
     }
 
