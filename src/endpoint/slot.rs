@@ -328,16 +328,26 @@ fn take_back_all(bufs: &mut BufPool, conn: &mut Connection) {
     }
 }
 
-/// Runs one handler callback; a panic is caught and logged, and costs only the connection it ran for.
+/// Runs one handler callback; a panic is caught and logged, and costs only the connection it ran for. Always
+/// inlined (26 instructions an echo less than a call: the closure's captures stay in registers); the logging is
+/// out of line.
+#[inline(always)]
 pub(super) fn guarded<R>(id: ConnId, what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(p) => {
-            let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
-            log::error!(target: "wskit::server", "{id}: handler panicked in {what}: {}", msg.unwrap_or("(no message)"));
+            log_panic(id, what, p);
             None
         }
     }
+}
+
+/// Logs a handler's panic with its message.
+#[cold]
+#[inline(never)]
+fn log_panic(id: ConnId, what: &str, p: Box<dyn std::any::Any + Send>) {
+    let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
+    log::error!(target: "wskit::server", "{id}: handler panicked in {what}: {}", msg.unwrap_or("(no message)"));
 }
 
 /// [`Endpoint::mark_dirty`] for a slot at hand.
