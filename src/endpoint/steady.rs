@@ -261,6 +261,20 @@ mod tests {
         }
     }
 
+    /// [`drive`] with the steady pass off and on: the same bytes to the client, handler calls, metrics, and bytes
+    /// held and pool after every turn (`what` names the case); none of the reads taken with the pass off. Returns
+    /// how many reads the pass took.
+    fn same_both_ways(reads: &[Vec<u8>], room: usize, what: &str) -> usize {
+        let (wire_g, log_g, metrics_g, none, held_g) = drive(false, reads, room);
+        let (wire_s, log_s, metrics_s, taken, held_s) = drive(true, reads, room);
+        assert_eq!(none, 0, "{what}: reads taken with the pass off");
+        assert_eq!(log_s, log_g, "{what}: the handler's calls");
+        assert_eq!(wire_s, wire_g, "{what}: the bytes to the client");
+        assert_eq!(metrics_s, metrics_g, "{what}: the metrics");
+        assert_eq!(held_s, held_g, "{what}: the bytes held and the pool after each turn");
+        taken
+    }
+
     /// The endpoint with the steady pass and without it: the same bytes to the client, the same handler calls,
     /// the same metrics, for reads the pass takes and reads it leaves, in any order; and the pass takes the
     /// reads it is meant for.
@@ -284,14 +298,8 @@ mod tests {
             (vec![echo.clone(), close, echo], 1),
         ];
         for (i, (reads, meant)) in scenarios.iter().enumerate() {
-            let (wire_g, log_g, metrics_g, none, held_g) = drive(false, reads, usize::MAX);
-            let (wire_s, log_s, metrics_s, taken, held_s) = drive(true, reads, usize::MAX);
-            assert_eq!(none, 0);
+            let taken = same_both_ways(reads, usize::MAX, &format!("scenario {i}"));
             assert_eq!(taken, *meant, "scenario {i}: reads taken by the steady pass");
-            assert_eq!(log_s, log_g, "scenario {i}: the handler's calls");
-            assert_eq!(wire_s, wire_g, "scenario {i}: the bytes to the client");
-            assert_eq!(metrics_s, metrics_g, "scenario {i}: the metrics");
-            assert_eq!(held_s, held_g, "scenario {i}: the bytes held and the pool after each turn");
         }
     }
 
@@ -316,13 +324,8 @@ mod tests {
         ];
         for (i, reads) in reads.iter().enumerate() {
             for room in [0, 7, 1000, 30_000, usize::MAX] {
-                let (wire_g, log_g, metrics_g, _, held_g) = drive(false, reads, room);
-                let (wire_s, log_s, metrics_s, taken, held_s) = drive(true, reads, room);
+                let taken = same_both_ways(reads, room, &format!("scenario {i}, room {room}"));
                 assert!(taken > 0, "scenario {i}, room {room}: the pass took no read");
-                assert_eq!(log_s, log_g, "scenario {i}, room {room}: the handler's calls");
-                assert_eq!(wire_s, wire_g, "scenario {i}, room {room}: the bytes to the client");
-                assert_eq!(metrics_s, metrics_g, "scenario {i}, room {room}: the metrics");
-                assert_eq!(held_s, held_g, "scenario {i}, room {room}: the bytes held and the pool after each turn");
             }
         }
     }
