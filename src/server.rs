@@ -348,7 +348,21 @@ impl Server {
                     let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                     let closed = ev.is_read_closed() || ev.is_error();
                     let writable = ev.is_writable() || ev.is_write_closed();
-                    self.ep.ready(ConnId(t as u64), readable, writable, closed);
+                    let id = ConnId(t as u64);
+                    // A readable event without the peer's FIN may be read at once (its writable part first).
+                    let at_once = readable && !closed;
+                    if at_once && writable {
+                        self.ep.ready(id, false, true, false);
+                    }
+                    if let Some(sock) = sock_of(&mut self.socks, id).filter(|_| at_once) {
+                        if self.ep.read_at_once(id, sock, now) {
+                            if self.ep.may_transmit() {
+                                transmit(&mut self.ep, &mut self.socks, now);
+                            }
+                            continue;
+                        }
+                    }
+                    self.ep.ready(id, readable, writable && !at_once, closed);
                 }
             }
         }
@@ -397,14 +411,7 @@ impl Server {
     }
 
     fn transmit(&mut self, now: Instant) {
-        while let Some(t) = self.ep.poll_transmit(now) {
-            let id = t.id;
-            let result = match sock_of(&mut self.socks, id) {
-                Some(sock) => write(sock, &t),
-                None => Err(io::ErrorKind::NotConnected.into()),
-            };
-            self.ep.sent(id, result, now);
-        }
+        transmit(&mut self.ep, &mut self.socks, now);
     }
 
     /// Carries out the endpoint's socket orders (a socket already released is past them).
@@ -524,6 +531,18 @@ impl Server {
 }
 
 /// The socket of a live connection id.
+/// Writes what the endpoint has to write, until it has nothing due now.
+fn transmit(ep: &mut Endpoint, socks: &mut [Option<(u32, TcpStream)>], now: Instant) {
+    while let Some(t) = ep.poll_transmit(now) {
+        let id = t.id;
+        let result = match sock_of(socks, id) {
+            Some(sock) => write(sock, &t),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        ep.sent(id, result, now);
+    }
+}
+
 fn sock_of(socks: &mut [Option<(u32, TcpStream)>], id: ConnId) -> Option<&mut TcpStream> {
     match socks.get_mut(id.slot()) {
         Some(Some((gen, sock))) if *gen == id.generation() => Some(sock),

@@ -17,6 +17,12 @@ impl Endpoint {
         Some(self.transmit_of(what))
     }
 
+    /// False when [`Endpoint::poll_transmit`] would return `None` now (a shell may skip the call).
+    #[inline(always)]
+    pub fn may_transmit(&self) -> bool {
+        self.in_flight.is_some() || self.direct.is_some() || self.flushing.key.is_some() || !self.nothing_listed()
+    }
+
     /// A transmit handed out and never reported: nothing of it was written.
     #[cold]
     #[inline(never)]

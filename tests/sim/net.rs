@@ -124,6 +124,8 @@ pub struct Net {
     by_id: HashMap<ConnId, usize>,
     /// Wires connected and not yet accepted.
     pub backlog: VecDeque<usize>,
+    /// Readable events the endpoint read at once ([`Endpoint::read_at_once`]).
+    pub at_once: usize,
 }
 
 impl Net {
@@ -233,12 +235,22 @@ impl Net {
                 None => self.wires[w].released = true,
             }
         }
-        for w in &mut self.wires {
+        for i in 0..self.wires.len() {
+            let w = &mut self.wires[i];
             let Some(id) = w.id.filter(|_| !w.released) else { continue };
             if w.readable || w.writable || w.hup {
                 let (r, wr, hup) = (std::mem::take(&mut w.readable), std::mem::take(&mut w.writable), w.hup);
                 w.hup = false;
-                ep.ready(id, r || hup, wr, hup);
+                // (As `src/server.rs` does: a readable event without a hang-up may be read at once, its writable
+                // part handed over first.)
+                let at_once = r && !hup;
+                if at_once && wr {
+                    ep.ready(id, false, true, false);
+                }
+                if at_once && self.read_at_once(ep, id, now, &mut stats)? {
+                    continue;
+                }
+                ep.ready(id, r || hup, wr && !at_once, hup);
             }
         }
         self.pump(ep, now, &mut stats)?;
@@ -246,6 +258,35 @@ impl Net {
         ep.end_turn(now);
         self.pump(ep, now, &mut stats)?;
         Ok(stats)
+    }
+
+    /// [`Endpoint::read_at_once`] with the virtual socket of `id`, then the writes it leaves (as after any read).
+    /// Returns whether it took the event.
+    fn read_at_once(
+        &mut self,
+        ep: &mut Endpoint,
+        id: ConnId,
+        now: Instant,
+        stats: &mut TurnStats,
+    ) -> Result<bool, String> {
+        let mut sock = Lent { net: self, id, fault: None, reads: 0, writes: 0, bytes_read: 0, bytes_written: 0 };
+        let taken = ep.read_at_once(id, &mut sock, now);
+        let Lent { fault, reads, writes, bytes_read, bytes_written, .. } = sock;
+        if let Some(f) = fault {
+            return Err(f);
+        }
+        if taken != (reads == 1) || writes > 1 {
+            return Err(format!("{id}: read at once {taken} with {reads} reads and {writes} writes"));
+        }
+        stats.reads += reads;
+        stats.writes += writes;
+        stats.bytes_read += bytes_read;
+        stats.bytes_written += bytes_written;
+        if taken {
+            self.at_once += 1;
+            self.transmit(ep, now, stats)?;
+        }
+        Ok(taken)
     }
 
     /// The reads, writes and orders the endpoint asks for, until it asks for none.
@@ -291,6 +332,54 @@ impl Net {
         while let Some(order) = ep.poll_order() {
             self.order(ep, order)?;
         }
+        Ok(())
+    }
+}
+
+/// A virtual socket lent to [`Endpoint::read_at_once`]: its reads and writes, and a breach of the contract
+/// (reported after the call).
+struct Lent<'a> {
+    net: &'a mut Net,
+    id: ConnId,
+    fault: Option<String>,
+    reads: usize,
+    writes: usize,
+    bytes_read: usize,
+    bytes_written: usize,
+}
+
+impl Lent<'_> {
+    fn kept(&mut self, r: Result<io::Result<usize>, String>) -> io::Result<usize> {
+        r.unwrap_or_else(|f| {
+            self.fault.get_or_insert(f);
+            Err(io::ErrorKind::Other.into())
+        })
+    }
+}
+
+impl io::Read for Lent<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        let r = self.net.read(self.id, [buf, &mut []], false);
+        let r = self.kept(r);
+        if let Ok(n) = r {
+            self.bytes_read += n;
+        }
+        r
+    }
+}
+
+impl io::Write for Lent<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writes += 1;
+        let r = self.net.write(self.id, &[buf]);
+        let r = self.kept(r);
+        if let Ok(n) = r {
+            self.bytes_written += n;
+        }
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
