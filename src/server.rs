@@ -530,7 +530,6 @@ impl Server {
     }
 }
 
-/// The socket of a live connection id.
 /// Writes what the endpoint has to write, until it has nothing due now.
 fn transmit(ep: &mut Endpoint, socks: &mut [Option<(u32, TcpStream)>], now: Instant) {
     while let Some(t) = ep.poll_transmit(now) {
@@ -543,6 +542,7 @@ fn transmit(ep: &mut Endpoint, socks: &mut [Option<(u32, TcpStream)>], now: Inst
     }
 }
 
+/// The socket of a live connection id.
 fn sock_of(socks: &mut [Option<(u32, TcpStream)>], id: ConnId) -> Option<&mut TcpStream> {
     match socks.get_mut(id.slot()) {
         Some(Some((gen, sock))) if *gen == id.generation() => Some(sock),
