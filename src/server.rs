@@ -67,6 +67,8 @@ pub struct Server {
     uncopied: Vec<MaybeUninit<u8>>,
     /// [`Config::busy_poll`] when on, kept at hand for every wait (one comparison when off).
     busy_poll: Option<Duration>,
+    /// The readable events of the wait being served, in order (whether each came with the peer's FIN).
+    readable: Vec<(ConnId, bool)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -201,7 +203,8 @@ impl Server {
         let events = Events::with_capacity(1024);
         let busy_poll = Some(ep.config().busy_poll).filter(|d| !d.is_zero());
         let (socks, uncopied) = (Vec::new(), Vec::new());
-        Ok(Server { poll, events, listener, local, ep, socks, accept_paused: None, uncopied, busy_poll })
+        let readable = Vec::with_capacity(1024);
+        Ok(Server { poll, events, listener, local, ep, socks, accept_paused: None, uncopied, busy_poll, readable })
     }
 
     /// The address the listener is bound to (useful after binding port 0).
@@ -335,34 +338,24 @@ impl Server {
     }
 
     /// The turn after a wait: readiness to the endpoint, then its reads and writes, deadlines, and the end of
-    /// the turn.
+    /// the turn. The inbox, the listener and what became writable are taken first, in the order of the events,
+    /// and only then what became readable: a read at once ([`Endpoint::read_at_once`]) then comes where the
+    /// endpoint's first read of the turn would have come, after all of them.
     fn turn(&mut self, now: Instant) -> usize {
         let mut accept = self.accept_paused.is_some_and(|t| now >= t);
-        let mut handled = 0;
+        self.readable.clear();
         for ev in self.events.iter() {
-            handled += 1;
             match ev.token() {
                 LISTENER => accept = true,
                 WAKER => self.ep.take_inbox(now),
                 Token(t) => {
-                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                    let closed = ev.is_read_closed() || ev.is_error();
-                    let writable = ev.is_writable() || ev.is_write_closed();
                     let id = ConnId(t as u64);
-                    // A readable event without the peer's FIN may be read at once (its writable part first).
-                    let at_once = readable && !closed;
-                    if at_once && writable {
+                    if ev.is_writable() || ev.is_write_closed() {
                         self.ep.ready(id, false, true, false);
                     }
-                    if let Some(sock) = sock_of(&mut self.socks, id).filter(|_| at_once) {
-                        if self.ep.read_at_once(id, sock, now) {
-                            if self.ep.may_transmit() {
-                                transmit(&mut self.ep, &mut self.socks, now);
-                            }
-                            continue;
-                        }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.readable.push((id, ev.is_read_closed() || ev.is_error()));
                     }
-                    self.ep.ready(id, readable, writable && !at_once, closed);
                 }
             }
         }
@@ -370,11 +363,30 @@ impl Server {
             self.accept_paused = None;
             self.accept(now);
         }
+        self.read_events(now);
         self.pump(now);
         self.ep.handle_timeout(now);
         self.ep.end_turn(now);
         self.pump(now);
-        handled
+        self.events.iter().count()
+    }
+
+    /// The readable events of the wait, in order: each read at once when nothing is ahead of it in the turn
+    /// and its connection reads the usual way, queued otherwise.
+    #[inline(never)]
+    fn read_events(&mut self, now: Instant) {
+        for &(id, closed) in &self.readable {
+            // (A read at once never follows the peer's FIN: that read goes on to the end.)
+            if let Some(sock) = sock_of(&mut self.socks, id).filter(|_| !closed) {
+                if self.ep.read_at_once(id, sock, now) {
+                    if self.ep.may_transmit() {
+                        transmit(&mut self.ep, &mut self.socks, now);
+                    }
+                    continue;
+                }
+            }
+            self.ep.ready(id, true, false, closed);
+        }
     }
 
     /// Makes the reads, writes and socket changes the endpoint asks for, until it asks for none.

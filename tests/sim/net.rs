@@ -221,10 +221,23 @@ impl Net {
         Ok(())
     }
 
-    /// One turn of the shell: accepts, readiness, reads (each followed by its writes), deadlines, the end of the
-    /// turn, and the socket orders — the order `src/server.rs` follows.
+    /// One turn of the shell: readiness, accepts, reads (each followed by its writes), deadlines, the end of the
+    /// turn, and the socket orders — the order `src/server.rs` follows: what became writable first, then the
+    /// listener, then what became readable (read at once when the endpoint takes it, queued otherwise).
     pub fn turn(&mut self, ep: &mut Endpoint, now: Instant) -> Result<TurnStats, String> {
         let mut stats = TurnStats::default();
+        let mut readable = Vec::new();
+        for w in &mut self.wires {
+            let Some(id) = w.id.filter(|_| !w.released) else { continue };
+            let (r, wr, hup) = (std::mem::take(&mut w.readable), std::mem::take(&mut w.writable), w.hup);
+            w.hup = false;
+            if wr {
+                ep.ready(id, false, true, false);
+            }
+            if r || hup {
+                readable.push((id, hup));
+            }
+        }
         while let Some(w) = self.backlog.pop_front() {
             self.drain_orders(ep)?;
             match ep.accept(self.wires[w].peer, now) {
@@ -235,23 +248,12 @@ impl Net {
                 None => self.wires[w].released = true,
             }
         }
-        for i in 0..self.wires.len() {
-            let w = &mut self.wires[i];
-            let Some(id) = w.id.filter(|_| !w.released) else { continue };
-            if w.readable || w.writable || w.hup {
-                let (r, wr, hup) = (std::mem::take(&mut w.readable), std::mem::take(&mut w.writable), w.hup);
-                w.hup = false;
-                // (As `src/server.rs` does: a readable event without a hang-up may be read at once, its writable
-                // part handed over first.)
-                let at_once = r && !hup;
-                if at_once && wr {
-                    ep.ready(id, false, true, false);
-                }
-                if at_once && self.read_at_once(ep, id, now, &mut stats)? {
-                    continue;
-                }
-                ep.ready(id, r || hup, wr && !at_once, hup);
+        for (id, hup) in readable {
+            // (A read at once never follows the peer's FIN, as in `src/server.rs`.)
+            if !hup && self.read_at_once(ep, id, now, &mut stats)? {
+                continue;
             }
+            ep.ready(id, true, false, hup);
         }
         self.pump(ep, now, &mut stats)?;
         ep.handle_timeout(now);
