@@ -343,8 +343,10 @@ impl Server {
     /// endpoint's first read of the turn would have come, after all of them.
     fn turn(&mut self, now: Instant) -> usize {
         let mut accept = self.accept_paused.is_some_and(|t| now >= t);
+        let mut handled = 0;
         self.readable.clear();
         for ev in self.events.iter() {
+            handled += 1;
             match ev.token() {
                 LISTENER => accept = true,
                 WAKER => self.ep.take_inbox(now),
@@ -368,7 +370,7 @@ impl Server {
         self.ep.handle_timeout(now);
         self.ep.end_turn(now);
         self.pump(now);
-        self.events.iter().count()
+        handled
     }
 
     /// The readable events of the wait, in order: each read at once when nothing is ahead of it in the turn

@@ -148,12 +148,17 @@ impl Endpoint {
         let Some(f) = self.in_flight.take() else { return };
         if let (InFlight::Direct, Some(Direct::Input { start, end, .. }), Ok(n)) = (f, self.direct, &result) {
             if *n == end - start {
-                // The whole echo went: nothing to queue.
-                self.direct = None;
-                return Metrics::add(&self.shared.metrics.bytes_out, *n as u64);
+                return self.echo_written(*n);
             }
         }
         self.sent_in_part(f, id, result, now);
+    }
+
+    /// The whole echo went: nothing to queue.
+    #[inline(always)]
+    pub(super) fn echo_written(&mut self, n: usize) {
+        self.direct = None;
+        Metrics::add(&self.shared.metrics.bytes_out, n as u64);
     }
 
     /// [`Endpoint::sent`] for anything but an echo written whole.
