@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bench/deflate_small.sh [ROUNDS] [SECS]: the three ways a wskit server can compress, side by side with sockudo-ws
 # on the harness's deflate workloads (`load --deflate`: JSON-like texts, 64 in turn, the client without context
-# takeover). wskit: the default (pooled zlib-rs, reset per message), zlib-rs with its context kept per connection
-# (380 KB each), and its own small-window compressor kept per connection at 12 and 15 bits (12 and 96 KiB,
-# `deflate_dedicated_window_bits`). Servers pinned to core 0, the load to core 1, interleaved per round. Per cell
+# takeover). wskit: the default (its own compressor, context kept per connection, 15-bit window: 120 KiB), the
+# same at 12 bits (21 KiB, `deflate_dedicated_window_bits`), zlib-rs with its context kept per connection (380 KB
+# each), and the context reset per message (a pooled zlib-rs compressor, `deflate_server_no_context_takeover`). Servers pinned to core 0, the load to core 1, interleaved per round. Per cell
 # the median over ROUNDS of msgs/s, the answers' wire bytes per payload byte, and the server's CPU per message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ source bench/servers.sh
 tck=$(getconf CLK_TCK)
 out=target/bench/deflate_small.txt
 interleave "$out" "$rounds" "$secs" "100x1024 10x16384" \
-  "wskit-deflate wskit-deflate-ctx wskit-deflate-small12 wskit-deflate-small15 sockudo-ws-deflate" --deflate
+  "wskit-deflate wskit-deflate-small12 wskit-deflate-ctx wskit-deflate-reset sockudo-ws-deflate" --deflate
 python3 - "$out" "$secs" "$tck" <<'PY'
 import sys
 sys.path.insert(0, "bench")

@@ -7,8 +7,8 @@
 #   the load to core 1; scenarios and servers interleaved so machine noise hits all alike; each cell the median of
 #   REPS runs: msgs/s, server CPU µs per message and its user-space part (/proc/PID/stat); round-trip p99 over
 #   all REPS runs pooled; ratios to the raw echo and the best peer as medians of per-repetition ratios.
-# - permessage-deflate (wskit without context takeover, with it in zlib-rs and in its own 15-bit small-window
-#   compressor, vs sockudo-ws with it; the wire ratio achieved)
+# - permessage-deflate (wskit's default, its context kept in its own compressor with a 15-bit window; without
+#   context takeover; with it in zlib-rs; vs sockudo-ws with it; the wire ratio achieved)
 #   and wss (wskit vs tokio-tungstenite on tokio-rustls).
 # - System calls per message (strace -c -f on a shorter run), bytes per idle connection (ΔRSS over IDLE
 #   connections, and over their second half alone: what one more costs), and a new client's echo latency while
@@ -41,7 +41,7 @@ if ((smoke)); then scenarios=("100 20 plain" "10 1048576 plain" "100 1024 deflat
 servers_for() {
   case $1 in
     plain) echo "${plain[@]}" ;;
-    deflate) echo "wskit-deflate wskit-deflate-ctx wskit-deflate-small15 sockudo-ws-deflate tokio-websockets" ;;
+    deflate) echo "wskit-deflate wskit-deflate-reset wskit-deflate-ctx sockudo-ws-deflate tokio-websockets" ;;
     wss) echo "wskit-wss tokio-tungstenite-wss" ;;
   esac
 }

@@ -5,7 +5,7 @@
 // runs against. `--max-payload` sets both the frame and the message limit; any number of frames per message is
 // allowed unless `--max-frames` is given. permessage-deflate is negotiated unless `--no-deflate` is given.
 // `--loops N` runs N event loops on N threads sharing the port (a `Cluster`). `--set` sets any configuration key
-// (`Config::set`), e.g. `--set deflate_server_no_context_takeover=false`. With `--pem`, `SIGHUP` reads the PEM file
+// (`Config::set`), e.g. `--set deflate_server_no_context_takeover=true`. With `--pem`, `SIGHUP` reads the PEM file
 // again: new handshakes use the new certificate, open connections go on, and a file that does not load is refused
 // (the old certificate stays in use).
 

@@ -778,8 +778,9 @@ pub struct MemoryBound {
     pub message: usize,
     /// The inflate context: 48 KiB with zlib-rs, whatever the window ([`crate::deflate::INFLATER_BYTES`]).
     pub inflate: usize,
-    /// A compressor of its own, without `server_no_context_takeover` (zlib-rs: 4 << window bits + 244 KiB of
-    /// hash table and state, [`crate::deflate::compressor_bytes`]); pooled per loop otherwise.
+    /// A compressor of its own, without `server_no_context_takeover` (wskit's: 120 KiB at a 15-bit window,
+    /// [`crate::lz::SmallCompressor::heap_bytes_for`]; zlib-rs: 4 << window bits + 244 KiB of hash table and
+    /// state, [`crate::deflate::compressor_bytes`]); pooled per loop otherwise.
     pub compressor: usize,
     /// Control frames waiting apart from data (pongs coalesce past 1 KiB).
     pub control: usize,

@@ -11,10 +11,10 @@
 //! worth of output.
 //!
 //! **Outbound** (§6.1, §7.2.1): a whole message is compressed with a sync flush and the trailing `00 00 FF FF`
-//! stripped; RSV1 marks the first frame. When the server does not keep its compression context between messages
-//! (`server_no_context_takeover`, wskit's default), the compressor is not per connection: one per window size is
-//! pooled per event loop ([`DeflatePool`]), and a message to many connections can be compressed once
-//! (`prepared::PreparedMessage`).
+//! stripped; RSV1 marks the first frame. By default the server keeps its context between messages, in a
+//! compressor per connection ([`crate::lz`]). When it does not (`server_no_context_takeover`), the compressor is
+//! not per connection: one per window size and level is pooled per event loop ([`DeflatePool`]). A message to
+//! many connections is compressed once, from a fresh context, by the pool (`prepared::PreparedMessage`).
 //!
 //! **zlib and 8-bit windows**: zlib (and zlib-rs) refuse an 8-bit window for raw deflate. When a client asks for
 //! `server_max_window_bits=8`, wskit answers 8 and compresses with a 9-bit window: zlib never emits a match
@@ -43,12 +43,16 @@ pub struct DeflateConfig {
     /// Window the server asks clients to compress with when they offer `client_max_window_bits`, 8–15
     /// (default 12, which is what Python `websockets` uses). Sets the per-connection inflate memory.
     pub client_max_window_bits: u8,
-    /// Do not keep the compression context between messages (default true): the compressor is pooled per loop
-    /// instead of held per connection, and prepared messages can be shared. False trades memory for ratio.
+    /// Do not keep the compression context between messages (default false: the server keeps its context
+    /// unless the client asks it not to). True pools the compressor per loop instead of holding one per
+    /// connection (no memory per connection, 0.17 wire bytes per payload byte on the bench's JSON where a kept
+    /// context gives 0.02, and 0.91 against 0.34 on chat lines: `bench/src/bin/deflate_curve.rs`).
     pub server_no_context_takeover: bool,
     /// Ask clients not to keep their context (default false); lets the inflater be reset between messages.
     pub client_no_context_takeover: bool,
-    /// Compression level 0–9 for messages shorter than `large_min` (default 1). At level 1 zlib-rs codes with
+    /// Compression level 0–9 for messages shorter than `large_min` (default 1), where the loop's pooled zlib-rs
+    /// compressor compresses: connections without server context takeover, messages prepared for many
+    /// connections, and every message with `dedicated_window_bits` 0. At level 1 zlib-rs codes with
     /// fixed Huffman tables: no tables to build, so a short message costs a fifth of what level 2 costs (0.7 µs
     /// against 4.6 µs for 240-byte chat lines with context takeover), for 7 % more bytes (`bench/src/bin/deflate_curve.rs`).
     pub level: u32,
@@ -63,10 +67,11 @@ pub struct DeflateConfig {
     /// Messages shorter than this go out uncompressed with RSV1 clear (default 64 bytes).
     pub min_size: usize,
     /// With server context takeover (`server_no_context_takeover` false), the window of each connection's own
-    /// compressor: 0 (the default) for zlib-rs (251–380 KB per connection, at the configured levels), or 8–15
-    /// for wskit's small-window compressor ([`crate::lz`]: 3.25 bytes per window byte, 3.3 KiB at 10 bits and
-    /// 104 KiB at 15; `level` and `large_level` do not apply to it). The window announced is unchanged:
-    /// a compressor may always refer back less far than it promised.
+    /// compressor: 8–15 for wskit's ([`crate::lz`], default 15: 120 KiB at 15 bits, 21 KiB at 12, 2.6 KiB at
+    /// 9, held from the connection's first compressed message until a keepalive ping finds it unused since the
+    /// last, or memory pressure; `level` and `large_level` do not apply to it), or 0 for zlib-rs (251–380 KB per connection, at the
+    /// configured levels). The window announced is unchanged: a compressor may always refer back less far than
+    /// it promised.
     pub dedicated_window_bits: u8,
     /// Most connections with a live inflate context in one loop; past it, new connections are served without
     /// compression (default 100,000).
@@ -79,13 +84,13 @@ impl Default for DeflateConfig {
             enabled: cfg!(feature = "deflate"),
             server_max_window_bits: 15,
             client_max_window_bits: 12,
-            server_no_context_takeover: true,
+            server_no_context_takeover: false,
             client_no_context_takeover: false,
             level: 1,
             large_level: 3,
             large_min: 4096,
             min_size: 64,
-            dedicated_window_bits: 0,
+            dedicated_window_bits: 15,
             max_contexts: 100_000,
         }
     }
@@ -486,6 +491,9 @@ mod codec {
         /// The small-window compressor's working buffer: a block's tokens, and a long message joined with its
         /// history (reused; [`crate::lz`]).
         pub(crate) lz_scratch: Vec<u8>,
+        /// Set by the endpoint under memory pressure: a connection that keeps its context but holds no
+        /// compressor yet compresses here, from a fresh context, instead of being given one.
+        pub(crate) hold_back: bool,
     }
 
     impl DeflatePool {
@@ -568,6 +576,7 @@ mod codec {
     pub struct DeflatePool {
         pub(crate) scratch: Vec<u8>,
         pub(crate) lz_scratch: Vec<u8>,
+        pub(crate) hold_back: bool,
     }
     impl DeflatePool {
         /// An empty pool.
@@ -636,18 +645,24 @@ mod tests {
     #[test]
     fn negotiation_answers() {
         let cfg = DeflateConfig { enabled: true, ..DeflateConfig::default() };
+        // The server keeps its context by default, in its own compressor with a 15-bit window.
         let p = negotiate(&offers("permessage-deflate; client_max_window_bits"), &cfg).unwrap();
-        assert_eq!(p.response(), "permessage-deflate; server_no_context_takeover; client_max_window_bits=12");
+        assert_eq!(p.response(), "permessage-deflate; client_max_window_bits=12");
+        assert!(!p.server_no_context_takeover && p.dedicated_window_bits == 15);
         let p = negotiate(&offers("permessage-deflate"), &cfg).unwrap();
-        assert_eq!(p.response(), "permessage-deflate; server_no_context_takeover");
+        assert_eq!(p.response(), "permessage-deflate");
         assert_eq!(p.inflate_window(), 15);
         let p = negotiate(&offers("permessage-deflate; server_max_window_bits=8; client_no_context_takeover"), &cfg)
             .unwrap();
-        assert_eq!(
-            p.response(),
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=8"
-        );
+        assert_eq!(p.response(), "permessage-deflate; client_no_context_takeover; server_max_window_bits=8");
         assert_eq!(p.compress_window(), 9);
+        assert_eq!(p.dedicated_window_bits, 8, "its own compressor keeps a promise of 8 bits exactly");
+        // The client's flag, or the server's configuration, makes it reset its context after every message.
+        let p = negotiate(&offers("permessage-deflate; server_no_context_takeover"), &cfg).unwrap();
+        assert_eq!(p.response(), "permessage-deflate; server_no_context_takeover");
+        let resets = DeflateConfig { server_no_context_takeover: true, ..cfg.clone() };
+        let p = negotiate(&offers("permessage-deflate"), &resets).unwrap();
+        assert_eq!(p.response(), "permessage-deflate; server_no_context_takeover");
         // Quoted values and case.
         let p = negotiate(&offers("PerMessage-Deflate; server_max_window_bits=\"10\""), &cfg).unwrap();
         assert_eq!(p.server_max_window_bits, 10);

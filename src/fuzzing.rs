@@ -387,7 +387,8 @@ fn inflate_pieces(sel: u8, rest: &[u8]) {
 /// the rest is messages, each a length byte and that many bytes; or, where the length byte's top bit is set, its
 /// low bits times 256 (up to 32,512; 64 KiB per input in all) of bytes drawn from an alphabet that follows (a count byte, then up to 16 bytes):
 /// long messages of few symbols, so that blocks get codes of their own and are cut at 16,384 tokens. Each is
-/// compressed in turn and read back by zlib keeping its context, as a peer does.
+/// compressed in turn and read back by zlib keeping its context, as a peer does. After an empty message a
+/// message compressed elsewhere (a shared frame) goes to zlib, and the compressor forgets its history.
 #[cfg(feature = "deflate")]
 pub fn lz(data: &[u8]) {
     use flate2::{Decompress, FlushDecompress};
@@ -430,6 +431,16 @@ pub fn lz(data: &[u8]) {
         d.decompress_vec(&z, &mut out, FlushDecompress::Sync).expect("zlib reads it");
         assert_eq!(d.total_in() - before, z.len() as u64, "all of it read");
         assert_eq!(out, msg, "read back as sent");
+        if msg.is_empty() {
+            let foreign = b"a message compressed once for many connections, from a fresh context";
+            z.clear();
+            crate::lz::SmallCompressor::new(bits).compress(foreign, &mut z, &mut work);
+            z.extend_from_slice(&crate::deflate::TAIL);
+            let mut out = Vec::with_capacity(foreign.len() + 64);
+            d.decompress_vec(&z, &mut out, FlushDecompress::Sync).expect("zlib reads it");
+            assert_eq!(out, foreign);
+            c.forget();
+        }
     }
 }
 

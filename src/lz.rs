@@ -1,25 +1,36 @@
-//! A small-window deflate compressor that keeps its context between messages: wskit's own, for connections
-//! that negotiated server context takeover when the loop is told to hold little per connection
-//! (`deflate_dedicated_window_bits`, [`crate::deflate::DeflateConfig::dedicated_window_bits`]).
+//! wskit's own deflate compressor, kept per connection across messages: what a connection that negotiated server
+//! context takeover compresses with by default (`deflate_dedicated_window_bits`, 15 by default:
+//! [`crate::deflate::DeflateConfig::dedicated_window_bits`]).
 //!
 //! zlib-rs holds ~250 KB per compressor whatever its window (a fixed 128 KiB hash table among the rest), so a
 //! dedicated compressor there costs 251–380 KB per connection. This one holds the last `2^bits` bytes it sent
 //! (the history later messages may refer to) with room for a quarter window more (short messages are coded in
-//! place after it), and a hash table of `2^bits` 16-bit positions: 3.25 bytes per window byte, 1.6 KiB at 9
-//! bits and 13 KiB at 12 (uWebSockets' `DEDICATED_COMPRESSOR_3KB` … `_256KB` spans the same range with zlib's
-//! `memLevel`).
+//! place after it), a hash table of up to 8,192 16-bit positions and a link per window byte for its chains: 5.25
+//! bytes per window byte up to 13 bits, 2.6 KiB at 9 bits, 21 KiB at 12, 120 KiB at 15 (uWebSockets'
+//! `DEDICATED_COMPRESSOR_3KB` … `_256KB` spans the same range with zlib's `memLevel`). Nothing is held before the
+//! first compressed message.
 //!
-//! The method (RFC 1951): every 4-byte sequence's position is kept in a hash table (the newest one per slot: one
-//! candidate, no chains); a candidate within the window whose bytes match gives a match of 4 to 258 bytes, unless
-//! the next byte starts a longer one (one step of lazy evaluation: the chat lines of `deflate_curve --small`
-//! 0.415 → 0.408 of their size at 12 bits). Text seen before often runs on at one distance: a match of 258 bytes
-//! is followed by more at its distance, and a message's first bytes are tried at the last match's distance
-//! (the harness's JSON workload, where a connection's texts come again 16 KiB later: 0.090 → 0.017 wire bytes
-//! per payload byte at 15 bits, where the table's newest candidate is in the last message).
+//! The method (RFC 1951): every 4-byte sequence's position goes at the head of its hash slot's chain; the
+//! chain is walked, newest first, through at most 36 candidates within the window (each checked first at the
+//! 4 bytes where the best match so far ends), for the longest match of 4 to 258 bytes (64 is long enough to stop
+//! at); a match shorter than 64 is checked against the one at the next byte (one step of lazy evaluation, along
+//! a quarter of the chain). Text seen before often runs on at one distance: a match of 258 bytes is followed by
+//! more at its distance, and a message's first bytes are tried at the last match's distance (the harness's JSON
+//! workload, where a connection's texts come again 16 KiB later: 0.090 → 0.017 wire bytes per payload byte at 15
+//! bits, where the table's newest candidate is in the last message). A message found to be three quarters
+//! literals after its first 4 KiB (text without repeats) is searched on with one candidate and no lazy step, and
+//! a 4-byte match more than 4 KiB back is left as literals there (its distance costs more than they do): 16 KiB
+//! of random letters 0.6094 of their size at 249 µs, where the full search took 362 µs for 0.612.
+//!
+//! Against zlib-rs at level 6 with its context kept and a 15-bit window — what Firefox and sockudo-ws compress
+//! with — over `deflate_curve --small`'s five workloads, at 15 bits: chat lines 0.3367 against 0.3441 wire bytes
+//! per payload byte, ticks 0.3272 / 0.3305, random letters 0.6094 / 0.6117, 64 KiB chat pages 0.2625 / 0.2635,
+//! the bench's 1 KiB JSON 0.0925 / 0.0959; µs per message 6.0 / 8.4, 1.5 / 5.0, 249 / 282, 1,290 / 1,215, 8.4 /
+//! 10.7 (the pages are the one workload where it spends more, 6 %: 32 candidates there give 0.2638 at zlib's CPU).
 //!
 //! The parse goes into a block of up to 16,384 literals and matches, held in the caller's scratch
 //! buffer. A block is written with the fixed Huffman codes of §3.2.6 (nothing to build or send: what short
-//! messages want) unless, once it comes to 2,048 bits or more that way, codes built from its own counts
+//! messages want) unless, once it comes to 384 bits or more that way, codes built from its own counts
 //! (`src/huffman.rs`, §3.2.7) with their header come out smaller: 16 KiB of random letters 0.993 → 0.606 of
 //! their size at 12 bits, 64 KiB chat pages 0.389 → 0.301 (zlib-rs kept, level 2 / 3: 0.303 / 0.284). The
 //! configured levels do not apply. A message those codes would make larger (random or already compressed bytes)
@@ -34,6 +45,23 @@
 /// Smallest and largest match (RFC 1951 §3.2.5).
 const MIN_MATCH: usize = 4;
 const MAX_MATCH: usize = 258;
+/// The hash table has `2^bits` slots up to this many bits (8,192: 16 KiB), past it the chains are longer. At a
+/// 15-bit window a table of 2^15 slots gave the five workloads of `deflate_curve --small` 0.1–0.3 % smaller
+/// output for 48 KiB more per connection, nearly all of it resident after one message (its slots are written
+/// all over), where the chains' links fill in as the history does.
+const HASH_BITS: u8 = 13;
+/// Most candidates tried for one match along a hash chain.
+const CHAIN: usize = 36;
+/// A match this long ends the search along the chain.
+const NICE: usize = 64;
+/// A match shorter than this is checked against the one at the next byte (lazy evaluation).
+const LAZY: usize = 64;
+/// After this many bytes of a message, a message three quarters literals so far is searched with one candidate
+/// per byte and no lazy step for the rest.
+const SPARSE_CHECK: usize = 4096;
+/// In such a message, a match of [`MIN_MATCH`] bytes further back than this is left as literals: its
+/// distance's extra bits cost more than they save.
+const TOO_FAR: usize = 4096;
 
 /// Base length and extra bits of length codes 257–285.
 const LEN_BASE: [u16; 29] =
@@ -132,7 +160,7 @@ const BLOCK_TOKENS: usize = 16384;
 const TOKEN_AREA: usize = BLOCK_TOKENS * 4;
 /// Blocks whose fixed codes come to fewer bits than this are not worth a dynamic header (tens of bytes) or the
 /// work of building one.
-const DYNAMIC_MIN_BITS: u64 = 2048;
+const DYNAMIC_MIN_BITS: u64 = 384;
 
 /// Bits into a byte vector, least significant first.
 struct Bits<'a> {
@@ -336,6 +364,9 @@ pub struct SmallCompressor {
     /// Per hash slot, the stream position (modulo 2^16) of the newest 4-byte sequence there. Candidates are
     /// checked byte by byte and against the window, so a stale or aliased entry only costs a comparison.
     head: Box<[u16]>,
+    /// Per window position (stream position modulo the window), the position before it in its hash slot: the
+    /// chain of older candidates, walked while their distances grow and stay within the window.
+    prev: Box<[u16]>,
     /// Bytes compressed so far (modulo 2^32; positions are compared modulo 2^16).
     total: u32,
     /// The last match's distance (at most the window): tried first at the start of the next message.
@@ -347,7 +378,14 @@ impl SmallCompressor {
     /// promise of 256 bytes exactly).
     pub fn new(bits: u8) -> Self {
         let bits = bits.clamp(8, 15);
-        SmallCompressor { bits, history: Vec::new(), head: vec![0; 1 << bits].into_boxed_slice(), total: 0, rep: 0 }
+        SmallCompressor {
+            bits,
+            history: Vec::new(),
+            head: vec![0; 1 << bits.min(HASH_BITS)].into_boxed_slice(),
+            prev: vec![0; 1 << bits].into_boxed_slice(),
+            total: 0,
+            rep: 0,
+        }
     }
 
     /// Heap bytes held once a window's worth has been sent.
@@ -355,11 +393,13 @@ impl SmallCompressor {
         Self::heap_bytes_for(self.bits)
     }
 
-    /// Heap bytes of one with this window once a window's worth has been sent: the table's two bytes per window
-    /// byte and the history's room, a window and a quarter.
+    /// Heap bytes of one with this window once a window's worth has been sent: two bytes per slot of the hash
+    /// table and per window byte of the chains' links, and the history's room, a window and a quarter (2,688 at
+    /// 9 bits, 21,504 at 12, 122,880 at 15).
     pub fn heap_bytes_for(bits: u8) -> usize {
-        let w = 1usize << bits.clamp(8, 15);
-        2 * w + w + w / 4
+        let bits = bits.clamp(8, 15);
+        let w = 1usize << bits;
+        (2 << bits.min(HASH_BITS)) + 2 * w + w + w / 4
     }
 
     /// Compresses one message, appending it to `out` without the `00 00 FF FF` tail; `scratch` is a buffer the
@@ -416,22 +456,57 @@ impl SmallCompressor {
         }
     }
 
-    /// The match at `buf[i..]` against the table's candidate, as (length, distance), (0, 0) for none; position
-    /// `i` (stream position `base + i`) takes the candidate's place in the table.
+    /// The longest match at `buf[i..]` among the table's candidates (the newest first, then older ones along the
+    /// chain, at most [`CHAIN`] of them), as (length, distance), (0, 0) for none; position `i` (stream position
+    /// `base + i`) goes in the table.
     #[inline]
-    fn candidate(&mut self, buf: &[u8], base: u32, i: usize) -> (usize, usize) {
+    fn candidate(&mut self, buf: &[u8], base: u32, i: usize, depth: usize) -> (usize, usize) {
         if i + MIN_MATCH > buf.len() {
             return (0, 0);
         }
-        let h = hash(&buf[i..], self.bits);
-        let here = base.wrapping_add(i as u32);
-        let d = (here as u16).wrapping_sub(self.head[h]) as usize;
-        self.head[h] = here as u16;
-        if d >= 1 && d <= 1 << self.bits && d <= i {
-            (match_len(&buf[i - d..], &buf[i..]), d)
+        let here = base.wrapping_add(i as u32) as u16;
+        let mut cand = self.insert(&buf[i..], here);
+        let mask = (1usize << self.bits) - 1;
+        let limit = (mask + 1).min(i);
+        let max = (buf.len() - i).min(MAX_MATCH);
+        let (mut best, mut best_d, mut last_d) = (0usize, 0, 0);
+        for _ in 0..depth {
+            let d = here.wrapping_sub(cand) as usize;
+            if d <= last_d || d > limit {
+                // Past the window or the bytes at hand, or an entry overwritten by a newer position. (Entries are
+                // never cleared: one 64 KiB older comes round as a near one, and costs a comparison.)
+                break;
+            }
+            // Only a candidate that matches the bytes around where the best match ends can beat it.
+            let e = best.saturating_sub(3).min(max - MIN_MATCH);
+            if buf[i - d + e..i - d + e + 4] == buf[i + e..i + e + 4] {
+                let len = match_len(&buf[i - d..], &buf[i..]);
+                if len > best {
+                    (best, best_d) = (len, d);
+                    if len >= NICE.min(max) {
+                        break;
+                    }
+                }
+            }
+            last_d = d;
+            cand = self.prev[cand as usize & mask];
+        }
+        if best >= MIN_MATCH {
+            (best, best_d)
         } else {
             (0, 0)
         }
+    }
+
+    /// Puts stream position `here` (modulo 2^16), where `at` begins, at the head of its hash slot's chain;
+    /// returns the position that was there.
+    #[inline(always)]
+    fn insert(&mut self, at: &[u8], here: u16) -> u16 {
+        let h = hash(at, self.bits.min(HASH_BITS));
+        let old = self.head[h];
+        self.head[h] = here;
+        self.prev[here as usize & ((1 << self.bits) - 1)] = old;
+        old
     }
 
     /// Literals and matches of `buf[start..]`, matches reaching into `buf[..start]` (the history) too.
@@ -446,27 +521,46 @@ impl SmallCompressor {
         if r >= 1 && r <= start && start + MIN_MATCH <= buf.len() {
             let len = match_len(&buf[start - r..], &buf[start..]);
             if len >= MIN_MATCH {
-                let (found, d) = self.candidate(buf, base, start);
+                let (found, d) = self.candidate(buf, base, start, CHAIN);
                 let (len, dist) = if found > len { (found, d) } else { (len, r) };
-                i = self.write_matches(buf, base, start, len, dist, sink);
+                i = self.write_matches(buf, base, (start, start + 1), len, dist, sink);
                 last = dist;
             }
         }
+        // The search's effort: the whole chain, and a lazy look at the next byte after a short match, until a
+        // stretch of the message turns out to be mostly literals (text without repeats: what codes buy there
+        // does not depend on the matches, and each candidate costs a miss).
+        let (mut depth, mut lazy) = (CHAIN, LAZY);
+        let (mut literals, mut check) = (0, i + SPARSE_CHECK);
         while i < buf.len() {
-            let (mut len, mut dist) = self.candidate(buf, base, i);
-            if (MIN_MATCH..MAX_MATCH).contains(&len) {
-                // One step of lazy evaluation: a longer match at the next byte wins, this byte going as a literal.
-                let (next, d) = self.candidate(buf, base, i + 1);
+            if i >= check {
+                if literals * 4 > (i - start) * 3 {
+                    (depth, lazy) = (1, 0);
+                }
+                check = usize::MAX;
+            }
+            let (mut len, mut dist) = self.candidate(buf, base, i, depth);
+            if lazy == 0 && len == MIN_MATCH && dist > TOO_FAR {
+                len = 0; // (in text without repeats, where codes are short, four literals cost less)
+            }
+            let mut entered = i + 1;
+            if (MIN_MATCH..lazy).contains(&len) {
+                // One step of lazy evaluation: a longer match at the next byte wins, this byte going as a
+                // literal (looked for along a quarter of the chain).
+                let (next, d) = self.candidate(buf, base, i + 1, depth / 4);
+                entered = i + 2;
                 if next > len {
                     sink.literal(buf[i]);
+                    literals += 1;
                     (i, len, dist) = (i + 1, next, d);
                 }
             }
             if len >= MIN_MATCH {
-                i = self.write_matches(buf, base, i, len, dist, sink);
+                i = self.write_matches(buf, base, (i, entered), len, dist, sink);
                 last = dist;
             } else {
                 sink.literal(buf[i]);
+                literals += 1;
                 i += 1;
             }
         }
@@ -474,20 +568,21 @@ impl SmallCompressor {
         self.rep = last;
     }
 
-    /// Writes the match of `len` bytes at `buf[i..]`, putting the positions it covers in the table; after a
-    /// match of the longest length, as many more as go on at the same distance. Returns where they end.
+    /// Writes the match of `len` bytes at `buf[i..]`, putting the positions it covers from `entered` on (those
+    /// before are in the table already) in the table; after a match of the longest length, as many more as go on
+    /// at the same distance. Returns where they end.
     #[inline]
     fn write_matches(
         &mut self,
         buf: &[u8],
         base: u32,
-        i: usize,
+        (i, entered): (usize, usize),
         len: usize,
         dist: usize,
         sink: &mut Sink<'_, '_>,
     ) -> usize {
         sink.matched(len, dist);
-        self.enter(buf, base, i + 1..i + len);
+        self.enter(buf, base, entered.max(i + 1)..i + len);
         if len == MAX_MATCH {
             self.go_on(buf, base, i + len, dist, sink)
         } else {
@@ -499,8 +594,7 @@ impl SmallCompressor {
     #[inline]
     fn enter(&mut self, buf: &[u8], base: u32, range: std::ops::Range<usize>) {
         for j in range.start..range.end.min(buf.len().saturating_sub(MIN_MATCH - 1)) {
-            let h = hash(&buf[j..], self.bits);
-            self.head[h] = base.wrapping_add(j as u32) as u16;
+            self.insert(&buf[j..], base.wrapping_add(j as u32) as u16);
         }
     }
 
@@ -524,10 +618,20 @@ impl SmallCompressor {
         i
     }
 
-    /// Forgets the context.
+    /// Stops referring back to what this compressor sent: the peer's window took bytes it did not produce (a
+    /// message compressed once for many connections), so the distances to its history are no longer right.
+    /// Costs nothing: the history goes and the last distance with it; the table keeps its entries, but a match is
+    /// only taken within the bytes at hand and checked byte by byte, so the next message refers to itself only.
+    pub fn forget(&mut self) {
+        self.history.clear();
+        self.rep = 0;
+    }
+
+    /// Forgets the context and its memory.
     pub fn reset(&mut self) {
         self.history = Vec::new();
         self.head.fill(0);
+        self.prev.fill(0);
         self.total = 0;
         self.rep = 0;
     }
@@ -734,8 +838,80 @@ mod tests {
         }
     }
 
+    /// The block's tokens after `c` encodes `buf[start..]` (`buf[..start]` being its history): (length, distance)
+    /// of each match, (0, byte) of each literal.
+    fn tokens(c: &mut SmallCompressor, buf: &[u8], start: usize) -> Vec<(usize, usize)> {
+        let (mut area, mut out) = (vec![0u8; TOKEN_AREA], Vec::new());
+        let mut sink = Sink { bits: Bits { out: &mut out, acc: 0, n: 0 }, tokens: &mut area, n: 0, fixed: 0 };
+        c.encode(buf, start, &mut sink);
+        (0..sink.n)
+            .map(|k| sink.token(k))
+            .map(|t| if t < 256 { (0, t as usize) } else { ((t >> 16) as usize, (t & 0xffff) as usize) })
+            .collect()
+    }
+
     #[test]
-    fn a_reset_forgets_and_the_heap_is_three_bytes_per_window_byte() {
+    fn the_chain_finds_an_older_longer_match_and_sparse_text_gives_up_far_short_ones() {
+        // "abcd" is newest at 9 (four bytes in common), but at 0 the whole "abcdefgh" comes again.
+        let buf = b"abcdefgh_abcdXYZW_abcdefgh";
+        let t = tokens(&mut SmallCompressor::new(12), buf, 0);
+        assert_eq!(t.last(), Some(&(8, 18)), "{t:?}");
+        // Random letters, a second message of them after a first: in its first 4 KiB 4-byte matches more than 4
+        // KiB back (into the first) are taken; once the message is seen to be mostly literals, they are left as
+        // literals (they cost more than those do), nearer ones still taken.
+        let mut s = 99u64;
+        let mut letters =
+            || -> Vec<u8> { (0..16384).map(|_| b"abcdefghijklmnopqrstuvwxyz "[(rng(&mut s) % 27) as usize]).collect() };
+        let (mut c, first, second) = (SmallCompressor::new(15), letters(), letters());
+        c.compress(&first, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(c.history, first);
+        let buf = [first.as_slice(), second.as_slice()].concat();
+        let (mut at, mut far, mut near) = (0, [0; 2], 0);
+        for (len, d) in tokens(&mut c, &buf, first.len()) {
+            let after = at >= SPARSE_CHECK;
+            if len == MIN_MATCH && d > TOO_FAR {
+                far[after as usize] += 1;
+            }
+            near += (after && len >= MIN_MATCH && d <= TOO_FAR) as usize;
+            at += len.max(1);
+        }
+        assert_eq!(at, second.len());
+        assert!(far[0] > 0 && far[1] == 0 && near > 0, "{far:?} {near}");
+    }
+
+    #[test]
+    fn after_forget_a_message_refers_only_to_itself() {
+        // The peer's window: what this compressor sent, then a message compressed elsewhere (a shared frame).
+        let line = b"a line of text that will come again, word for word, in the next message".to_vec();
+        let (mut c, mut scratch, mut seen) = (SmallCompressor::new(12), Vec::new(), Vec::new());
+        let mut z = Vec::new();
+        c.compress(&line, &mut z, &mut scratch);
+        assert_eq!(walk(&z, 4096, &mut seen), line);
+        seen.extend_from_slice(b"some bytes this compressor never saw");
+        c.forget();
+        let twice = [line.as_slice(), line.as_slice()].concat();
+        let mut z = Vec::new();
+        c.compress(&twice, &mut z, &mut scratch);
+        assert_eq!(walk(&z, 4096, &mut seen), twice, "a reference into the history would land in the foreign bytes");
+        assert!(z.len() < line.len() + 20, "the second copy is still a match: {} bytes", z.len());
+        // And after forget the context builds again: the same text next time is a few bytes.
+        let mut z = Vec::new();
+        c.compress(&line, &mut z, &mut scratch);
+        assert_eq!(walk(&z, 4096, &mut seen), line);
+        assert!(z.len() < 10, "{} bytes", z.len());
+        // The same for a message longer than the history's room (a quarter window: joined with the history in
+        // the scratch buffer instead of coded in place).
+        seen.extend_from_slice(b"more foreign bytes");
+        c.forget();
+        let long: Vec<u8> = line.iter().chain(b" -- ").copied().cycle().take(3000).collect();
+        let mut z = Vec::new();
+        c.compress(&long, &mut z, &mut scratch);
+        assert_eq!(walk(&z, 4096, &mut seen), long);
+        assert!(z.len() < line.len() + 40, "{} bytes", z.len());
+    }
+
+    #[test]
+    fn a_reset_forgets_and_the_heap_is_five_and_a_quarter_bytes_per_window_byte() {
         let (mut c, mut scratch) = (SmallCompressor::new(10), Vec::new());
         let line = b"the same sixty-odd bytes of text, twice over, to be found again".to_vec();
         let mut z = Vec::new();
@@ -749,10 +925,11 @@ mod tests {
         assert_eq!(inflate_all(10, &[again]), vec![line]);
         // What it holds once a window's worth has gone through: the history and the table, as counted.
         c.compress(&[b'x'; 5000], &mut Vec::new(), &mut scratch);
-        assert_eq!(c.history.capacity() + c.head.len() * 2, c.heap_bytes());
-        assert_eq!(c.heap_bytes(), 1024 + 256 + 2048);
+        assert_eq!(c.history.capacity() + c.head.len() * 2 + c.prev.len() * 2, c.heap_bytes());
+        assert_eq!(c.heap_bytes(), 1024 + 256 + 2048 + 2048);
         c.reset();
-        assert!(c.history.capacity() == 0 && c.total == 0 && c.rep == 0 && c.head.iter().all(|&h| h == 0));
+        assert!(c.history.capacity() == 0 && c.total == 0 && c.rep == 0);
+        assert!(c.head.iter().chain(c.prev.iter()).all(|&h| h == 0));
         // Bytes that no code shrinks go out stored, at their stored size exactly.
         let mut s = 7u64;
         let noise: Vec<u8> = (0..5000).map(|_| rng(&mut s) as u8).collect();

@@ -1,11 +1,12 @@
 //! A message sent to many connections (a publish, a broadcast), framed once and queued by reference.
 //!
 //! A [`PreparedMessage`] frames its payload at most once per way of sending it: plain, or compressed with a
-//! fresh context for one (window, level) (permessage-deflate under `server_no_context_takeover`, where every
-//! receiver's inflater sees the same bytes). Each form is a [`SharedFrames`]: the frames, header included, in one
-//! reference-counted buffer that every receiver's queue points at, so a publish of 512 KiB to 900 subscribers
-//! holds 512 KiB, not 450 MiB. Only a receiver that keeps its own compression context (server context takeover)
-//! gets a copy of its own, compressed for it.
+//! fresh context for one (window, level) (permessage-deflate: a message compressed without reference to earlier
+//! ones reads the same in every receiver's inflater, whether the server keeps its context there or not; one
+//! that keeps it in wskit's compressor forgets its history after such a frame). Each form is a
+//! [`SharedFrames`]: the frames, header included, in one reference-counted buffer that every receiver's queue
+//! points at, so a publish of 512 KiB to 900 subscribers holds 512 KiB, not 450 MiB. Only a receiver that keeps
+//! its context in zlib-rs (`deflate_dedicated_window_bits` 0) gets a copy of its own, compressed for it.
 //!
 //! An optional gauge counts the bytes of every form alive, for a loop-wide memory budget: it rises when a form is
 //! made and falls when the last queue holding it lets go.

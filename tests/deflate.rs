@@ -24,18 +24,21 @@ fn python_websockets_every_parameter_combination() {
 }
 
 #[test]
-fn python_websockets_against_the_small_window_compressor() {
+fn python_websockets_against_each_compressor() {
     if skip_external("python websockets") {
         return;
     }
-    // The server keeps its context in wskit's own 1 KiB-window compressor (or the client's smaller window).
-    let config = with_pairs(
-        Config::new().max_payload_size(2 << 20),
-        "deflate_server_no_context_takeover=false;deflate_dedicated_window_bits=10",
-    );
-    let server = TestServer::echo(config);
-    let out = run_python(include_str!("py/deflate_client.py"), &[&server.url("/"), "server-keeps-context"]);
-    assert_eq!(out.trim(), "ok 32");
+    // The server keeps its context in wskit's own compressor with a 1 KiB window (or the client's smaller one),
+    // in zlib-rs', or resets it after every message (the loop's pooled compressor).
+    for (pairs, mode) in [
+        ("deflate_dedicated_window_bits=10", ""),
+        ("deflate_dedicated_window_bits=0", ""),
+        ("deflate_server_no_context_takeover=true", "server-resets-context"),
+    ] {
+        let server = TestServer::echo(with_pairs(Config::new().max_payload_size(2 << 20), pairs));
+        let out = run_python(include_str!("py/deflate_client.py"), &[&server.url("/"), mode]);
+        assert_eq!(out.trim(), "ok 32", "{pairs}");
+    }
 }
 
 fn deflate_client(addr: std::net::SocketAddr, offer: &str) -> (TcpStream, String) {

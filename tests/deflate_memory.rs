@@ -64,17 +64,58 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
     assert!(per_after <= 64 * 1024, "{per_after} bytes per deflate connection after one message");
 }
 
-/// With server context takeover every connection keeps a compressor of its own: what one holds after a message,
-/// measured, stays within what `Config::memory_bound` counts for it (the slot, the inflater and the compressor).
-/// The formula once said 40 KiB + 264 KiB for zlib's contexts; zlib-rs measures 338 KiB per connection here.
+/// With server context takeover (the default) every connection keeps a compressor of its own: what one holds
+/// after a message, measured, stays within what `Config::memory_bound` counts for it (the slot, the inflater and
+/// the compressor) — for wskit's compressor (the default, a 15-bit window) and for zlib-rs'. The formula once
+/// said 40 KiB + 264 KiB for zlib's contexts; zlib-rs measures 338 KiB per connection here.
 #[test]
 fn a_compressor_per_connection_is_within_the_computed_bound() {
-    const M: usize = 1000;
-    let pairs = "max_connections_per_ip=0;memory_budget=0;deflate_server_no_context_takeover=false";
+    for (bits, least) in [(15u8, 32 * 1024), (0, 200 * 1024)] {
+        const M: usize = 1000;
+        let pairs = format!("max_connections_per_ip=0;memory_budget=0;deflate_dedicated_window_bits={bits}");
+        let child = ChildServer::start_with(512 * 1024, None, &pairs, None);
+        let addr = child.addr;
+        std::thread::sleep(Duration::from_millis(200));
+        let base = proc_status_kib(child.pid(), "VmRSS");
+        let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
+        let mut z = Vec::new();
+        Compressor::new(6, 15).compress(&msg, &mut z);
+        let mut frame = Vec::new();
+        write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
+        let mut socks = Vec::with_capacity(M);
+        for _ in 0..M {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            assert!(read_head(&mut s).contains("permessage-deflate"));
+            s.write_all(&frame).unwrap();
+            assert_eq!(read_frame(&mut s).unwrap().1, 1);
+            socks.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let after = proc_status_kib(child.pid(), "VmRSS");
+        let per = (after.saturating_sub(base)) * 1024 / M as u64;
+        let mut c = wskit::Config::new().deflate(true);
+        c.deflate.dedicated_window_bits = bits;
+        let bound = c.memory_bound(false);
+        let counted = (bound.slot + bound.inflate + bound.compressor) as u64;
+        eprintln!("window bits {bits}: {per} B per connection after one message; the bound counts {counted} B");
+        assert!(per > least, "{per}: each holds a compressor of its own");
+        assert!(per <= counted, "{per} B per connection measured, {counted} B counted");
+    }
+}
+
+/// Under memory pressure the connections give back their own compressors before any is dropped: 100 connections
+/// that each got one compressed echo hold 100 × (120 KiB compressor + 48 KiB inflater) = 16.4 MiB counted,
+/// twice an 8 MiB budget; giving back the compressors leaves 4.7 MiB, under the pressure mark, so every one of
+/// them still answers (dropping the heaviest would have closed about 60), compressed, without a compressor of
+/// its own while the pressure lasts.
+#[test]
+fn under_memory_pressure_compressors_go_before_connections() {
+    const M: usize = 100;
+    let pairs = "max_connections_per_ip=0;memory_budget=8388608";
     let child = ChildServer::start_with(512 * 1024, None, pairs, None);
-    let addr = child.addr;
-    std::thread::sleep(Duration::from_millis(200));
-    let base = proc_status_kib(child.pid(), "VmRSS");
     let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
     let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
     let mut z = Vec::new();
@@ -83,23 +124,18 @@ fn a_compressor_per_connection_is_within_the_computed_bound() {
     write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
     let mut socks = Vec::with_capacity(M);
     for _ in 0..M {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = TcpStream::connect(child.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(req.as_bytes()).unwrap();
         assert!(read_head(&mut s).contains("permessage-deflate"));
         s.write_all(&frame).unwrap();
-        assert_eq!(read_frame(&mut s).unwrap().1, 1);
+        let (_, op, p) = read_frame(&mut s).unwrap();
+        assert!(op == 1 && p.len() < msg.len() / 4, "a compressed echo");
         socks.push(s);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let after = proc_status_kib(child.pid(), "VmRSS");
-    let per = (after.saturating_sub(base)) * 1024 / M as u64;
-    let c = wskit::Config::new().deflate(true);
-    let mut c = c;
-    c.deflate.server_no_context_takeover = false;
-    let bound = c.memory_bound(false);
-    let counted = (bound.slot + bound.inflate + bound.compressor) as u64;
-    eprintln!("{per} B per connection after one message; the bound counts {counted} B for these parts");
-    assert!(per > 200 * 1024, "{per}: each holds a compressor of its own");
-    assert!(per <= counted, "{per} B per connection measured, {counted} B counted");
+    for (i, s) in socks.iter_mut().enumerate() {
+        s.write_all(&frame).unwrap();
+        let (_, op, p) = read_frame(s).unwrap_or_else(|e| panic!("connection {i} was dropped: {e}"));
+        assert!(op == 1 && p.len() < msg.len() / 4, "connection {i}: a compressed echo, not opcode {op}");
+    }
 }

@@ -276,7 +276,12 @@ fn blocks() -> BTreeMap<&'static str, String> {
     z.send_with(Message::Text("Hello"), &mut pool).unwrap();
     let out = z.out().to_vec();
     z.consume_out(out.len());
-    let _ = writeln!(s, "\nwskit sends \"Hello\": deflated it would take 7 bytes, more than the 5 it has, so it goes plain (RSV1 clear):");
+    let _ = writeln!(
+        s,
+        "\nwskit sends \"Hello\" (deflate_min_size 0 here; by default a message under 64 bytes goes plain and never\n\
+         touches the compressor): 7 bytes for its 5, compressed all the same, for with its context kept the peer's\n\
+         window must take what the compressor's took:"
+    );
     s.push_str(&hex(&out));
     let long = "Hello, Hello, Hello, Hello, Hello!";
     z.send_with(Message::Text(long), &mut pool).unwrap();
@@ -284,7 +289,7 @@ fn blocks() -> BTreeMap<&'static str, String> {
     z.consume_out(out.len());
     let _ = writeln!(
         s,
-        "\nwskit sends {long:?} ({} bytes): compressed, RSV1 set (c1), context reset after it:",
+        "\nwskit sends {long:?} ({} bytes): compressed, RSV1 set (c1), its first \"Hello\" a match 5 bytes back, into the one before:",
         long.len()
     );
     s.push_str(&hex(&out));

@@ -192,5 +192,80 @@ fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
     assert!(sizes[1] < 10 && sizes[3] < 10, "the context is kept, across a stored message too: {sizes:?}");
     assert!(sizes[2] <= noise.len() + 6, "what does not compress goes out stored: {sizes:?}");
     let now_held = c.held() - c.q.as_deref().map_or(0, Queue::held);
-    assert_eq!(now_held - held, crate::lz::SmallCompressor::heap_bytes_for(10), "its 3.25 KiB counted");
+    assert_eq!(now_held - held, crate::lz::SmallCompressor::heap_bytes_for(10), "its 5.25 KiB counted");
+}
+
+/// The frames in `wire` (server frames: unmasked, one per message here) as (RSV1, payload).
+fn server_frames(mut wire: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !wire.is_empty() {
+        let (hdr, len) = match wire[1] & 0x7f {
+            126 => (4, u16::from_be_bytes([wire[2], wire[3]]) as usize),
+            127 => (10, u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize),
+            l => (2, l as usize),
+        };
+        frames.push((wire[0] & 0x40 != 0, wire[hdr..hdr + len].to_vec()));
+        wire = &wire[hdr + len..];
+    }
+    frames
+}
+
+/// By default the server keeps its context in its own compressor; a message prepared for many connections goes
+/// out as the same compressed frame for all (made from a fresh context), after which the connection's compressor
+/// no longer refers back past it (the peer's window took bytes it did not produce); a keepalive ping that finds
+/// the compressor unused since the last one gives its memory back, and the next message starts a fresh context.
+#[test]
+fn a_kept_context_steps_over_a_shared_frame_and_goes_at_the_keepalive_ping() {
+    let limits = config();
+    let ping = limits.ping_interval.unwrap();
+    let (_, _, mut c) = run_with(limits, HEAD, &[]);
+    let mut wire = Vec::new();
+    c.drain_out(&mut wire);
+    let bare = c.held() - c.q.as_deref().map_or(0, Queue::held);
+    let (mut pool, mut inf) = (DeflatePool::new(), Inflater::new(15));
+    let line = "{\"user\":\"ada\",\"text\":\"the same line, sent again and again, long enough to be compressed\"}";
+    let news = "{\"topic\":\"news\",\"text\":\"a different message, published once for every subscriber at once\"}";
+    let mut shared = PreparedMessage::new(true, news.as_bytes());
+    let mut sizes = Vec::new();
+    for step in 0..5 {
+        match step {
+            2 => c.send_prepared(&mut shared, &mut pool).unwrap(),
+            4 => {
+                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                assert_eq!(held - bare, crate::lz::SmallCompressor::heap_bytes_for(15), "the compressor, counted");
+                // The first ping finds it used since the connection opened: kept. The peer answers; the next
+                // ping finds it unused since the first: given back.
+                let t1 = Instant::now() + ping * 2;
+                c.handle_timeout(t1);
+                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                assert_eq!(held - bare, crate::lz::SmallCompressor::heap_bytes_for(15), "kept at the first ping");
+                let mut pong = Vec::new();
+                write_client_frame(&mut pong, true, 0, OpCode::Pong, [1, 2, 3, 4], b"wskit");
+                let (n, _) = c.read(&mut pong, t1);
+                assert_eq!(n, pong.len());
+                c.handle_timeout(t1 + ping * 2);
+                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                assert_eq!(held, bare, "given back at the second keepalive ping");
+                let mut pings = Vec::new();
+                c.drain_out(&mut pings);
+                assert_eq!((pings[0], pings[7], pings.len()), (0x89, 0x89, 14), "the two pings");
+                c.send_with(Message::Text(line), &mut pool).unwrap();
+            }
+            _ => c.send_with(Message::Text(line), &mut pool).unwrap(),
+        }
+        let mut wire = Vec::new();
+        c.drain_out(&mut wire);
+        let frames = server_frames(&wire);
+        assert_eq!(frames.len(), 1);
+        let (rsv1, z) = &frames[0];
+        assert!(rsv1, "step {step}: compressed");
+        let mut got = Vec::new();
+        inf.inflate(z, &mut got, 1 << 20).unwrap();
+        inf.finish(&mut got, 1 << 20).unwrap();
+        assert_eq!(got, if step == 2 { news.as_bytes() } else { line.as_bytes() }, "step {step}");
+        sizes.push(z.len());
+    }
+    assert!(sizes[1] < 10, "the context is kept: {sizes:?}");
+    assert!(sizes[3] > 30 && sizes[4] > 30, "after the shared frame and after the ping, a fresh one: {sizes:?}");
+    assert_eq!(shared.compressions(), 1);
 }

@@ -437,6 +437,9 @@ struct DeflateState {
     inflater: Option<Inflater>,
     /// Only under server context takeover; otherwise the loop's pool compresses.
     compressor: Option<Dedicated>,
+    /// The compressor compressed a message since the last keepalive ping (one that finds it unused gives it
+    /// back).
+    used: bool,
 }
 
 /// A connection's own compressor (server context takeover).

@@ -19,7 +19,8 @@ impl Connection {
         handshake::write_accept(&mut q.out, accept, protocol, ext.as_deref());
         // The 101 head counts as one unit: the first frame boundary is right after it.
         q.frame_left = q.out.len();
-        self.deflate = params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None }));
+        self.deflate =
+            params.map(|params| Box::new(DeflateState { params, inflater: None, compressor: None, used: false }));
         self.state = State::Open(Rx { release_out: true, ..Rx::default() });
         let c = &self.config;
         if c.idle_timeout.is_some() || c.ping_interval.is_some() || c.max_lifetime.is_some() {

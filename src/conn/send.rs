@@ -201,21 +201,30 @@ impl Connection {
     }
 
     /// Queues a message prepared once for many connections: its frames are shared by every connection that
-    /// takes it in the same form (plain, or compressed with a fresh context for the same window and level under
-    /// `server_no_context_takeover`); one that keeps its own compression context compresses it for itself.
+    /// takes it in the same form (plain, or compressed with a fresh context for the same window and level). A
+    /// connection that keeps its own compression context in wskit's compressor forgets its history for it
+    /// ([`crate::lz::SmallCompressor::forget`]: the peer's window took bytes that compressor did not produce);
+    /// one that keeps it in zlib-rs (`dedicated_window_bits` 0) compresses the message for itself.
     pub fn send_prepared(&mut self, m: &mut PreparedMessage, pool: &mut DeflatePool) -> Result<(), SendError> {
         if !self.is_open() {
             return Err(SendError::NotOpen);
         }
-        let form = match self.deflate.as_ref().map(|d| d.params) {
-            Some(p) if !p.server_no_context_takeover => {
+        let form = match self.deflate.as_deref_mut() {
+            Some(d) if !d.params.server_no_context_takeover && d.params.dedicated_window_bits == 0 => {
                 let op = if m.text { OpCode::Text } else { OpCode::Binary };
                 return self.send_payload(op, &m.payload, pool);
             }
-            Some(p) if m.payload.len() >= p.min_size => Some((p.compress_window(), p.level_for(m.payload.len()))),
+            Some(d) if m.payload.len() >= d.params.min_size => {
+                Some((d.params.compress_window(), d.params.level_for(m.payload.len())))
+            }
             _ => None,
         };
         let frames = m.frames(form, pool, self.config.max_frame_out);
+        if frames.bytes().first().is_some_and(|b| b & 0x40 != 0) {
+            if let Some(Dedicated::Small(c)) = self.deflate.as_deref_mut().and_then(|d| d.compressor.as_mut()) {
+                c.forget();
+            }
+        }
         self.send_shared(frames)
     }
 
@@ -336,7 +345,9 @@ impl Connection {
         let mut z = std::mem::take(&mut pool.scratch);
         z.clear();
         let p = d.params;
-        if p.server_no_context_takeover {
+        if p.server_no_context_takeover || (d.compressor.is_none() && pool.hold_back) {
+            // (Under memory pressure a connection that holds no compressor is not given one: a fresh context
+            // here, which its peer reads as any other.)
             pool.compress(p.compress_window(), p.level_for(payload.len()), payload, &mut z);
             if z.len() < payload.len() {
                 self.queue_message(true, op, &z);
@@ -346,6 +357,7 @@ impl Connection {
         } else {
             // With context takeover the compressor's window now holds this message, so it must go out compressed
             // (the peer's inflater has to see it too).
+            d.used = true;
             match d.compressor.get_or_insert_with(|| dedicated(&p)) {
                 Dedicated::Zlib(c) => c.compress_at(p.level_for(payload.len()), payload, &mut z),
                 Dedicated::Small(c) => c.compress(payload, &mut z, &mut pool.lz_scratch),
@@ -360,6 +372,17 @@ impl Connection {
         }
         pool.scratch = z;
         Ok(())
+    }
+
+    /// Gives back the connection's own compressor, if it holds one (the server may drop its context at any
+    /// time: the next message starts a fresh one); returns the heap bytes it held.
+    pub fn release_compressor(&mut self) -> usize {
+        let Some(d) = self.deflate.as_deref_mut() else { return 0 };
+        match d.compressor.take() {
+            None => 0,
+            Some(Dedicated::Zlib(_)) => deflate::compressor_bytes(d.params.compress_window()),
+            Some(Dedicated::Small(c)) => c.heap_bytes(),
+        }
     }
 
     /// Queues one raw frame (the seed's "write raw frame"): the caller does its own fragmentation. Control frames

@@ -127,6 +127,14 @@ impl Connection {
                 if self.is_open() {
                     self.queue_control(OpCode::Ping, b"wskit");
                 }
+                // The ping goes to a peer not heard from for a while: if nothing was compressed for it since the
+                // last ping either, its compressor goes (120 KiB at the default window). The server may drop its
+                // context at any time; the next message starts a fresh one.
+                if let Some(d) = self.deflate.as_deref_mut() {
+                    if !std::mem::take(&mut d.used) {
+                        d.compressor = None;
+                    }
+                }
             }
             None
         };

@@ -106,8 +106,13 @@ impl Endpoint {
         };
         let was = self.pressure;
         self.pressure = total > budget / 4 * 3;
+        self.pool.hold_back = self.pressure;
+        let mut freed = 0;
         if self.pressure {
-            Metrics::add(&m.pressure_turns, 1);
+            Metrics::add(&self.shared.metrics.pressure_turns, 1);
+            if !was || total > budget {
+                freed = self.release_compressors();
+            }
         } else if was {
             // Read again what was left unread.
             for (key, gen) in std::mem::take(&mut self.pressed) {
@@ -117,12 +122,33 @@ impl Endpoint {
                 }
             }
         }
+        let total = total.saturating_sub(freed);
         if total <= budget || local <= share {
             return false;
         }
         // Back to the pressure mark, not just under the budget: otherwise the loop stays at the budget, under
         // pressure, dropping one connection whenever another fills.
         self.drop_heaviest(total - budget / 4 * 3, now)
+    }
+
+    /// Under memory pressure, every connection gives back its own compressor before any is dropped (the server
+    /// may drop its context at any time: the next message starts a fresh one, from the pool while the pressure
+    /// lasts). Returns the bytes freed.
+    #[cold]
+    fn release_compressors(&mut self) -> usize {
+        let mut freed = 0;
+        let mut released = Vec::new();
+        for (key, slot) in self.slots.iter_mut() {
+            let n = slot.conn.release_compressor();
+            if n > 0 {
+                freed += n;
+                released.push(key);
+            }
+        }
+        for key in released {
+            self.mark_dirty(key);
+        }
+        freed
     }
 
     /// Drops open connections, the most queued first (then the most held), until `over` bytes are freed.

@@ -1,7 +1,7 @@
 """Python `websockets` with permessage-deflate against a wskit echo server, for every parameter combination:
 server/client window bits, both no-context-takeover flags; messages from 0 B to 1 MiB, compressible and random.
 
-Usage: python deflate_client.py ws://HOST:PORT/ [server-keeps-context] — prints "ok N" (N combinations) when
+Usage: python deflate_client.py ws://HOST:PORT/ [server-resets-context] — prints "ok N" (N combinations) when
 every check holds.
 """
 import os
@@ -11,8 +11,9 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect
 
 url = sys.argv[1]
-# "server-keeps-context": the server was told to keep its context (and so honours the client's flag for it).
-server_keeps = len(sys.argv) > 2 and sys.argv[2] == "server-keeps-context"
+# "server-resets-context": the server was told not to keep its context (it keeps it by default, and then honours
+# the client's flag for it).
+server_keeps = not (len(sys.argv) > 2 and sys.argv[2] == "server-resets-context")
 compressible = (b'{"type":"message","from":"alice","text":"hello, how are you today?"}' * 20000)
 sizes = [0, 1, 100, 10_000, 1 << 20]
 combos = 0
@@ -32,7 +33,7 @@ for bits in range(8, 16):
                 assert ext.remote_max_window_bits == bits, (bits, ext.remote_max_window_bits)
                 # wskit asks clients for at most a 12-bit window by default (its inflate memory per connection).
                 assert ext.local_max_window_bits == min(max(bits, 9), 12), (bits, ext.local_max_window_bits)
-                # wskit resets its own context by default; the client's flag is honoured.
+                # wskit keeps its own context by default; the client's flag is honoured.
                 assert ext.remote_no_context_takeover is (server_nct if server_keeps else True)
                 assert ext.local_no_context_takeover == client_nct
                 for n in sizes:
