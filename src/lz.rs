@@ -12,21 +12,23 @@
 //!
 //! The method (RFC 1951): every 4-byte sequence's position goes at the head of its hash slot's chain; the
 //! chain is walked, newest first, through at most 36 candidates within the window (each checked first at the
-//! 4 bytes where the best match so far ends), for the longest match of 4 to 258 bytes (64 is long enough to stop
-//! at); a match shorter than 64 is checked against the one at the next byte (one step of lazy evaluation, along
-//! a quarter of the chain). Text seen before often runs on at one distance: a match of 258 bytes is followed by
-//! more at its distance, and a message's first bytes are tried at the last match's distance (the harness's JSON
-//! workload, where a connection's texts come again 16 KiB later: 0.090 → 0.017 wire bytes per payload byte at 15
-//! bits, where the table's newest candidate is in the last message). A message found to be three quarters
-//! literals after its first 4 KiB (text without repeats) is searched on with one candidate and no lazy step, and
-//! a 4-byte match more than 4 KiB back is left as literals there (its distance costs more than they do): 16 KiB
-//! of random letters 0.6094 of their size at 249 µs, where the full search took 362 µs for 0.612.
+//! 4 bytes where the best match so far ends), for the longest match of 4 to 258 bytes (32 is long enough to stop
+//! at: the harness's 16 KiB JSON 96 → 62 µs at 64, the same size); a match shorter than 64 is checked against the
+//! one at the next byte (one step of lazy evaluation, along a quarter of the chain). Text seen before often runs
+//! on at one distance: a match of 258 bytes is followed by more at its distance, and a message's first bytes are
+//! tried at the last match's distance (the harness's JSON workload, where a connection's texts come again 16 KiB
+//! later: 0.090 → 0.017 wire bytes per payload byte at 15 bits, where the table's newest candidate is in the last
+//! message). A message found to be three quarters literals after its first 4 KiB (text without repeats) is
+//! searched on with one candidate and no lazy step, and a 4-byte match more than 4 KiB back is left as literals
+//! there (its distance costs more than they do): 16 KiB of random letters 0.6095 of their size at 256 µs, where
+//! the full search took 362 µs for 0.612.
 //!
 //! Against zlib-rs at level 6 with its context kept and a 15-bit window — what Firefox and sockudo-ws compress
-//! with — over `deflate_curve --small`'s five workloads, at 15 bits: chat lines 0.3367 against 0.3441 wire bytes
-//! per payload byte, ticks 0.3272 / 0.3305, random letters 0.6094 / 0.6117, 64 KiB chat pages 0.2625 / 0.2635,
-//! the bench's 1 KiB JSON 0.0925 / 0.0959; µs per message 6.0 / 8.4, 1.5 / 5.0, 249 / 282, 1,290 / 1,215, 8.4 /
-//! 10.7 (the pages are the one workload where it spends more, 6 %: 32 candidates there give 0.2638 at zlib's CPU).
+//! with — over `deflate_curve --small`'s six workloads, at 15 bits (wire bytes per payload byte, then µs per
+//! message): chat lines 0.3375 / 0.3441 at 6.1 / 8.4, ticks 0.3275 / 0.3305 at 1.6 / 5.1, random letters
+//! 0.6095 / 0.6117 at 256 / 282, 64 KiB chat pages 0.2632 / 0.2635 at 1,311 / 1,208, the harness's JSON at 1 KiB
+//! 0.0915 / 0.0959 at 6.8 / 10.6 and at 16 KiB 0.0666 / 0.0672 at 62 / 91. The pages are the one workload where
+//! it spends more (1.09×): fewer candidates there come out larger than zlib, more cost more.
 //!
 //! The parse goes into a block of up to 16,384 literals and matches, held in the caller's scratch
 //! buffer. A block is written with the fixed Huffman codes of §3.2.6 (nothing to build or send: what short
@@ -53,7 +55,7 @@ const HASH_BITS: u8 = 13;
 /// Most candidates tried for one match along a hash chain.
 const CHAIN: usize = 36;
 /// A match this long ends the search along the chain.
-const NICE: usize = 64;
+const NICE: usize = 32;
 /// A match shorter than this is checked against the one at the next byte (lazy evaluation).
 const LAZY: usize = 64;
 /// After this many bytes of a message, a message three quarters literals so far is searched with one candidate
