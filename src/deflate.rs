@@ -69,9 +69,9 @@ pub struct DeflateConfig {
     /// With server context takeover (`server_no_context_takeover` false), the window of each connection's own
     /// compressor: 8–15 for wskit's ([`crate::lz`], default 15: 120 KiB at 15 bits, 21 KiB at 12, 2.6 KiB at
     /// 9, held from the connection's first compressed message until a keepalive ping finds it unused since the
-    /// last, or memory pressure; `level` and `large_level` do not apply to it), or 0 for zlib-rs (251–380 KB per connection, at the
-    /// configured levels). The window announced is unchanged: a compressor may always refer back less far than
-    /// it promised.
+    /// last, or memory pressure; `level` and `large_level` do not apply to it), or 0 for zlib-rs (251–380 KB
+    /// per connection, at the configured levels). The window announced is unchanged: a compressor may always
+    /// refer back less far than it promised.
     pub dedicated_window_bits: u8,
     /// Most connections with a live inflate context in one loop; past it, new connections are served without
     /// compression (default 100,000).

@@ -64,6 +64,29 @@ fn bytes_per_deflate_connection_idle_and_after_one_message() {
     assert!(per_after <= 64 * 1024, "{per_after} bytes per deflate connection after one message");
 }
 
+/// 4 KiB of JSON-like numbers, and a client frame carrying them compressed.
+fn numbers_4k() -> (Vec<u8>, Vec<u8>) {
+    let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
+    let mut z = Vec::new();
+    Compressor::new(6, 15).compress(&msg, &mut z);
+    let mut frame = Vec::new();
+    write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
+    (msg, frame)
+}
+
+/// A connection to `addr` offering permessage-deflate (accepted, or it panics) that sends `frame`: the socket,
+/// and the opcode and payload of the frame that comes back.
+fn deflate_echo(addr: std::net::SocketAddr, frame: &[u8]) -> (TcpStream, u8, Vec<u8>) {
+    let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    assert!(read_head(&mut s).contains("permessage-deflate"));
+    s.write_all(frame).unwrap();
+    let (_, op, p) = read_frame(&mut s).unwrap();
+    (s, op, p)
+}
+
 /// With server context takeover (the default) every connection keeps a compressor of its own: what one holds
 /// after a message, measured, stays within what `Config::memory_bound` counts for it (the slot, the inflater and
 /// the compressor) — for wskit's compressor (the default, a 15-bit window) and for zlib-rs'. The formula once
@@ -77,20 +100,11 @@ fn a_compressor_per_connection_is_within_the_computed_bound() {
         let addr = child.addr;
         std::thread::sleep(Duration::from_millis(200));
         let base = proc_status_kib(child.pid(), "VmRSS");
-        let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
-        let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
-        let mut z = Vec::new();
-        Compressor::new(6, 15).compress(&msg, &mut z);
-        let mut frame = Vec::new();
-        write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
+        let (_, frame) = numbers_4k();
         let mut socks = Vec::with_capacity(M);
         for _ in 0..M {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            assert!(read_head(&mut s).contains("permessage-deflate"));
-            s.write_all(&frame).unwrap();
-            assert_eq!(read_frame(&mut s).unwrap().1, 1);
+            let (s, op, _) = deflate_echo(addr, &frame);
+            assert_eq!(op, 1);
             socks.push(s);
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -117,20 +131,10 @@ fn under_memory_pressure_compressors_go_before_connections() {
     const M: usize = 100;
     let pairs = "max_connections_per_ip=0;memory_budget=8388608";
     let child = ChildServer::start_with(512 * 1024, None, pairs, None);
-    let req = upgrade_request("/").replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
-    let msg: Vec<u8> = (0..).flat_map(|i: u32| format!("{{\"n\":{i}}},").into_bytes()).take(4096).collect();
-    let mut z = Vec::new();
-    Compressor::new(6, 15).compress(&msg, &mut z);
-    let mut frame = Vec::new();
-    write_client_frame(&mut frame, true, 0b100, OpCode::Text, [3, 1, 4, 1], &z);
+    let (msg, frame) = numbers_4k();
     let mut socks = Vec::with_capacity(M);
     for _ in 0..M {
-        let mut s = TcpStream::connect(child.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        assert!(read_head(&mut s).contains("permessage-deflate"));
-        s.write_all(&frame).unwrap();
-        let (_, op, p) = read_frame(&mut s).unwrap();
+        let (s, op, p) = deflate_echo(child.addr, &frame);
         assert!(op == 1 && p.len() < msg.len() / 4, "a compressed echo");
         socks.push(s);
     }

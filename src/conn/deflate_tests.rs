@@ -147,6 +147,26 @@ fn outbound_compresses_and_sets_rsv1_only_when_it_pays() {
     assert_eq!(c.out(), b"\x81\x04tiny", "below min_size: uncompressed, RSV1 clear");
 }
 
+/// What the connection holds apart from its queue (whose buffer keeps its capacity).
+fn held_apart_from_queue(c: &Connection) -> usize {
+    c.held() - c.q.as_deref().map_or(0, Queue::held)
+}
+
+/// The frames in `wire` (server frames: unmasked, one per message here) as (RSV1, payload).
+fn server_frames(mut wire: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !wire.is_empty() {
+        let (hdr, len) = match wire[1] & 0x7f {
+            126 => (4, u16::from_be_bytes([wire[2], wire[3]]) as usize),
+            127 => (10, u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize),
+            l => (2, l as usize),
+        };
+        frames.push((wire[0] & 0x40 != 0, wire[hdr..hdr + len].to_vec()));
+        wire = &wire[hdr + len..];
+    }
+    frames
+}
+
 #[test]
 fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
     let mut config = Config::new().max_payload_size(1 << 20);
@@ -156,8 +176,7 @@ fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
     assert!(c.is_open());
     let n = c.out().len();
     c.consume_out(n);
-    // (Apart from the queue, which keeps its buffer's capacity.)
-    let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+    let held = held_apart_from_queue(&c);
     let mut pool = DeflatePool::new();
     // One inflater for the whole stream, as the peer keeps it: later messages refer back into earlier ones.
     let mut inf = Inflater::new(15);
@@ -177,37 +196,20 @@ fn a_kept_context_in_the_small_window_compressor_reads_back_and_is_counted() {
         c.send_with(msg, &mut pool).unwrap();
         let out = c.out().to_vec();
         c.consume_out(out.len());
-        assert_eq!(out[0] & 0x40, 0x40, "RSV1: with the context kept every message goes out compressed");
-        let (hdr, len) = match out[1] {
-            126 => (4, u16::from_be_bytes([out[2], out[3]]) as usize),
-            l => (2, l as usize),
-        };
-        assert_eq!(out.len(), hdr + len);
+        let frames = server_frames(&out);
+        assert_eq!(frames.len(), 1, "one frame");
+        let (rsv1, z) = &frames[0];
+        assert!(rsv1, "RSV1: with the context kept every message goes out compressed");
         let mut got = Vec::new();
-        inf.inflate(&out[hdr..], &mut got, 1 << 20).unwrap();
+        inf.inflate(z, &mut got, 1 << 20).unwrap();
         inf.finish(&mut got, 1 << 20).unwrap();
         assert_eq!(got, msg.as_bytes());
-        sizes.push(len);
+        sizes.push(z.len());
     }
     assert!(sizes[1] < 10 && sizes[3] < 10, "the context is kept, across a stored message too: {sizes:?}");
     assert!(sizes[2] <= noise.len() + 6, "what does not compress goes out stored: {sizes:?}");
-    let now_held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+    let now_held = held_apart_from_queue(&c);
     assert_eq!(now_held - held, crate::lz::SmallCompressor::heap_bytes_for(10), "its 5.25 KiB counted");
-}
-
-/// The frames in `wire` (server frames: unmasked, one per message here) as (RSV1, payload).
-fn server_frames(mut wire: &[u8]) -> Vec<(bool, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while !wire.is_empty() {
-        let (hdr, len) = match wire[1] & 0x7f {
-            126 => (4, u16::from_be_bytes([wire[2], wire[3]]) as usize),
-            127 => (10, u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize),
-            l => (2, l as usize),
-        };
-        frames.push((wire[0] & 0x40 != 0, wire[hdr..hdr + len].to_vec()));
-        wire = &wire[hdr + len..];
-    }
-    frames
 }
 
 /// By default the server keeps its context in its own compressor; a message prepared for many connections goes
@@ -221,7 +223,7 @@ fn a_kept_context_steps_over_a_shared_frame_and_goes_at_the_keepalive_ping() {
     let (_, _, mut c) = run_with(limits, HEAD, &[]);
     let mut wire = Vec::new();
     c.drain_out(&mut wire);
-    let bare = c.held() - c.q.as_deref().map_or(0, Queue::held);
+    let bare = held_apart_from_queue(&c);
     let (mut pool, mut inf) = (DeflatePool::new(), Inflater::new(15));
     let line = "{\"user\":\"ada\",\"text\":\"the same line, sent again and again, long enough to be compressed\"}";
     let news = "{\"topic\":\"news\",\"text\":\"a different message, published once for every subscriber at once\"}";
@@ -231,20 +233,20 @@ fn a_kept_context_steps_over_a_shared_frame_and_goes_at_the_keepalive_ping() {
         match step {
             2 => c.send_prepared(&mut shared, &mut pool).unwrap(),
             4 => {
-                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                let held = held_apart_from_queue(&c);
                 assert_eq!(held - bare, crate::lz::SmallCompressor::heap_bytes_for(15), "the compressor, counted");
                 // The first ping finds it used since the connection opened: kept. The peer answers; the next
                 // ping finds it unused since the first: given back.
                 let t1 = Instant::now() + ping * 2;
                 c.handle_timeout(t1);
-                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                let held = held_apart_from_queue(&c);
                 assert_eq!(held - bare, crate::lz::SmallCompressor::heap_bytes_for(15), "kept at the first ping");
                 let mut pong = Vec::new();
                 write_client_frame(&mut pong, true, 0, OpCode::Pong, [1, 2, 3, 4], b"wskit");
                 let (n, _) = c.read(&mut pong, t1);
                 assert_eq!(n, pong.len());
                 c.handle_timeout(t1 + ping * 2);
-                let held = c.held() - c.q.as_deref().map_or(0, Queue::held);
+                let held = held_apart_from_queue(&c);
                 assert_eq!(held, bare, "given back at the second keepalive ping");
                 let mut pings = Vec::new();
                 c.drain_out(&mut pings);

@@ -451,6 +451,16 @@ enum Dedicated {
     Small(crate::lz::SmallCompressor),
 }
 
+impl Dedicated {
+    /// Heap bytes it holds (as counted: zlib-rs' by its window, `p`'s).
+    fn heap_bytes(&self, p: &Params) -> usize {
+        match self {
+            Dedicated::Zlib(_) => deflate::compressor_bytes(p.compress_window()),
+            Dedicated::Small(c) => c.heap_bytes(),
+        }
+    }
+}
+
 impl Connection {
     /// A new server-side connection, waiting for the request head; the handshake deadline runs from `now`. It
     /// reads only its [`Limits`] ([`crate::Config::limits`], shared by a loop's connections).

@@ -94,11 +94,7 @@ impl Connection {
         };
         if let Some(d) = self.deflate.as_deref() {
             n += if d.inflater.is_some() { deflate::INFLATER_BYTES } else { 0 };
-            n += match &d.compressor {
-                None => 0,
-                Some(Dedicated::Zlib(_)) => deflate::compressor_bytes(d.params.compress_window()),
-                Some(Dedicated::Small(c)) => c.heap_bytes(),
-            };
+            n += d.compressor.as_ref().map_or(0, |c| c.heap_bytes(&d.params));
         }
         n
     }
@@ -209,14 +205,12 @@ impl Connection {
         if !self.is_open() {
             return Err(SendError::NotOpen);
         }
-        let form = match self.deflate.as_deref_mut() {
-            Some(d) if !d.params.server_no_context_takeover && d.params.dedicated_window_bits == 0 => {
+        let form = match self.deflate.as_ref().map(|d| d.params) {
+            Some(p) if !p.server_no_context_takeover && p.dedicated_window_bits == 0 => {
                 let op = if m.text { OpCode::Text } else { OpCode::Binary };
                 return self.send_payload(op, &m.payload, pool);
             }
-            Some(d) if m.payload.len() >= d.params.min_size => {
-                Some((d.params.compress_window(), d.params.level_for(m.payload.len())))
-            }
+            Some(p) if m.payload.len() >= p.min_size => Some((p.compress_window(), p.level_for(m.payload.len()))),
             _ => None,
         };
         let frames = m.frames(form, pool, self.config.max_frame_out);
@@ -378,11 +372,7 @@ impl Connection {
     /// time: the next message starts a fresh one); returns the heap bytes it held.
     pub fn release_compressor(&mut self) -> usize {
         let Some(d) = self.deflate.as_deref_mut() else { return 0 };
-        match d.compressor.take() {
-            None => 0,
-            Some(Dedicated::Zlib(_)) => deflate::compressor_bytes(d.params.compress_window()),
-            Some(Dedicated::Small(c)) => c.heap_bytes(),
-        }
+        d.compressor.take().map_or(0, |c| c.heap_bytes(&d.params))
     }
 
     /// Queues one raw frame (the seed's "write raw frame"): the caller does its own fragmentation. Control frames

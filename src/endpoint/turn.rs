@@ -137,16 +137,12 @@ impl Endpoint {
     #[cold]
     fn release_compressors(&mut self) -> usize {
         let mut freed = 0;
-        let mut released = Vec::new();
         for (key, slot) in self.slots.iter_mut() {
             let n = slot.conn.release_compressor();
             if n > 0 {
                 freed += n;
-                released.push(key);
+                touch(&mut self.dirty, key, slot);
             }
-        }
-        for key in released {
-            self.mark_dirty(key);
         }
         freed
     }
