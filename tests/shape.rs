@@ -58,7 +58,8 @@ fn code_lines(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     while let Some(l) = lines.next() {
-        if l.starts_with("#[cfg(test)]") && lines.peek().is_some_and(|n| n.starts_with("mod tests")) {
+        let test_cfg = l.starts_with("#[cfg(test)]") || l.starts_with("#[cfg(all(test,");
+        if test_cfg && lines.peek().is_some_and(|n| n.starts_with("mod tests")) {
             break;
         }
         let t = l.trim();

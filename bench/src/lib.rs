@@ -1,6 +1,8 @@
 //! Pieces the harness's binaries share: a counting allocator for the memory figures, the load client's text, and
 //! the clients' TLS configuration.
 
+pub mod texts;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 

@@ -14,59 +14,12 @@ use std::time::Instant;
 use wskit::deflate::Compressor;
 use wskit::lz::SmallCompressor;
 use wskit_bench::live;
+use wskit_bench::texts::{chat, chat_pages, Rng};
 
 #[global_allocator]
 static A: wskit_bench::Counting = wskit_bench::Counting;
 
-/// A small deterministic generator (xorshift64*), so every run compresses the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was", "for", "on", "are", "as", "with", "his",
-    "they", "at", "be", "this", "have", "from", "or", "one", "had", "by", "word", "but", "not", "what", "all", "were",
-    "we", "when", "your", "can", "said", "there", "use", "an", "each", "which", "she", "do", "how", "their", "if",
-    "will", "up", "other", "about", "out", "many", "then", "them", "these", "so", "some", "her", "would", "make",
-    "like", "him", "into", "time", "has", "look", "two", "more", "write", "go", "see", "number", "no", "way", "could",
-    "people", "my", "than", "first", "water", "been", "call", "who", "oil", "its", "now", "find", "long", "down",
-    "day", "did", "get", "come", "made", "may", "part", "meeting", "deploy", "server", "tonight", "lunch", "release",
-    "latency", "graph", "thanks", "agreed", "tomorrow", "weekend", "coffee", "review", "merge", "ticket",
-];
-const USERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
-const ROOMS: &[&str] = &["lobby", "dev", "ops", "random"];
 const SYMBOLS: &[&str] = &["BTC-USD", "ETH-USD", "SOL-USD", "AAPL", "MSFT", "EURUSD"];
-
-/// 2,000 chat messages as a chat server relays them: JSON, 80–600 bytes, words from a small vocabulary.
-fn chat(rng: &mut Rng) -> Vec<Vec<u8>> {
-    let mut ts = 1_764_800_000_000u64;
-    (0..2000)
-        .map(|i| {
-            let mut text = String::new();
-            for _ in 0..3 + rng.below(60) {
-                text += WORDS[rng.below(WORDS.len() as u64) as usize];
-                text.push(' ');
-            }
-            ts += rng.below(5000);
-            let (user, room) = (USERS[rng.below(10) as usize], ROOMS[rng.below(4) as usize]);
-            format!(
-                r#"{{"type":"message","id":{i},"room":"{room}","user":"{user}","ts":{ts},"text":"{}"}}"#,
-                text.trim_end()
-            )
-            .into_bytes()
-        })
-        .collect()
-}
 
 /// 5,000 market-data ticks: one quote per message (~120 bytes), prices walking by small steps.
 fn ticks(rng: &mut Rng) -> Vec<Vec<u8>> {
@@ -99,23 +52,6 @@ fn load_client(_: &mut Rng) -> Vec<Vec<u8>> {
 /// The same at 16 KiB (`load --deflate --size 16384`): 64 texts in turn, 128 messages.
 fn load_client_16k(_: &mut Rng) -> Vec<Vec<u8>> {
     (0..128).map(|i| wskit_bench::json_text(16384, i % 64)).collect()
-}
-
-/// The chat lines joined into messages of 64 KiB (a history page, a batch): long text with repeats.
-fn chat_pages(rng: &mut Rng) -> Vec<Vec<u8>> {
-    let lines = chat(rng);
-    let mut pages = vec![Vec::new()];
-    for l in lines.iter().cycle().take(6000) {
-        let page = pages.last_mut().expect("one page at least");
-        page.extend_from_slice(l);
-        page.push(b'\n');
-        if page.len() >= 64 * 1024 {
-            page.truncate(64 * 1024);
-            pages.push(Vec::new());
-        }
-    }
-    pages.pop();
-    pages
 }
 
 /// 64 messages of 16 KiB of random lowercase letters and spaces (~4.7 bits of entropy a byte: at best ~0.59).
@@ -208,14 +144,19 @@ fn small_table(workloads: &[(&'static str, Vec<Vec<u8>>)]) {
     println!("| workload | zlib-rs reset, level 1 | zlib-rs kept, level 6, 15 bits (Firefox, sockudo-ws) | wskit::lz kept, 9 bits | 10 bits | 12 bits | 15 bits |");
     println!("|---|---|---|---|---|---|---|");
     let heap = |b: isize| if b >= 10_000 { format!("{} KB", (b + 500) / 1000) } else { format!("{b} B") };
+    let only = std::env::var("ONLY").ok();
     for (name, msgs) in workloads {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let mut row = format!("| {name} |");
         for (takeover, level) in [(false, 1), (true, 6)] {
             let p = measure(name, msgs, takeover, 15, level);
             let held = if takeover { heap(p.compressor_bytes) } else { "0 (pooled)".into() };
             row += &format!(" {:.4}, {:.2} µs, {held} |", p.ratio, p.ns_per_msg / 1e3);
         }
-        for bits in [9u8, 10, 12, 15] {
+        let all: &[u8] = if only.is_some() { &[15] } else { &[9, 10, 12, 15] };
+        for &bits in all {
             let (ratio, us, held) = measure_small(msgs, bits);
             row += &format!(" {ratio:.4}, {us:.2} µs, {} |", heap(held));
         }
@@ -226,12 +167,12 @@ fn small_table(workloads: &[(&'static str, Vec<Vec<u8>>)]) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng(wskit_bench::texts::SEED);
     let workloads = [
         ("chat", chat(&mut rng)),
         ("ticks", ticks(&mut rng)),
         ("random text", random_text(&mut rng)),
-        ("chat pages, 64 KiB", chat_pages(&mut rng)),
+        ("chat pages, 64 KiB", chat_pages()),
         ("bench 1 KiB", load_client(&mut rng)),
         ("bench 16 KiB", load_client_16k(&mut rng)),
     ];

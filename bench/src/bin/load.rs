@@ -1,11 +1,13 @@
 //! One-thread load generator (the uWebSockets `load_test` method): N connections, each with one masked binary
 //! message in flight; as soon as a connection has its echo back it sends the next one.
 //!
-//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency] [--tls --ca cert.pem] [--deflate]`
+//! `load --addr 127.0.0.1:9001 --conns 100 --size 20 --secs 5 [--latency] [--tls --ca cert.pem] [--deflate [--text
+//! pages]]`
 //! prints `msgs/s` (and p50/p99/p99.9 round-trip latency with `--latency`) as one `key=value` line. Answers are
 //! parsed frame by frame, so compressed answers of any length count. With `--deflate` the client offers
 //! permessage-deflate (`client_no_context_takeover`, so one compressed text serves every send) and sends a
-//! JSON-like text; it falls back to plain text if the server declines, and reports the answers' wire bytes per
+//! JSON-like text (`--text pages`: the chat pages of 64 KiB that `deflate_curve` compresses, `--size 65536`); it
+//! falls back to plain text if the server declines, and reports the answers' wire bytes per
 //! message as `wire_ratio`. `--hist FILE` appends the round-trip times as `microseconds count` lines (several runs
 //! appended to one file pool into one distribution: `bench/report.py` takes p99 over all repetitions that way).
 //!
@@ -74,18 +76,17 @@ fn frame(size: usize) -> Vec<u8> {
     v
 }
 
-fn deflated_frame(size: usize, seed: usize) -> Vec<u8> {
+fn deflated_frame(text: &[u8]) -> Vec<u8> {
     let mut z = Vec::new();
-    wskit::deflate::Compressor::new(6, 15).compress(&wskit_bench::json_text(size, seed), &mut z);
+    wskit::deflate::Compressor::new(6, 15).compress(text, &mut z);
     let mut v = Vec::new();
     wskit::frame::write_client_frame(&mut v, true, 0b100, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &z);
     v
 }
 
-fn text_frame(size: usize, seed: usize) -> Vec<u8> {
+fn text_frame(text: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    let t = wskit_bench::json_text(size, seed);
-    wskit::frame::write_client_frame(&mut v, true, 0, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], &t);
+    wskit::frame::write_client_frame(&mut v, true, 0, wskit::frame::OpCode::Text, [0x12, 0x34, 0x56, 0x78], text);
     v
 }
 
@@ -230,9 +231,14 @@ fn main() {
     let deflate = args.iter().any(|a| a == "--deflate");
     let tls = args.iter().any(|a| a == "--tls").then(|| wskit_bench::tls_config(&arg(&args, "--ca", String::new())));
     // With deflate, 64 different texts in turn (a server keeping its compression context cannot just repeat
-    // one message's back-references).
-    let plain: Vec<Vec<u8>> = if deflate { (0..64).map(|i| text_frame(size, i)).collect() } else { vec![frame(size)] };
-    let compressed: Vec<Vec<u8>> = if deflate { (0..64).map(|i| deflated_frame(size, i)).collect() } else { vec![] };
+    // one message's back-references), or with `--text pages` the 14 chat pages of 64 KiB (`--size` unused).
+    let texts: Vec<Vec<u8>> = match (deflate, arg(&args, "--text", String::from("json")).as_str()) {
+        (false, _) => vec![],
+        (true, "pages") => wskit_bench::texts::chat_pages(),
+        (true, _) => (0..64).map(|i| wskit_bench::json_text(size, i)).collect(),
+    };
+    let plain: Vec<Vec<u8>> = if deflate { texts.iter().map(|t| text_frame(t)).collect() } else { vec![frame(size)] };
+    let compressed: Vec<Vec<u8>> = texts.iter().map(|t| deflated_frame(t)).collect();
     let mut turn = 0usize;
     let mut negotiated = false;
     let request = upgrade_request(addr, deflate);
@@ -307,7 +313,11 @@ fn main() {
                             c.frames.feed(&extra);
                             c.sent_at = now;
                             turn += 1;
-                            let msg = if negotiated { &compressed[turn % 64] } else { &plain[turn % plain.len()] };
+                            let msg = if negotiated {
+                                &compressed[turn % compressed.len()]
+                            } else {
+                                &plain[turn % plain.len()]
+                            };
                             send(c, msg);
                         }
                         if measuring {
@@ -324,7 +334,11 @@ fn main() {
                             }
                             c.sent_at = now;
                             turn += 1;
-                            let msg = if negotiated { &compressed[turn % 64] } else { &plain[turn % plain.len()] };
+                            let msg = if negotiated {
+                                &compressed[turn % compressed.len()]
+                            } else {
+                                &plain[turn % plain.len()]
+                            };
                             send(c, msg);
                         }
                         if n < buf.len() {
@@ -341,7 +355,7 @@ fn main() {
     let mut line = format!("conns={conns} open={open} size={size} msgs={count} msgs_per_s={rate:.0}");
     if deflate {
         line += &format!(
-            " deflate={} wire_ratio={:.3}",
+            " deflate={} wire_ratio={:.4}",
             u8::from(negotiated),
             wire as f64 / count.max(1) as f64 / size as f64
         );
