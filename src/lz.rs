@@ -620,12 +620,9 @@ impl SmallCompressor {
         if range.start >= end {
             return;
         }
-        let (bits, mask) = (self.bits.min(HASH_BITS), (1usize << self.bits) - 1);
-        let mut here = base.wrapping_add(range.start as u32);
+        let mut here = base.wrapping_add(range.start as u32) as u16;
         for w in buf[range.start..end + MIN_MATCH - 1].windows(MIN_MATCH) {
-            let h = hash_word(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), bits);
-            let old = std::mem::replace(&mut self.head[h], here as u16);
-            self.prev[here as usize & mask] = old;
+            self.insert(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), here);
             here = here.wrapping_add(1);
         }
     }

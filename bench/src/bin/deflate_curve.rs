@@ -5,7 +5,8 @@
 //! holds with context takeover, and the loop's one pooled compressor without it. The compressor is wskit's own
 //! (`wskit::deflate::Compressor`, zlib-rs), driven as the server drives it: one sync flush per message, reset
 //! after each message without context takeover. `--small` prints instead a table of wskit's small-window
-//! compressor (`wskit::lz`, context kept) beside zlib-rs.
+//! compressor (`wskit::lz`, context kept) beside zlib-rs; with `ONLY=<part of a workload's name>` in the
+//! environment, only the workloads so named, and wskit's compressor at 15 bits only.
 //!
 //! `cargo run -p wskit-bench --release --bin deflate_curve [-- --csv target/bench/deflate.csv --svg docs/deflate.svg]`
 
