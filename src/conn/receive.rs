@@ -173,9 +173,16 @@ impl Connection {
         let data = m.len();
         let n = n.min(m.room).min(f.remaining as usize);
         let got = &mut m.buf[data..data + n];
-        apply_mask(got, f.mask, f.done.into());
+        if m.text {
+            apply_mask(got, f.mask, f.done.into()); // (checked as it comes: an invalid text fails fast)
+        } else if m.masked.is_none() {
+            m.masked = Some(Masked { from: data, mask: f.mask, phase: f.done });
+        }
         (f.done, f.remaining, m.room) = (advance(f.done, n), f.remaining - n as u64, m.room - n);
-        if m.text && m.utf8.feed(got).is_err() {
+        if f.remaining == 0 {
+            m.unmask_rest();
+        }
+        if m.text && m.utf8.feed(&m.buf[data..data + n]).is_err() {
             m.pending = Pending::NotUtf8;
         } else if f.remaining == 0 {
             let fin = f.fin;
@@ -523,6 +530,7 @@ impl Frames<'_> {
     /// Appends an uncompressed chunk to the message being assembled (validating text as it comes).
     fn append(&mut self, chunk: &[u8]) -> Option<Ready> {
         let msg = self.rx.msg.as_mut().expect("a data frame always has its message");
+        msg.unmask_rest();
         if msg.text && msg.utf8.feed(chunk).is_err() {
             return Some(Ready::Error(ProtocolError::InvalidUtf8));
         }
@@ -633,8 +641,17 @@ impl Frames<'_> {
                 let deadline = now + self.config.message_timeout;
                 let utf8 = Utf8Validator::new();
                 let pending = Pending::Nothing;
-                self.rx.msg =
-                    Some(Box::new(InMessage { text, compressed, buf, room, pending, frames: 1, utf8, deadline }));
+                self.rx.msg = Some(Box::new(InMessage {
+                    text,
+                    compressed,
+                    buf,
+                    room,
+                    pending,
+                    frames: 1,
+                    utf8,
+                    deadline,
+                    masked: None,
+                }));
             }
         }
         self.rx.frame = Some(frame);

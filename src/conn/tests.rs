@@ -688,6 +688,20 @@ fn large_payloads_read_in_place_give_the_same_transcript() {
     data.extend(frame(false, OpCode::Text, &text.as_bytes()[..50_001]));
     data.extend(frame(true, OpCode::Ping, b"p"));
     data.extend(frame(true, OpCode::Continuation, &text.as_bytes()[50_001..]));
+    // A binary message in frames of odd lengths under masks of their own, a ping after the first: what reads
+    // straight into the message leave masked is unmasked with its frame's mask, from its offset.
+    let parts = [
+        (0..150_001, [0xA1, 0xB2, 0xC3, 0xD4]),
+        (150_001..150_003, [9, 8, 7, 6]),
+        (150_003..300_000, [0x5A, 0x6B, 0x7C, 0x8D]),
+    ];
+    for (i, (range, mask)) in parts.into_iter().enumerate() {
+        let op = if i == 0 { OpCode::Binary } else { OpCode::Continuation };
+        write_client_frame(&mut data, i == 2, 0, op, mask, &big[range]);
+        if i == 0 {
+            data.extend(frame(true, OpCode::Ping, b"q"));
+        }
+    }
     // Not UTF-8 in the middle of a large text frame: 1007 as through `read`.
     let mut bad = text.as_bytes()[..70_000].to_vec();
     bad[65_000] = 0xff;
