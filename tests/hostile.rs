@@ -725,8 +725,16 @@ fn f4_deflate_echoes_the_server_cannot_shrink_stay_within_the_budget() {
     assert!(stats.upgraded.load(Relaxed) == 150, "{}", stats.summary());
     // Unbounded, each pins ~12 MiB (1.8 GiB in all); the budget is 256 MiB.
     assert!(peak < 400.0, "server RSS peaked at {peak:.0} MiB");
-    check(&seen, CI_P99, CI_NEW);
+    // Looser than the others: here the loop compresses 150 connections' incompressible echoes in an unoptimized
+    // build, so its turns are long (a quantum of work per connection still bounds them). Measured on a slow
+    // spell of the 2-core VM: p99 183-220 ms, a new client's wait 522-706 ms; the unbounded server keeps the
+    // steady client waiting seconds (it timed out) on top of its gigabytes.
+    check(&seen, F4_P99, F4_NEW);
 }
+
+/// F4's bounds in CI (see the test).
+const F4_P99: Duration = Duration::from_millis(500);
+const F4_NEW: Duration = Duration::from_millis(1_500);
 
 #[test]
 #[ignore = "full size: cargo test --release --test hostile -- --ignored --nocapture --test-threads 1"]
