@@ -19,7 +19,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Client {
     sock: TcpStream,
@@ -270,6 +270,8 @@ fn main() {
     let mut buf = vec![0u8; 1 << 20];
     let mut plain_buf = Vec::new();
     let start = Instant::now();
+    // The measured span in wall-clock seconds (`from_unix`, `to_unix`), to match a trace of the server to it.
+    let from_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) + warmup;
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(secs);
     let mut count: u64 = 0;
@@ -353,6 +355,7 @@ fn main() {
     }
     let rate = count as f64 / secs;
     let mut line = format!("conns={conns} open={open} size={size} msgs={count} msgs_per_s={rate:.0}");
+    line += &format!(" from_unix={from_unix:.6} to_unix={:.6}", from_unix + secs);
     if deflate {
         line += &format!(
             " deflate={} wire_ratio={:.4}",
