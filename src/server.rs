@@ -578,26 +578,16 @@ const WAKE_FIRST: usize = 64 * 1024;
 /// Writes a transmit in one send (vectored when it has several parts), or two if it is large ([`SPLIT_FROM`]):
 /// the bytes the socket took, 0 when it is full.
 fn write(sock: &mut TcpStream, t: &Transmit<'_>) -> io::Result<usize> {
-    loop {
-        let r = match t.single() {
-            Some(one) if one.len() < SPLIT_FROM => sock.write(one),
-            _ => {
-                let mut buf = [&[][..]; MAX_PARTS];
-                let parts = t.parts(&mut buf);
-                if parts.iter().map(|p| p.len()).sum::<usize>() >= SPLIT_FROM {
-                    return write_large(sock, parts);
-                }
-                let mut io = [io::IoSlice::new(&[]); MAX_PARTS];
-                for (d, p) in io.iter_mut().zip(parts) {
-                    *d = io::IoSlice::new(p);
-                }
-                socket2::SockRef::from(&*sock).send_vectored(&io[..parts.len()])
+    match t.single() {
+        Some(one) if one.len() < SPLIT_FROM => retrying(|| sock.write(one)),
+        _ => {
+            let mut buf = [&[][..]; MAX_PARTS];
+            let parts = t.parts(&mut buf);
+            if parts.iter().map(|p| p.len()).sum::<usize>() >= SPLIT_FROM {
+                write_large(sock, parts)
+            } else {
+                send_parts(sock, parts)
             }
-        };
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            r => return r,
         }
     }
 }
@@ -613,10 +603,9 @@ fn write_large(sock: &mut TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
     Ok(first + send_range(sock, parts, first, usize::MAX).unwrap_or(0))
 }
 
-/// One send of at most `limit` bytes of `parts`, from byte `skip` of them all: the bytes the socket took, 0 when
-/// it is full.
+/// One send of at most `limit` bytes of `parts`, from byte `skip` of them all (see [`send_parts`]).
 fn send_range(sock: &mut TcpStream, parts: &[&[u8]], mut skip: usize, mut limit: usize) -> io::Result<usize> {
-    let mut io = [io::IoSlice::new(&[]); MAX_PARTS];
+    let mut cut = [&[][..]; MAX_PARTS];
     let mut n = 0;
     for p in parts {
         if skip >= p.len() {
@@ -626,14 +615,29 @@ fn send_range(sock: &mut TcpStream, parts: &[&[u8]], mut skip: usize, mut limit:
         let q = &p[skip..];
         let q = &q[..q.len().min(limit)];
         (skip, limit) = (0, limit - q.len());
-        io[n] = io::IoSlice::new(q);
+        cut[n] = q;
         n += 1;
         if limit == 0 {
             break;
         }
     }
+    send_parts(sock, &cut[..n])
+}
+
+/// One vectored send of `parts` (at most [`MAX_PARTS`]): the bytes the socket took, 0 when it is full.
+fn send_parts(sock: &mut TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut io = [io::IoSlice::new(&[]); MAX_PARTS];
+    for (d, p) in io.iter_mut().zip(parts) {
+        *d = io::IoSlice::new(p);
+    }
+    retrying(|| socket2::SockRef::from(&*sock).send_vectored(&io[..parts.len()]))
+}
+
+/// A send, made again when a signal interrupted it; a full socket is 0 bytes taken.
+#[inline(always)]
+fn retrying(mut send: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     loop {
-        match socket2::SockRef::from(&*sock).send_vectored(&io[..n]) {
+        match send() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             r => return r,
