@@ -10,9 +10,9 @@
 # - permessage-deflate (wskit's default, its context kept in its own compressor with a 15-bit window; without
 #   context takeover; with it in zlib-rs; vs sockudo-ws with it; the wire ratio achieved)
 #   and wss (wskit vs tokio-tungstenite on tokio-rustls).
-# - System calls per message (strace -f on a shorter run, over the load's measured span), bytes per idle connection (ΔRSS over IDLE
-#   connections, and over their second half alone: what one more costs), and a new client's echo latency while
-#   they are held.
+# - System calls per message (strace -f on a shorter run, over the load's measured span), bytes per idle
+#   connection (ΔRSS over IDLE connections, and over their second half alone: what one more costs), and a new
+#   client's echo latency while they are held.
 # Writes target/bench/results.csv, target/bench/summary.md and target/bench/results.svg (msgs/s as a ratio of the
 # raw echo, and CPU µs per message). `--smoke` runs every part for a fraction of a second (CI checks the harness).
 set -euo pipefail
