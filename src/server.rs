@@ -9,7 +9,7 @@
 //! retried; a full socket is a write of 0 bytes; everything else is reported to the endpoint.
 
 use crate::config::Config;
-use crate::endpoint::{Endpoint, Order, Read, Transmit, MAX_PARTS};
+use crate::endpoint::{cut_parts, Endpoint, Order, Read, Transmit, MAX_PARTS};
 pub use crate::endpoint::{ShutdownReport, READ_BUF};
 use crate::error::ConfigError;
 use crate::group::Group;
@@ -606,29 +606,8 @@ fn write_large(sock: &mut TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
 /// One send of at most `limit` bytes of `parts`, from byte `skip` of them all (see [`send_parts`]).
 fn send_range(sock: &mut TcpStream, parts: &[&[u8]], skip: usize, limit: usize) -> io::Result<usize> {
     let mut cut = [&[][..]; MAX_PARTS];
-    let n = cut_range(parts, skip, limit, &mut cut);
+    let n = cut_parts(parts, skip, limit, &mut cut);
     send_parts(sock, &cut[..n])
-}
-
-/// Cuts bytes `skip..skip + limit` of `parts` (taken as one run of bytes) into `cut`, as slices of the parts;
-/// returns how many slices it wrote.
-fn cut_range<'a>(parts: &[&'a [u8]], mut skip: usize, mut limit: usize, cut: &mut [&'a [u8]; MAX_PARTS]) -> usize {
-    let mut n = 0;
-    for p in parts {
-        if limit == 0 {
-            break;
-        }
-        if skip >= p.len() {
-            skip -= p.len();
-            continue;
-        }
-        let q = &p[skip..];
-        let q = &q[..q.len().min(limit)];
-        (skip, limit) = (0, limit - q.len());
-        cut[n] = q;
-        n += 1;
-    }
-    n
 }
 
 /// One vectored send of `parts` (at most [`MAX_PARTS`]): the bytes the socket took, 0 when it is full.
@@ -655,31 +634,6 @@ fn retrying(mut send: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every range of every split of a run of bytes into parts (empty ones among them) is cut into slices whose
-    /// concatenation is that range of the run, with no empty slice: what [`send_range`] hands the socket.
-    #[test]
-    fn every_range_of_the_parts_is_cut_exactly() {
-        let run: Vec<u8> = (0..12).collect();
-        let splits: [&[usize]; 5] = [&[12], &[0, 12, 0], &[1, 1, 10], &[5, 0, 7], &[3, 3, 3, 3]];
-        for lens in splits {
-            let mut parts = Vec::new();
-            let mut at = 0;
-            for &len in lens {
-                parts.push(&run[at..at + len]);
-                at += len;
-            }
-            for skip in 0..=run.len() + 1 {
-                for limit in 0..=run.len() + 1 {
-                    let mut cut = [&[][..]; MAX_PARTS];
-                    let n = cut_range(&parts, skip, limit, &mut cut);
-                    let want = &run[skip.min(12)..(skip + limit).min(12)];
-                    assert_eq!(cut[..n].concat(), want, "parts {lens:?}, skip {skip}, limit {limit}");
-                    assert!(cut[..n].iter().all(|c| !c.is_empty()), "parts {lens:?}, skip {skip}, limit {limit}");
-                }
-            }
-        }
-    }
 
     /// A large transmit written in two sends ([`write_large`]), and any rest after a full socket ([`send_range`]
     /// from where it stopped), reaches the peer whole and in order: the ranges cut across the parts' edges.

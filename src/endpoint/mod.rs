@@ -63,6 +63,7 @@ mod steady;
 mod timers;
 mod turn;
 mod write;
+pub(crate) use write::cut_parts;
 
 use slot::*;
 use timers::Timers;

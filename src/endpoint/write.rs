@@ -411,3 +411,60 @@ impl Endpoint {
         }
     }
 }
+
+/// Bytes `skip..skip + limit` of a transmit's `parts` (taken as one run of bytes), as slices of them in `cut`,
+/// none empty; returns how many. A shell that writes a large transmit in two sends, or resumes one that a full
+/// socket cut short, hands the socket these.
+pub(crate) fn cut_parts<'a>(
+    parts: &[&'a [u8]],
+    mut skip: usize,
+    mut limit: usize,
+    cut: &mut [&'a [u8]; MAX_PARTS],
+) -> usize {
+    let mut n = 0;
+    for p in parts {
+        if limit == 0 {
+            break;
+        }
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        let q = &p[skip..];
+        let q = &q[..q.len().min(limit)];
+        (skip, limit) = (0, limit - q.len());
+        cut[n] = q;
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every range of every split of a run of bytes into parts (empty ones among them) is cut into slices whose
+    /// concatenation is that range of the run, with no empty slice: what a shell's split send hands the socket.
+    #[test]
+    fn every_range_of_the_parts_is_cut_exactly() {
+        let run: Vec<u8> = (0..12).collect();
+        let splits: [&[usize]; 5] = [&[12], &[0, 12, 0], &[1, 1, 10], &[5, 0, 7], &[3, 3, 3, 3]];
+        for lens in splits {
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for &len in lens {
+                parts.push(&run[at..at + len]);
+                at += len;
+            }
+            for skip in 0..=run.len() + 1 {
+                for limit in 0..=run.len() + 1 {
+                    let mut cut = [&[][..]; MAX_PARTS];
+                    let n = cut_parts(&parts, skip, limit, &mut cut);
+                    let want = &run[skip.min(12)..(skip + limit).min(12)];
+                    assert_eq!(cut[..n].concat(), want, "parts {lens:?}, skip {skip}, limit {limit}");
+                    assert!(cut[..n].iter().all(|c| !c.is_empty()), "parts {lens:?}, skip {skip}, limit {limit}");
+                }
+            }
+        }
+    }
+}
