@@ -607,6 +607,7 @@ fn write_large(sock: &mut TcpStream, parts: &[&[u8]]) -> io::Result<usize> {
 fn send_range(sock: &mut TcpStream, parts: &[&[u8]], skip: usize, limit: usize) -> io::Result<usize> {
     let mut cut = [&[][..]; MAX_PARTS];
     let n = cut_parts(parts, skip, limit, &mut cut);
+    debug_assert!(n > 0, "a send of nothing would read as a full socket");
     send_parts(sock, &cut[..n])
 }
 

@@ -1,6 +1,6 @@
 //! The shape a newcomer can hold (issue 18): no cycles between the crate's modules, no non-test function over
-//! 100 lines, no file over 800 lines of non-test code. What is still over a limit is listed below with the size
-//! it may not grow past; the list may only shrink.
+//! 100 lines, no file over 800 lines of non-test code, and the shell (`src/server.rs`) under 500. What is still
+//! over a limit is listed below with the size it may not grow past; the list may only shrink.
 //!
 //! A module depends on another when its code (not its comments, not its tests) names `crate::other`; a
 //! directory module's files count as one module. Lines are counted without blank ones; a function runs from its

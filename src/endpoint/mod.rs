@@ -63,10 +63,10 @@ mod steady;
 mod timers;
 mod turn;
 mod write;
-pub(crate) use write::cut_parts;
 
 use slot::*;
 use timers::Timers;
+pub(crate) use write::cut_parts;
 
 /// Plaintext encrypted ahead of the socket at most (wss), so control frames are not queued behind megabytes of
 /// ciphertext.

@@ -456,11 +456,12 @@ mod tests {
                 parts.push(&run[at..at + len]);
                 at += len;
             }
-            for skip in 0..=run.len() + 1 {
-                for limit in 0..=run.len() + 1 {
+            let end = run.len();
+            for skip in 0..=end + 1 {
+                for limit in (0..=end + 1).chain([usize::MAX]) {
                     let mut cut = [&[][..]; MAX_PARTS];
                     let n = cut_parts(&parts, skip, limit, &mut cut);
-                    let want = &run[skip.min(12)..(skip + limit).min(12)];
+                    let want = &run[skip.min(end)..skip.saturating_add(limit).min(end)];
                     assert_eq!(cut[..n].concat(), want, "parts {lens:?}, skip {skip}, limit {limit}");
                     assert!(cut[..n].iter().all(|c| !c.is_empty()), "parts {lens:?}, skip {skip}, limit {limit}");
                 }
